@@ -1,0 +1,177 @@
+"""BIDS filename parsing driven by the official BIDS schema (bidsschematools).
+
+The schema supplies the entity short names (``sub``, ``ses``, ``acq``, ...), their
+canonical order and their format (``index`` entities are integers, ``label`` entities
+strings), the datatype folder names, and the valid extensions. Nothing here is tuned to
+one dataset.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from bidsschematools import schema as bids_schema
+
+
+@dataclass(frozen=True)
+class EntityInfo:
+    """One BIDS entity as the schema defines it."""
+
+    name: str  # long name, e.g. "acquisition"
+    key: str  # short name used in filenames, e.g. "acq"
+    format: str  # "label" or "index"
+    order: int  # position in the schema's canonical entity order
+
+
+@dataclass(frozen=True)
+class BidsSchema:
+    """The parts of the BIDS schema that indexing needs."""
+
+    bids_version: str
+    entities: tuple[EntityInfo, ...]
+    datatypes: frozenset[str]
+    extensions: tuple[str, ...]  # longest first, so ".nii.gz" wins over ".gz"
+
+    @property
+    def by_key(self) -> dict[str, EntityInfo]:
+        return _by_key(self)
+
+    def entity(self, key_or_name: str) -> EntityInfo | None:
+        """Look an entity up by its short key (``acq``) or long name (``acquisition``)."""
+        return self.by_key.get(key_or_name) or _by_name(self).get(key_or_name)
+
+
+@cache
+def load_schema() -> BidsSchema:
+    """Load the BIDS schema shipped with bidsschematools (cached per process)."""
+    raw = bids_schema.load_schema()
+    objects = raw.objects.entities
+    order = list(raw.rules.entities)
+    entities = []
+    for long_name in order:
+        obj = objects[long_name]
+        entities.append(
+            EntityInfo(name=long_name, key=obj["name"], format=obj["format"], order=order.index(long_name))
+        )
+    extensions = sorted(
+        {v["value"] for v in raw.objects.extensions.values() if v["value"].startswith(".")},
+        key=len,
+        reverse=True,
+    )
+    return BidsSchema(
+        bids_version=str(raw.bids_version),
+        entities=tuple(entities),
+        datatypes=frozenset(raw.objects.datatypes.keys()),
+        extensions=tuple(extensions),
+    )
+
+
+@cache
+def _by_key(s: BidsSchema) -> dict[str, EntityInfo]:
+    return {e.key: e for e in s.entities}
+
+
+@cache
+def _by_name(s: BidsSchema) -> dict[str, EntityInfo]:
+    return {e.name: e for e in s.entities}
+
+
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class BidsName:
+    """A parsed BIDS filename: key-value entities, suffix and extension.
+
+    ``entities`` keeps the raw string values as written in the filename, keyed by the
+    schema's short names; ``unknown`` holds key-value pairs whose key the schema does
+    not define (kept, so that two files differing only there can still be told apart).
+    """
+
+    entities: dict[str, str]
+    suffix: str | None
+    extension: str
+    unknown: dict[str, str] = field(default_factory=dict)
+
+    def value(self, key: str) -> str | None:
+        return self.entities.get(key, self.unknown.get(key))
+
+    def all_entities(self) -> dict[str, str]:
+        return {**self.entities, **self.unknown}
+
+
+def split_extension(filename: str) -> tuple[str, str]:
+    """Split ``name.nii.gz`` into ``("name", ".nii.gz")`` using the schema's extensions."""
+    lower = filename.lower()
+    for ext in NIFTI_EXTENSIONS + load_schema().extensions:
+        if ext and lower.endswith(ext) and len(filename) > len(ext):
+            return filename[: -len(ext)], filename[-len(ext) :]
+    stem, dot, ext = filename.partition(".")
+    return stem, (dot + ext) if dot else ""
+
+
+def parse_filename(filename: str) -> BidsName:
+    """Parse a BIDS filename into entities, suffix and extension.
+
+    >>> parse_filename("sub-01_ses-1_task-rest_run-2_bold.nii.gz").entities
+    {'sub': '01', 'ses': '1', 'task': 'rest', 'run': '2'}
+    """
+    stem, extension = split_extension(filename)
+    parts = stem.split("_")
+    suffix: str | None = parts[-1]
+    if "-" in parts[-1]:
+        suffix = None
+    else:
+        parts = parts[:-1]
+    known = load_schema().by_key
+    entities: dict[str, str] = {}
+    unknown: dict[str, str] = {}
+    for part in parts:
+        key, dash, value = part.partition("-")
+        if not dash:
+            unknown[part] = ""
+            continue
+        (entities if key in known else unknown)[key] = value
+    return BidsName(entities=entities, suffix=suffix, extension=extension, unknown=unknown)
+
+
+_NUM = re.compile(r"(\d+)")
+
+
+def natural_key(value: str) -> tuple[Any, ...]:
+    """Sort key that orders digit runs numerically: ``run-2`` before ``run-10``."""
+    return tuple((0, int(tok), tok) if tok.isdigit() else (1, 0, tok) for tok in _NUM.split(value) if tok)
+
+
+def typed_value(key: str, value: str) -> int | str:
+    """The value of an entity as the schema types it (``index`` → int when it parses)."""
+    info = load_schema().by_key.get(key)
+    if info is not None and info.format == "index" and value.isdigit():
+        return int(value)
+    return value
+
+
+def entity_sort_key(name: BidsName) -> tuple[Any, ...]:
+    """Order files by their entities in the schema's canonical order, numbers numerically.
+
+    An absent entity sorts before any present value; unknown entities and then the
+    suffix and extension break the remaining ties.
+    """
+    key: list[Any] = []
+    for info in load_schema().entities:
+        value = name.entities.get(info.key)
+        key.append((0,) if value is None else (1, natural_key(value)))
+    for k in sorted(name.unknown):
+        key.append((k, natural_key(name.unknown[k])))
+    key.append(natural_key(name.suffix or ""))
+    key.append(name.extension)
+    return tuple(key)
+
+
+def distinguishing_entities(a: BidsName, b: BidsName) -> list[str]:
+    """Entity keys whose values differ between two filenames (schema order first)."""
+    keys = [e.key for e in load_schema().entities] + sorted(set(a.unknown) | set(b.unknown))
+    return [k for k in keys if a.value(k) != b.value(k)]

@@ -1,0 +1,191 @@
+"""Walk a BIDS folder: find its NIfTI files and JSON sidecars, honouring ``.bidsignore``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pathspec
+
+from .entities import NIFTI_EXTENSIONS, BidsName, load_schema, parse_filename
+from .errors import BidsError
+
+log = logging.getLogger(__name__)
+
+#: Top-level folders that are not part of the raw tree (BIDS spec, "Common principles").
+NON_RAW_TOP_LEVEL = frozenset({"sourcedata", "code", "derivatives", "stimuli", "phenotype"})
+
+
+@dataclass(frozen=True)
+class BidsFile:
+    """One file of a BIDS tree, with what its name and folders say about it."""
+
+    root: Path  # the BIDS dataset root
+    relpath: str  # posix path relative to root, e.g. "sub-01/anat/sub-01_T1w.nii.gz"
+    scope: str  # "" for the raw tree, else e.g. "derivatives/lesion_masks"
+    name: BidsName
+    datatype: str | None
+    size: int  # bytes (0 for a broken symlink)
+    mtime_ns: int
+    broken_link: bool = False
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.relpath
+
+    @property
+    def filename(self) -> str:
+        return self.relpath.rsplit("/", 1)[-1]
+
+    @property
+    def subject(self) -> str | None:
+        return self.name.entities.get("sub")
+
+    @property
+    def session(self) -> str | None:
+        return self.name.entities.get("ses")
+
+    @property
+    def suffix(self) -> str | None:
+        return self.name.suffix
+
+    @property
+    def is_nifti(self) -> bool:
+        return self.name.extension.lower() in NIFTI_EXTENSIONS
+
+
+def read_dataset_description(root: Path) -> dict[str, Any]:
+    """Read ``dataset_description.json``; its absence means ``root`` is not a BIDS folder."""
+    path = root / "dataset_description.json"
+    if not root.is_dir():
+        raise BidsError(f"{root} is not a folder.")
+    if not path.is_file():
+        raise BidsError(
+            f"{root} is not a BIDS dataset: it has no dataset_description.json at its top level. "
+            "Point bids_root at the folder that holds dataset_description.json and the sub-* folders."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise BidsError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BidsError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+    return data
+
+
+def load_bidsignore(root: Path) -> pathspec.PathSpec | None:
+    """The ``.bidsignore`` patterns of a dataset (gitignore semantics), or None."""
+    path = root / ".bidsignore"
+    if not path.is_file():
+        return None
+    return pathspec.GitIgnoreSpec.from_lines(path.read_text(encoding="utf-8").splitlines())
+
+
+def _datatype_of(parts: list[str]) -> str | None:
+    """The datatype folder a file sits in: the folder after ``sub-*`` (and ``ses-*``)."""
+    datatypes = load_schema().datatypes
+    if len(parts) >= 2 and parts[-2] in datatypes:
+        return parts[-2]
+    return None
+
+
+def walk(root: Path, scopes: Iterable[str] = ("",)) -> Iterator[tuple[str, str, os.DirEntry[str]]]:
+    """Yield ``(scope, relpath, entry)`` for every file below ``sub-*`` in each scope.
+
+    Scope ``""`` is the raw tree; any other scope is a folder (e.g. a derivatives
+    pipeline) laid out like one. Hidden entries are skipped, and so is whatever the
+    scope's own ``.bidsignore`` names (patterns relative to the scope's folder).
+    ``relpath`` is relative to ``root``.
+    """
+    for scope in scopes:
+        base = root / scope if scope else root
+        if not base.is_dir():
+            raise BidsError(f"scope {scope!r} does not exist under {root} (looked for {base}).")
+        ignore = load_bidsignore(base)
+        prefix = f"{scope}/" if scope else ""
+        stack: list[tuple[str, str]] = [(str(base), "")]
+        top = True
+        while stack:
+            folder, rel = stack.pop()
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError as exc:
+                raise BidsError(f"cannot list {folder}: {exc}") from exc
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                local = rel + name
+                is_dir = entry.is_dir()
+                if top and not (is_dir and name.startswith("sub-")):
+                    # At the top of a scope only sub-* folders hold per-subject data;
+                    # top-level files are read separately (sidecars, participants).
+                    continue
+                if ignore is not None and ignore.match_file(local + ("/" if is_dir else "")):
+                    continue
+                if is_dir:
+                    stack.append((entry.path, local + "/"))
+                else:
+                    yield scope, prefix + local, entry
+            top = False
+
+
+def scan(root: Path, scopes: Iterable[str] = ("",)) -> tuple[list[BidsFile], list[str]]:
+    """Find the NIfTI files and the JSON sidecar paths of the given scopes.
+
+    Returns the NIfTI files (broken symlinks included and flagged, so that later steps
+    can name them) and the relative paths of every ``.json`` file found, top-level
+    sidecars of each scope included (for the inheritance principle).
+    """
+    scopes = list(scopes)
+    files: list[BidsFile] = []
+    jsons: list[str] = []
+    for scope in scopes:
+        base = root / scope if scope else root
+        prefix = f"{scope}/" if scope else ""
+        if base.is_dir():
+            jsons.extend(
+                prefix + p.name
+                for p in sorted(base.iterdir())
+                if p.suffix == ".json" and p.name != "dataset_description.json" and p.is_file()
+            )
+    for scope, relpath, entry in walk(root, scopes):
+        lower = entry.name.lower()
+        if lower.endswith(".json"):
+            jsons.append(relpath)
+            continue
+        if not lower.endswith(NIFTI_EXTENSIONS):
+            continue
+        broken = False
+        try:
+            st = entry.stat()  # follows symlinks
+            size, mtime = st.st_size, st.st_mtime_ns
+        except FileNotFoundError:
+            broken = True
+            size, mtime = 0, entry.stat(follow_symlinks=False).st_mtime_ns
+        parts = relpath.split("/")
+        name = parse_filename(entry.name)
+        if "sub" not in name.entities:
+            # A file under sub-XX whose name lacks sub-: take the subject from the folder.
+            sub_dir = next((p for p in parts if p.startswith("sub-")), None)
+            if sub_dir:
+                ents = {"sub": sub_dir[4:], **name.entities}
+                name = BidsName(ents, name.suffix, name.extension, name.unknown)
+        files.append(
+            BidsFile(
+                root=root,
+                relpath=relpath,
+                scope=scope,
+                name=name,
+                datatype=_datatype_of(parts),
+                size=size,
+                mtime_ns=mtime,
+                broken_link=broken,
+            )
+        )
+    return files, jsons

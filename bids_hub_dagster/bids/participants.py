@@ -1,0 +1,131 @@
+"""participants.tsv, typed by participants.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import BidsError
+
+log = logging.getLogger(__name__)
+
+ColumnType = Literal["string", "int64", "float64", "bool"]
+NULLS = frozenset({"n/a", ""})
+
+
+@dataclass(frozen=True)
+class Participants:
+    """The phenotype table: one record per participant, columns typed."""
+
+    columns: dict[str, ColumnType]  # phenotype columns in file order, participant_id excluded
+    records: dict[str, dict[str, Any]]  # "sub-01" -> {column: value}
+    descriptions: dict[str, str]
+
+    @classmethod
+    def empty(cls) -> Participants:
+        return cls(columns={}, records={}, descriptions={})
+
+    def select(self, names: list[str] | None) -> Participants:
+        """Keep only ``names`` (all when None); an unknown name is an error."""
+        if names is None:
+            return self
+        missing = [n for n in names if n not in self.columns]
+        if missing:
+            have = ", ".join(self.columns) or "none"
+            raise BidsError(f"phenotype column(s) {missing} are not in participants.tsv (it has: {have}).")
+        return Participants(
+            columns={n: self.columns[n] for n in names},
+            records={k: {n: r.get(n) for n in names} for k, r in self.records.items()},
+            descriptions={n: d for n, d in self.descriptions.items() if n in names},
+        )
+
+
+def _infer_type(values: list[str], sidecar: dict[str, Any]) -> ColumnType:
+    if "Levels" in sidecar:
+        return "string"
+    present = [v for v in values if v not in NULLS]
+    if not present:
+        return "string"
+    try:
+        [int(v) for v in present]
+        return "int64"
+    except ValueError:
+        pass
+    try:
+        [float(v) for v in present]
+        return "float64"
+    except ValueError:
+        pass
+    if all(v.lower() in ("true", "false") for v in present):
+        return "bool"
+    return "string"
+
+
+def _convert(value: str, kind: ColumnType) -> Any:
+    if value in NULLS:
+        return None
+    if kind == "int64":
+        return int(value)
+    if kind == "float64":
+        return float(value)
+    if kind == "bool":
+        return value.lower() == "true"
+    return value
+
+
+def read_participants(root: Path) -> Participants:
+    """Read ``participants.tsv`` typed by ``participants.json``; ``n/a`` becomes null.
+
+    Columns described with ``Levels`` stay strings (codes such as ``1``/``2`` are
+    categories, not numbers); other columns are int64 when every value is an integer,
+    float64 when every value is a number, else strings.
+    """
+    tsv = root / "participants.tsv"
+    if not tsv.is_file():
+        return Participants.empty()
+    sidecar_path = root / "participants.json"
+    sidecar: dict[str, Any] = {}
+    if sidecar_path.is_file():
+        try:
+            sidecar = json.loads(sidecar_path.read_text(encoding="utf-8-sig"))
+        except json.JSONDecodeError as exc:
+            raise BidsError(f"{sidecar_path} is not valid JSON: {exc}") from exc
+    with tsv.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            return Participants.empty()
+        rows = [[c.strip() for c in r] for r in reader if any(c.strip() for c in r)]
+    if "participant_id" not in header:
+        raise BidsError(f"{tsv} has no participant_id column (its columns: {header}).")
+    for i, r in enumerate(rows, start=2):
+        if len(r) != len(header):
+            raise BidsError(f"{tsv} line {i} has {len(r)} fields, the header has {len(header)}.")
+    id_col = header.index("participant_id")
+    columns: dict[str, ColumnType] = {}
+    for j, name in enumerate(header):
+        if j == id_col:
+            continue
+        meta = sidecar.get(name) if isinstance(sidecar.get(name), dict) else {}
+        columns[name] = _infer_type([r[j] for r in rows], meta)
+    records: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        pid = r[id_col]
+        if not pid.startswith("sub-"):
+            pid = f"sub-{pid}"
+        if pid in records:
+            raise BidsError(f"{tsv} lists {pid} twice.")
+        records[pid] = {
+            name: _convert(r[j], columns[name]) for j, name in enumerate(header) if j != id_col
+        }
+    descriptions = {
+        name: str(meta.get("Description"))
+        for name, meta in sidecar.items()
+        if name in columns and isinstance(meta, dict) and meta.get("Description")
+    }
+    return Participants(columns=columns, records=records, descriptions=descriptions)

@@ -1,0 +1,187 @@
+"""The dataset spec: one YAML file that says which BIDS folder becomes which dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .bids.columns import ColumnRule
+from .bids.errors import BidsError
+
+DEFAULT_MAX_SHARD_SIZE = 500 * 10**6  # the same default as datasets' push_to_hub
+SPEC_KEYS = frozenset(
+    {"name", "bids_root", "destination", "row", "columns", "phenotype", "max_shard_size", "num_shards"}
+)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+class SpecError(BidsError):
+    """The spec file is malformed or contradicts itself."""
+
+
+def parse_size(value: int | str) -> int:
+    """``"500MB"`` → 500_000_000, ``"1GiB"`` → 1_073_741_824, ``1000`` → 1000 (bytes).
+
+    Units follow the Hub's convention: KB/MB/GB are powers of 10, KiB/MiB/GiB powers of 2.
+    """
+    if isinstance(value, bool):
+        raise SpecError(f"size {value!r} is not a size.")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise SpecError(f"size {value!r} is not a size; write e.g. 500MB, 2GB or 1GiB.")
+        n = int(float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()])
+    if n <= 0:
+        raise SpecError(f"size {value!r} must be positive.")
+    return n
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{n} B"
+
+
+def sanitize_name(text: str) -> str:
+    """A valid dataset name (asset key prefix) from any text, e.g. a folder name."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text).strip("_").lower() or "dataset"
+    return name if _NAME.match(name) else f"ds_{name}"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: where its BIDS folder is, where it goes, and how rows and columns are cut."""
+
+    name: str
+    bids_root: Path
+    destination: str | None = None
+    row: str = "session"
+    columns: tuple[ColumnRule, ...] | None = None  # None: inferred from the raw tree
+    phenotype: tuple[str, ...] | None = None  # None: every participants.tsv column
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE
+    num_shards: int | None = None
+    source: Path | None = field(default=None, compare=False)  # the YAML file it came from
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise SpecError(f"name {self.name!r} must be an identifier (letters, digits, _), e.g. 'arc'.")
+        if self.row not in ("session", "subject"):
+            raise SpecError(f"row must be 'session' or 'subject', not {self.row!r}.")
+        if self.num_shards is not None and (isinstance(self.num_shards, bool) or self.num_shards < 1):
+            raise SpecError(f"num_shards must be a positive integer, not {self.num_shards!r}.")
+
+    def with_overrides(self, **overrides: Any) -> DatasetSpec:
+        """A copy with the given keys replaced; ``None`` values are ignored."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "max_shard_size" in changes:
+            changes["max_shard_size"] = parse_size(changes["max_shard_size"])
+        if "destination" in changes:
+            changes["destination"] = resolve_destination(str(changes["destination"]), Path.cwd())
+        return dataclasses.replace(self, **changes)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The YAML mapping of this spec (paths absolute, so it can be saved anywhere)."""
+        out: dict[str, Any] = {"name": self.name, "bids_root": str(self.bids_root)}
+        if self.destination:
+            out["destination"] = self.destination
+        out["row"] = self.row
+        if self.columns is not None:
+            out["columns"] = {c.name: c.to_mapping() for c in self.columns}
+        if self.phenotype is not None:
+            out["phenotype"] = list(self.phenotype)
+        if self.num_shards is not None:
+            out["num_shards"] = self.num_shards
+        else:
+            out["max_shard_size"] = format_size(self.max_shard_size).replace(" ", "")
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_mapping(), sort_keys=False, default_flow_style=None)
+
+
+def resolve_destination(dest: str, base: Path) -> str:
+    """Local destinations resolve against ``base``; ``hf://`` URLs stay as written."""
+    if "://" in dest:
+        return dest
+    return str((base / Path(dest).expanduser()).resolve())
+
+
+def spec_from_mapping(raw: Mapping[str, Any], base: Path, source: Path | None = None) -> DatasetSpec:
+    """Build a spec from its YAML mapping; relative paths resolve against ``base``."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"a spec must be a YAML mapping, got {type(raw).__name__}.")
+    where = f" in {source}" if source else ""
+    unknown = set(raw) - SPEC_KEYS
+    if unknown:
+        raise SpecError(f"unknown key(s) {sorted(unknown)}{where}; known keys: {sorted(SPEC_KEYS)}.")
+    if "bids_root" not in raw:
+        raise SpecError(f"bids_root is required{where}.")
+    bids_root = (base / Path(str(raw["bids_root"])).expanduser()).resolve()
+    columns = None
+    if raw.get("columns") is not None:
+        if not isinstance(raw["columns"], Mapping) or not raw["columns"]:
+            raise SpecError(f"columns must be a non-empty mapping of name → filters{where}.")
+        columns = tuple(ColumnRule.from_mapping(str(k), v or {}) for k, v in raw["columns"].items())
+    phenotype = raw.get("phenotype")
+    if phenotype is not None and not (isinstance(phenotype, list) and all(isinstance(p, str) for p in phenotype)):
+        raise SpecError(f"phenotype must be a list of participants.tsv column names{where}.")
+    if raw.get("max_shard_size") is not None and raw.get("num_shards") is not None:
+        raise SpecError(f"give max_shard_size or num_shards, not both{where}.")
+    return DatasetSpec(
+        name=str(raw.get("name") or sanitize_name(bids_root.name)),
+        bids_root=bids_root,
+        destination=resolve_destination(str(raw["destination"]), base) if raw.get("destination") else None,
+        row=str(raw.get("row", "session")),
+        columns=columns,
+        phenotype=tuple(phenotype) if phenotype is not None else None,
+        max_shard_size=parse_size(raw.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE),
+        num_shards=raw.get("num_shards"),
+        source=source,
+    )
+
+
+def load_spec(path: Path | str) -> DatasetSpec:
+    """Read one spec YAML file."""
+    path = Path(path).expanduser().resolve()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SpecError(f"spec file {path} does not exist.") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path} is not valid YAML: {exc}") from exc
+    return spec_from_mapping(raw or {}, path.parent, source=path)
+
+
+def load_specs(path: Path | str) -> list[DatasetSpec]:
+    """A spec file, or every ``*.yaml``/``*.yml`` file of a folder (names must be unique)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+        if not files:
+            raise SpecError(f"{path} holds no *.yaml spec files.")
+        specs = [load_spec(f) for f in files]
+    else:
+        specs = [load_spec(path)]
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecError(f"dataset names must be unique across specs; repeated: {dupes}.")
+    return specs
+
+
+def spec_for_folder(bids_root: Path | str, **overrides: Any) -> DatasetSpec:
+    """The zero-config spec of a BIDS folder: name from the folder, columns inferred."""
+    root = Path(bids_root).expanduser().resolve()
+    return DatasetSpec(name=sanitize_name(root.name), bids_root=root).with_overrides(**overrides)
