@@ -1,0 +1,175 @@
+"""The asset factory: one group of four assets per dataset spec.
+
+    bids_index ──► hf_dataset ──► hub_shards[shard-00000 …] ──► hub_upload
+
+Each body is wiring: read inputs, call one core function, return the value with its
+metadata. The logic lives in ``bids_hub_dagster.bids`` and ``bids_hub_dagster.hf``.
+"""
+
+
+import time
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+from datasets import Dataset
+
+from ..bids.index import build_index
+from ..hf.destinations import parse_destination
+from ..hf.publish import publish_shards
+from ..hf.shards import build_shard, plan_for_index
+from ..hf.tables import IndexInfo, dataset_from_index, index_to_table
+from ..hf.verify import verify_published
+from ..spec import DatasetSpec, format_size
+
+IO_MANAGER_KEY = "bids_hub_io_manager"
+
+
+def shard_partitions_name(spec: DatasetSpec) -> str:
+    return f"{spec.name}_shards"
+
+
+def _markdown_table(rows: list[dict], limit: int = 10) -> str:
+    if not rows:
+        return "(empty)"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows[:limit]:
+        lines.append("| " + " | ".join(str(r[c]) if r[c] is not None else "" for c in cols) + " |")
+    if len(rows) > limit:
+        lines.append(f"\n… {len(rows) - limit} more rows")
+    return "\n".join(lines)
+
+
+def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
+    """The four assets of one dataset, keyed ``[spec.name, ...]`` in group ``spec.name``."""
+    prefix = spec.name
+    shards_def = dg.DynamicPartitionsDefinition(name=shard_partitions_name(spec))
+    common = {"group_name": spec.name, "io_manager_key": IO_MANAGER_KEY}
+
+    @dg.asset(
+        key=[prefix, "bids_index"],
+        description=f"Rows, files per column, phenotype and sidecars of the BIDS folder {spec.bids_root}.",
+        kinds={"bids", "parquet"},
+        **common,
+    )
+    def bids_index(context: dg.AssetExecutionContext) -> dg.Output[pa.Table]:
+        index = build_index(
+            spec.bids_root,
+            list(spec.columns) if spec.columns is not None else None,
+            row=spec.row,
+            phenotype=list(spec.phenotype) if spec.phenotype is not None else None,
+        )
+        for warning in index.warnings:
+            context.log.warning(warning)
+        table = index_to_table(index)
+        preview = [
+            {"subject_id": r.subject_id, "session_id": r.session_id}
+            | {c: len(files) for c, files in r.cells.items()}
+            for r in index.rows
+        ]
+        return dg.Output(
+            table,
+            metadata={
+                "dagster/row_count": len(index.rows),
+                "columns": ", ".join(f"{c.name}{' (many)' if c.many else ''}" for c in index.columns),
+                "files_per_column": index.files_per_column(),
+                "bytes_per_column": index.bytes_per_column(),
+                "total_bytes": sum(index.bytes_per_column().values()),
+                "warnings": "\n".join(index.warnings) or "none",
+                "preview": dg.MetadataValue.md(_markdown_table(preview)),
+            },
+        )
+
+    @dg.asset(
+        key=[prefix, "hf_dataset"],
+        ins={"bids_index": dg.AssetIn(key=[prefix, "bids_index"])},
+        description="The typed Hugging Face dataset: Nifti()/List(Nifti()) columns holding file paths.",
+        kinds={"huggingface", "parquet"},
+        **common,
+    )
+    def hf_dataset(context: dg.AssetExecutionContext, bids_index: pa.Table) -> dg.Output[Dataset]:
+        ds = dataset_from_index(bids_index)
+        plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
+        name = shards_def.name
+        wanted = plan.keys()
+        existing = context.instance.get_dynamic_partitions(name)
+        for key in sorted(set(existing) - set(wanted)):
+            context.instance.delete_dynamic_partition(name, key)
+        context.instance.add_dynamic_partitions(name, [k for k in wanted if k not in existing])
+        return dg.Output(
+            ds,
+            metadata={
+                "dagster/row_count": len(ds),
+                "features": dg.MetadataValue.json(ds.features.to_dict()),
+                "num_shards": plan.num_shards,
+                "shard_sizes": ", ".join(format_size(s) for s in plan.sizes),
+            },
+        )
+
+    @dg.asset(
+        key=[prefix, "hub_shards"],
+        ins={
+            "hf_dataset": dg.AssetIn(key=[prefix, "hf_dataset"]),
+            "bids_index": dg.AssetIn(key=[prefix, "bids_index"]),
+        },
+        partitions_def=shards_def,
+        description="One parquet shard per partition, NIfTI bytes embedded, written row group by row group.",
+        kinds={"parquet"},
+        **common,
+    )
+    def hub_shards(context: dg.AssetExecutionContext, hf_dataset: Dataset, bids_index: pa.Table) -> dg.Output:
+        plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
+        shard = build_shard(hf_dataset, bids_index, plan, context.partition_key)
+        return dg.Output(
+            shard,
+            metadata={
+                "dagster/row_count": shard.num_rows,
+                "rows": f"{shard.start}–{shard.stop - 1}",
+                "first_row": shard.rows.labels[0],
+                "last_row": shard.rows.labels[-1],
+                "files": shard.rows.num_files,
+                "nifti_bytes": shard.nbytes,
+            },
+        )
+
+    @dg.asset(
+        key=[prefix, "hub_upload"],
+        ins={
+            "hub_shards": dg.AssetIn(key=[prefix, "hub_shards"]),
+            "bids_index": dg.AssetIn(key=[prefix, "bids_index"]),
+        },
+        description=f"The published dataset at {spec.destination or '(no destination set)'}, verified by sha256.",
+        kinds={"huggingface"},
+        group_name=spec.name,
+    )
+    def hub_upload(
+        context: dg.AssetExecutionContext, hub_shards: dict[str, Path], bids_index: pa.Table
+    ) -> dg.MaterializeResult:
+        if not spec.destination:
+            raise ValueError(f"dataset {spec.name!r} has no destination: set `destination:` in its spec.")
+        destination = parse_destination(spec.destination)
+        plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
+        started = time.monotonic()
+        result = publish_shards(spec.name, bids_index, plan, hub_shards, destination)
+        report = verify_published(destination.load_id, bids_index)
+        context.log.info(report.summary())
+        if not report.ok:
+            raise RuntimeError(f"published copy at {destination.url} does not verify: {report.summary()}")
+        return dg.MaterializeResult(
+            metadata={
+                "destination": dg.MetadataValue.path(destination.url),
+                "dagster/row_count": report.rows_found,
+                "files_written": len(result.files_written),
+                "files_skipped": len(result.files_skipped),
+                "files_removed": len(result.files_removed),
+                "bytes_written": result.bytes_written,
+                "verified_files": report.files_checked,
+                "verified_bytes": report.bytes_checked,
+                "verification": report.summary(),
+                "duration_s": round(time.monotonic() - started, 2),
+                "columns": ", ".join(IndexInfo.of(bids_index).columns),
+            }
+        )
+
+    return [bids_index, hf_dataset, hub_shards, hub_upload]

@@ -1,0 +1,77 @@
+"""Parquet IO managers: one file per asset, one file per shard partition.
+
+Layout under ``base_dir``::
+
+    <dataset>/bids_index.parquet            the index table (paths, entities, sidecars)
+    <dataset>/hf_dataset.parquet            the typed dataset (paths, not bytes; HF features in metadata)
+    <dataset>/hub_shards/shard-00042.parquet one embedded shard, streamed row group by row group
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Dataset
+from datasets.table import InMemoryTable
+
+from ..hf.parquet import write_row_groups, write_table
+from ..hf.shards import EmbeddedShard
+
+
+def default_storage_dir() -> str:
+    """``$BIDS_HUB_STORAGE``, else ``$DAGSTER_HOME/bids_hub_storage``, else ``~/.bids_hub_dagster/storage``."""
+    if os.environ.get("BIDS_HUB_STORAGE"):
+        return os.environ["BIDS_HUB_STORAGE"]
+    if os.environ.get("DAGSTER_HOME"):
+        return str(Path(os.environ["DAGSTER_HOME"]) / "bids_hub_storage")
+    return str(Path.home() / ".bids_hub_dagster" / "storage")
+
+
+class BidsHubParquetIOManager(dg.ConfigurableIOManager):
+    """Persists index tables, datasets and shards as parquet files under ``base_dir``."""
+
+    base_dir: str
+
+    def _path(self, key: dg.AssetKey, partition: str | None = None) -> Path:
+        *prefix, name = key.path
+        folder = Path(self.base_dir, *prefix)
+        return folder / name / f"{partition}.parquet" if partition else folder / f"{name}.parquet"
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        partition = context.partition_key if context.has_asset_partitions else None
+        path = self._path(context.asset_key, partition)
+        if isinstance(obj, EmbeddedShard):
+            written = write_row_groups(path, obj.schema, obj.groups)
+        elif isinstance(obj, Dataset):
+            written = write_table(path, obj.data.table)
+        elif isinstance(obj, pa.Table):
+            written = write_table(path, obj)
+        else:
+            raise TypeError(f"{context.asset_key.to_user_string()}: cannot store a {type(obj).__name__} as parquet.")
+        context.add_output_metadata(
+            {
+                "path": dg.MetadataValue.path(str(path)),
+                "file_bytes": written.size,
+                "row_groups": written.num_row_groups,
+            }
+        )
+
+    def load_input(self, context: dg.InputContext) -> object:
+        key = context.asset_key
+        if context.has_asset_partitions:
+            # Shards are handed over as file paths: the bytes are never loaded whole.
+            keys = context.asset_partition_keys
+            return {k: self._path(key, k) for k in keys}
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{key.to_user_string()} has not been materialized yet ({path} is missing); materialize it first."
+            )
+        table = pq.read_table(path)
+        if key.path[-1] == "hf_dataset":
+            return Dataset(InMemoryTable(table))
+        return table

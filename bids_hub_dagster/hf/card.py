@@ -1,0 +1,168 @@
+"""The dataset card (README.md): Hub YAML metadata as push_to_hub writes it, and a body."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from datasets import DatasetInfo, Features, SplitDict, SplitInfo
+from datasets.info import DatasetInfosDict
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
+
+#: dataset_description.json ``License`` values (normalised) → Hub license ids.
+_LICENSES = {
+    "cc0": "cc0-1.0",
+    "cc0-1.0": "cc0-1.0",
+    "cc0-10": "cc0-1.0",
+    "pddl": "pddl",
+    "odc-pddl": "pddl",
+    "odc-by": "odc-by",
+    "odc-by-1.0": "odc-by",
+    "odbl": "odbl",
+    "odc-odbl": "odbl",
+    "odbl-1.0": "odbl",
+    "cc-by-4.0": "cc-by-4.0",
+    "cc-by-40": "cc-by-4.0",
+    "cc-by": "cc-by-4.0",
+    "cc-by-3.0": "cc-by-3.0",
+    "cc-by-sa-4.0": "cc-by-sa-4.0",
+    "cc-by-sa-3.0": "cc-by-sa-3.0",
+    "cc-by-nc-4.0": "cc-by-nc-4.0",
+    "cc-by-nc-sa-4.0": "cc-by-nc-sa-4.0",
+    "cc-by-nc-nd-4.0": "cc-by-nc-nd-4.0",
+    "cc-by-nd-4.0": "cc-by-nd-4.0",
+    "mit": "mit",
+    "apache-2.0": "apache-2.0",
+    "bsd-3-clause": "bsd-3-clause",
+    "pd": "pddl",
+    "public-domain": "pddl",
+}
+
+
+def hub_license(value: str | None) -> str | None:
+    """Map a BIDS ``License`` string (``CC0``, ``CC-BY-4.0``, ``CC BY 4.0`` ...) to a Hub id.
+
+    Unknown licenses map to ``other`` (the card then names the original text).
+    """
+    if not value or not str(value).strip():
+        return None
+    text = str(value).strip().lower()
+    for prefix in ("creative commons ", "license: "):
+        text = text.removeprefix(prefix)
+    norm = "-".join(text.replace("_", " ").replace("-", " ").replace("(", " ").replace(")", " ").split())
+    norm = norm.replace("attribution", "by").replace("zero", "0")
+    return _LICENSES.get(norm, _LICENSES.get(norm.replace(".", ""), "other"))
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """Everything the card says, gathered by the caller."""
+
+    name: str
+    description: Mapping[str, Any]  # dataset_description.json
+    features: Features
+    num_rows: int
+    num_subjects: int
+    num_sessions: int
+    files_per_column: Mapping[str, int]
+    bytes_per_column: Mapping[str, int]
+    num_shards: int
+    download_size: int  # bytes of the parquet files
+    dataset_size: int  # bytes of the data in memory (embedded files + ids)
+    load_id: str  # what to pass to load_dataset: a repo id or a folder
+    phenotype_descriptions: Mapping[str, str]
+
+
+def card_data(facts: CardFacts) -> DatasetCardData:
+    """The YAML header, with ``dataset_info`` and ``configs`` exactly as push_to_hub writes them."""
+    license_text = facts.description.get("License")
+    license_id = hub_license(license_text)
+    extra: dict[str, Any] = {}
+    if license_id == "other":
+        extra["license_name"] = "see-dataset-description"
+    data = DatasetCardData(
+        license=license_id,
+        pretty_name=str(facts.description.get("Name") or facts.name),
+        tags=["bids", "neuroimaging", "nifti", "mri"],
+        **extra,
+    )
+    splits = SplitDict()
+    splits.add(SplitInfo(name="train", num_bytes=facts.dataset_size, num_examples=facts.num_rows))
+    info = DatasetInfo(
+        features=facts.features,
+        splits=splits,
+        download_size=facts.download_size,
+        dataset_size=facts.dataset_size,
+    )
+    DatasetInfosDict({"default": info}).to_dataset_card_data(data)
+    MetadataConfigs({"default": {"data_files": [{"split": "train", "path": "data/train-*"}]}}).to_dataset_card_data(
+        data
+    )
+    return data
+
+
+def _authors(value: Any) -> str:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return ", ".join(str(a) for a in value)
+    return str(value)
+
+
+def render_card(facts: CardFacts) -> DatasetCard:
+    """The whole README.md: YAML header and a body a reader can act on."""
+    d = facts.description
+    title = str(d.get("Name") or facts.name)
+    lines = [f"# {title}", ""]
+    lines.append(
+        "A [BIDS](https://bids.neuroimaging.io) dataset published as a Hugging Face dataset: one row per "
+        + ("session" if facts.num_sessions else "subject")
+        + ", every NIfTI image embedded as bytes in `Nifti()` / `List(Nifti())` columns."
+    )
+    lines.append("")
+    facts_rows = [
+        ("Rows", f"{facts.num_rows}"),
+        ("Subjects", f"{facts.num_subjects}"),
+        ("Sessions", f"{facts.num_sessions}" if facts.num_sessions else "none (one row per subject)"),
+        ("Shards", f"{facts.num_shards}"),
+    ]
+    if d.get("Authors"):
+        facts_rows.append(("Authors", _authors(d["Authors"])))
+    if d.get("DatasetDOI"):
+        facts_rows.append(("DOI", str(d["DatasetDOI"])))
+    if d.get("License"):
+        facts_rows.append(("License", str(d["License"])))
+    if d.get("BIDSVersion"):
+        facts_rows.append(("BIDS version", str(d["BIDSVersion"])))
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts_rows] + [""]
+    lines += ["## Columns", "", "| column | type | files | bytes |", "|---|---|---|---|"]
+    for name, feature in facts.features.items():
+        kind = type(feature).__name__
+        if kind == "List":
+            kind = f"List({type(feature.feature).__name__}())"
+        elif kind == "Value":
+            kind = f"Value({feature.dtype!r})"
+        else:
+            kind = f"{kind}()"
+        files = facts.files_per_column.get(name)
+        size = facts.bytes_per_column.get(name)
+        desc = facts.phenotype_descriptions.get(name)
+        label = f"`{name}`" + (f" — {desc}" if desc else "")
+        lines.append(f"| {label} | {kind} | {'' if files is None else files} | {'' if size is None else size} |")
+    lines += ["", "## Load it", "", "```python", "from datasets import load_dataset", ""]
+    lines += [f'ds = load_dataset("{facts.load_id}", split="train")', "row = ds[0]"]
+    first_nifti = next((n for n, f in facts.features.items() if type(f).__name__ in ("Nifti", "List")), None)
+    if first_nifti:
+        lines.append(f'img = row["{first_nifti}"]  # nibabel image(s)')
+    lines += ["```", ""]
+    if d.get("HowToAcknowledge") or d.get("ReferencesAndLinks") or d.get("Funding"):
+        lines += ["## How to acknowledge", ""]
+        if d.get("HowToAcknowledge"):
+            lines += [str(d["HowToAcknowledge"]), ""]
+        for ref in d.get("ReferencesAndLinks") or []:
+            lines.append(f"- {ref}")
+        if d.get("Funding"):
+            lines += ["", "Funding: " + _authors(d["Funding"])]
+        lines.append("")
+    lines.append("Published with bids_hub_dagster.")
+    return DatasetCard(f"---\n{card_data(facts).to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")

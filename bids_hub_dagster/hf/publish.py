@@ -1,0 +1,108 @@
+"""Publish built shard files and the card to a destination, after checking they belong together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .card import CardFacts, render_card
+from .destinations import Destination, PublishResult
+from .shards import ShardPlan, read_shard_record, shard_rows
+from .tables import IndexInfo
+
+
+class ShardsNotReadyError(RuntimeError):
+    """Some shards of the current plan are missing or were built from other data."""
+
+
+@dataclass(frozen=True)
+class ShardFileStats:
+    num_rows: int
+    download_size: int  # bytes on disk
+    dataset_size: int  # uncompressed bytes, as the parquet footer records them
+
+
+def shard_file_stats(path: Path) -> ShardFileStats:
+    meta = pq.ParquetFile(path).metadata
+    return ShardFileStats(
+        num_rows=meta.num_rows,
+        download_size=path.stat().st_size,
+        dataset_size=sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)),
+    )
+
+
+def ordered_shard_files(plan: ShardPlan, files: Mapping[str, Path], index_table: pa.Table) -> list[Path]:
+    """The shard files in plan order, each checked against the current plan and index.
+
+    Raises:
+        ShardsNotReadyError: listing every shard that is missing, or whose recorded row
+            range or input fingerprint differs from what the current index plans.
+    """
+    missing, stale, ordered = [], [], []
+    for key, (start, stop) in zip(plan.keys(), plan.ranges, strict=True):
+        path = files.get(key)
+        if path is None or not Path(path).is_file():
+            missing.append(key)
+            continue
+        record = read_shard_record(pq.read_schema(path))
+        expected = shard_rows(index_table, start, stop).fingerprint()
+        if not record or (record["start"], record["stop"], record["fingerprint"]) != (start, stop, expected):
+            stale.append(key)
+        ordered.append(Path(path))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} shard(s) not built yet: {', '.join(missing)}")
+    if stale:
+        problems.append(
+            f"{len(stale)} shard(s) were built from an older index or plan: {', '.join(stale)}"
+        )
+    if problems:
+        raise ShardsNotReadyError(
+            "; ".join(problems) + ". Materialize those hub_shards partitions, then publish again."
+        )
+    return ordered
+
+
+def card_facts(name: str, index_table: pa.Table, stats: list[ShardFileStats], load_id: str) -> CardFacts:
+    info = IndexInfo.of(index_table)
+    files_per_column = {c: 0 for c in info.columns}
+    bytes_per_column = {c: 0 for c in info.columns}
+    for row in index_table.column("_bids_files").to_pylist():
+        for f in row:
+            files_per_column[f["column"]] += 1
+            bytes_per_column[f["column"]] += f["size"]
+    subjects = index_table.column("subject_id").to_pylist()
+    sessions = {(s, t) for s, t in zip(subjects, index_table.column("session_id").to_pylist(), strict=True) if t}
+    return CardFacts(
+        name=name,
+        description=info.description,
+        features=info.features(),
+        num_rows=index_table.num_rows,
+        num_subjects=len(set(subjects)),
+        num_sessions=len(sessions),
+        files_per_column=files_per_column,
+        bytes_per_column=bytes_per_column,
+        num_shards=len(stats),
+        download_size=sum(s.download_size for s in stats),
+        dataset_size=sum(s.dataset_size for s in stats),
+        load_id=load_id,
+        phenotype_descriptions=info.phenotype_descriptions,
+    )
+
+
+def publish_shards(
+    name: str,
+    index_table: pa.Table,
+    plan: ShardPlan,
+    files: Mapping[str, Path],
+    destination: Destination,
+) -> PublishResult:
+    """Check the shards, render the card, and publish both to ``destination``."""
+    ordered = ordered_shard_files(plan, files, index_table)
+    stats = [shard_file_stats(p) for p in ordered]
+    card = render_card(card_facts(name, index_table, stats, destination.load_id))
+    return destination.publish(ordered, card)

@@ -1,0 +1,286 @@
+"""Shard planning from real file sizes, and shard building with the bytes embedded.
+
+A shard is a contiguous range of dataset rows. Building one embeds the NIfTI bytes of
+exactly its own rows: the slice is broken (pandas round trip) before
+``embed_table_storage`` runs, because on ``datasets`` < 5.2 embedding a ``select``/
+``shard`` slice with a ``List(Nifti())`` column read every file of the whole dataset
+(``ListArray.values`` ignores the slice offset). The bytes stream out in row groups of
+about ``row_group_bytes`` so memory holds one group, not one shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+from datasets import Dataset, Features
+from datasets.table import embed_table_storage
+import datasets as hf_datasets
+
+from .nifti import ARROW_BINARY_LIMIT, NiftiFileError, check_nifti
+from .tables import FILES_COLUMN, IndexInfo, row_sizes
+
+SHARD_META_KEY = b"bids_hub_dagster_shard"
+DEFAULT_ROW_GROUP_BYTES = 100 * 10**6
+PARTITION_PREFIX = "shard-"
+
+
+def partition_key(index: int) -> str:
+    """The Dagster partition key of shard ``index``: ``shard-00042``."""
+    return f"{PARTITION_PREFIX}{index:05d}"
+
+
+def shard_index(key: str) -> int:
+    """Inverse of :func:`partition_key`."""
+    if not key.startswith(PARTITION_PREFIX) or not key[len(PARTITION_PREFIX) :].isdigit():
+        raise ValueError(f"{key!r} is not a shard partition key (expected e.g. shard-00042).")
+    return int(key[len(PARTITION_PREFIX) :])
+
+
+def _greedy_ranges(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
+    """Contiguous ranges, each filled with whole items up to ``limit`` bytes.
+
+    An item larger than ``limit`` gets a range of its own; no range is empty.
+    """
+    ranges: list[tuple[int, int]] = []
+    start, acc = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and acc + size > limit:
+            ranges.append((start, i))
+            start, acc = i, 0
+        acc += size
+    if start < len(sizes):
+        ranges.append((start, len(sizes)))
+    return ranges
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Row ranges ``[start, stop)`` of every shard, in row order."""
+
+    ranges: tuple[tuple[int, int], ...]
+    sizes: tuple[int, ...]  # bytes of NIfTI files per shard
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.ranges)
+
+    def keys(self) -> list[str]:
+        return [partition_key(i) for i in range(self.num_shards)]
+
+    def range_of(self, key: str) -> tuple[int, int]:
+        i = shard_index(key)
+        if i >= self.num_shards:
+            raise KeyError(
+                f"{key} is not in the current shard plan ({self.num_shards} shards, up to "
+                f"{partition_key(self.num_shards - 1)}); the dataset was re-planned: materialize hf_dataset "
+                "again and drop stale partitions."
+            )
+        return self.ranges[i]
+
+
+def plan_shards(sizes: Sequence[int], max_shard_size: int, num_shards: int | None = None) -> ShardPlan:
+    """Plan shards from per-row file sizes (bytes on disk, not path strings).
+
+    Args:
+        sizes: bytes of NIfTI files of each row, in row order.
+        max_shard_size: fill each shard with whole rows up to this many bytes; a row
+            larger than that is a shard of its own.
+        num_shards: when given, split rows into this many contiguous shards exactly as
+            ``Dataset.shard(num_shards, i, contiguous=True)`` does (capped at one row per
+            shard), ignoring ``max_shard_size``.
+    """
+    n = len(sizes)
+    if n == 0:
+        return ShardPlan(ranges=(), sizes=())
+    if num_shards is not None:
+        k = min(num_shards, n)
+        div, mod = divmod(n, k)
+        ranges = []
+        for i in range(k):
+            start = i * div + min(i, mod)
+            ranges.append((start, start + div + (1 if i < mod else 0)))
+    else:
+        ranges = _greedy_ranges(sizes, max_shard_size)
+    return ShardPlan(ranges=tuple(ranges), sizes=tuple(sum(sizes[a:b]) for a, b in ranges))
+
+
+def plan_for_index(index_table: pa.Table, max_shard_size: int, num_shards: int | None) -> ShardPlan:
+    return plan_shards(row_sizes(index_table), max_shard_size, num_shards)
+
+
+@dataclass
+class ShardRows:
+    """What the index says about one shard's rows: ids, files, sizes."""
+
+    labels: list[str]  # "sub-01/ses-1" per row
+    files: list[list[dict]]  # per row: the _bids_files records
+    root: Path
+
+    @property
+    def sizes(self) -> list[int]:
+        return [sum(f["size"] for f in row) for row in self.files]
+
+    @property
+    def num_files(self) -> int:
+        return sum(len(row) for row in self.files)
+
+    def fingerprint(self) -> str:
+        """Changes whenever a row, a file, its size or its mtime changes."""
+        h = hashlib.sha256()
+        for label, files in zip(self.labels, self.files, strict=True):
+            h.update(label.encode())
+            for f in files:
+                h.update(json.dumps([f["column"], f["relpath"], f["size"], f["mtime_ns"]]).encode())
+        return h.hexdigest()
+
+
+def shard_rows(index_table: pa.Table, start: int, stop: int) -> ShardRows:
+    part = index_table.slice(start, stop - start)
+    subs = part.column("subject_id").to_pylist()
+    sess = part.column("session_id").to_pylist()
+    return ShardRows(
+        labels=[s if t is None else f"{s}/{t}" for s, t in zip(subs, sess, strict=True)],
+        files=part.column(FILES_COLUMN).to_pylist(),
+        root=IndexInfo.of(index_table).root,
+    )
+
+
+def check_shard_files(rows: ShardRows) -> list[NiftiFileError]:
+    """Check every file of a shard (header, size, symlink) before any byte is embedded.
+
+    Also checks that no row puts over 2 GiB into one column, which one Arrow binary
+    array cannot hold. Returns every problem found, not only the first.
+    """
+    problems: list[NiftiFileError] = []
+    for label, files in zip(rows.labels, rows.files, strict=True):
+        per_column: dict[str, int] = {}
+        for f in files:
+            path = rows.root / f["relpath"]
+            try:
+                size = check_nifti(path)
+            except NiftiFileError as exc:
+                problems.append(exc)
+                continue
+            per_column[f["column"]] = per_column.get(f["column"], 0) + size
+        for column, total in per_column.items():
+            if total > ARROW_BINARY_LIMIT:
+                problems.append(
+                    NiftiFileError(
+                        f"{rows.root}/{label}",
+                        f"column {column!r} of row {label} holds {total / 2**30:.2f} GiB, over the 2 GiB one "
+                        "Arrow binary array can hold; split the column (e.g. by run or task)",
+                    )
+                )
+    return problems
+
+
+class ShardFilesError(ValueError):
+    """One or more files of a shard cannot be embedded; the message lists them all."""
+
+    def __init__(self, key: str, problems: list[NiftiFileError]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{key}: {len(problems)} file(s) cannot be embedded:\n{lines}")
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    was_disabled = not hf_datasets.is_progress_bar_enabled()
+    hf_datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            hf_datasets.enable_progress_bars()
+
+
+def embed_rows_pandas(part: Dataset, features: Features) -> pa.Table:
+    """Embed the bytes of ``part``'s files after breaking any Arrow slice (pandas round trip)."""
+    with _quiet_datasets():
+        fresh = Dataset.from_pandas(part.to_pandas(), preserve_index=False).cast(features)
+    return embed_table_storage(fresh._data.table.combine_chunks())
+
+
+STRATEGIES = {"pandas": embed_rows_pandas}
+
+
+@dataclass
+class EmbeddedShard:
+    """A shard ready to be written: its schema and a lazy stream of embedded row groups."""
+
+    key: str
+    start: int
+    stop: int
+    num_shards: int
+    rows: ShardRows
+    schema: pa.Schema
+    groups: Iterator[pa.Table] = field(repr=False)
+
+    @property
+    def num_rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.rows.sizes)
+
+
+def shard_schema(features: Features, key: str, start: int, stop: int, num_shards: int, fp: str) -> pa.Schema:
+    """The features' Arrow schema (HF metadata included) plus this shard's own record."""
+    schema = features.arrow_schema
+    meta = dict(schema.metadata or {})
+    meta[SHARD_META_KEY] = json.dumps(
+        {"key": key, "start": start, "stop": stop, "num_shards": num_shards, "fingerprint": fp}
+    ).encode()
+    return schema.with_metadata(meta)
+
+
+def build_shard(
+    dataset: Dataset,
+    index_table: pa.Table,
+    plan: ShardPlan,
+    key: str,
+    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+    strategy: str = "pandas",
+) -> EmbeddedShard:
+    """Prepare shard ``key``: check its files, then stream its embedded row groups lazily.
+
+    Raises:
+        ShardFilesError: when any file of the shard is missing, empty, not NIfTI, a
+            broken symlink or too large; nothing is read beyond the headers then.
+    """
+    if len(dataset) != index_table.num_rows:
+        raise ValueError(
+            f"dataset has {len(dataset)} rows but the index has {index_table.num_rows}: both must come "
+            "from the same materialization."
+        )
+    embed = STRATEGIES[strategy]
+    start, stop = plan.range_of(key)
+    rows = shard_rows(index_table, start, stop)
+    problems = check_shard_files(rows)
+    if problems:
+        raise ShardFilesError(key, problems)
+    features = dataset.features
+    schema = shard_schema(features, key, start, stop, plan.num_shards, rows.fingerprint())
+    shard = dataset.select(range(start, stop))
+
+    def groups() -> Iterator[pa.Table]:
+        for a, b in _greedy_ranges(rows.sizes, row_group_bytes):
+            table = embed(shard.select(range(a, b)), features)
+            yield table.cast(schema)
+
+    return EmbeddedShard(
+        key=key, start=start, stop=stop, num_shards=plan.num_shards, rows=rows, schema=schema, groups=groups()
+    )
+
+
+def read_shard_record(schema: pa.Schema) -> dict | None:
+    """The shard record (key, range, fingerprint) stored in a shard file's schema."""
+    raw = (schema.metadata or {}).get(SHARD_META_KEY)
+    return json.loads(raw) if raw else None

@@ -1,0 +1,102 @@
+"""Read a published dataset back with ``datasets.load_dataset`` and compare every byte."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+from datasets import load_dataset
+
+from .tables import IndexInfo
+
+
+@dataclass
+class VerifyReport:
+    rows_expected: int
+    rows_found: int = 0
+    files_checked: int = 0
+    bytes_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.rows_found == self.rows_expected
+
+    def summary(self) -> str:
+        head = (
+            f"{'OK' if self.ok else 'FAILED'}: {self.rows_found}/{self.rows_expected} rows, "
+            f"{self.files_checked} files, {self.bytes_checked} bytes compared by sha256"
+        )
+        if not self.problems:
+            return head
+        shown = "\n".join(f"  - {p}" for p in self.problems[:50])
+        more = f"\n  … and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        return f"{head}\n{shown}{more}"
+
+
+def sha256_file(path: Path, chunk: int = 8 * 2**20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_published(load_id: str, index_table: pa.Table, cache_dir: str | None = None) -> VerifyReport:
+    """Load ``load_id`` (streaming, fresh cache) and check it against the index.
+
+    Every row of the index must appear exactly once, and every cell must hold the bytes
+    of its source files, in order, compared by sha256.
+    """
+    info = IndexInfo.of(index_table)
+    expected: dict[tuple[str, str | None], dict[str, list[str]]] = {}
+    subs = index_table.column("subject_id").to_pylist()
+    sess = index_table.column("session_id").to_pylist()
+    cols = {name: index_table.column(name).to_pylist() for name in info.columns}
+    for i, key in enumerate(zip(subs, sess, strict=True)):
+        cells = {}
+        for name, many in info.columns.items():
+            value = cols[name][i]
+            cells[name] = list(value) if many else ([] if value is None else [value])
+        expected[key] = cells
+    report = VerifyReport(rows_expected=len(expected))
+    seen: set[tuple[str, str | None]] = set()
+    with tempfile.TemporaryDirectory(prefix="bids-hub-verify-") as tmp:
+        ds = load_dataset(load_id, split="train", streaming=True, cache_dir=cache_dir or tmp).decode(False)
+        for row in ds:
+            report.rows_found += 1
+            key = (row["subject_id"], row["session_id"])
+            label = key[0] if key[1] is None else f"{key[0]}/{key[1]}"
+            if key in seen:
+                report.problems.append(f"row {label} appears more than once")
+                continue
+            seen.add(key)
+            if key not in expected:
+                report.problems.append(f"row {label} is not in the BIDS index")
+                continue
+            for name, many in info.columns.items():
+                cell = row.get(name)
+                got = (cell or []) if many else ([] if cell is None else [cell])
+                want = expected[key][name]
+                if len(got) != len(want):
+                    report.problems.append(f"{label} {name}: {len(got)} file(s), expected {len(want)}")
+                    continue
+                for value, rel in zip(got, want, strict=True):
+                    source = info.root / rel
+                    data = value.get("bytes") if isinstance(value, dict) else None
+                    if data is None:
+                        report.problems.append(f"{label} {name}: {rel} is not embedded (no bytes)")
+                        continue
+                    if value.get("path") != Path(rel).name:
+                        report.problems.append(f"{label} {name}: path {value.get('path')!r}, expected {Path(rel).name!r}")
+                    if hashlib.sha256(data).hexdigest() != sha256_file(source):
+                        report.problems.append(f"{label} {name}: bytes differ from {rel}")
+                    report.files_checked += 1
+                    report.bytes_checked += len(data)
+    missing = [k for k in expected if k not in seen]
+    for sub, ses in missing[:50]:
+        report.problems.append(f"row {sub if ses is None else f'{sub}/{ses}'} is missing")
+    return report
