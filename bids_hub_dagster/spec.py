@@ -13,6 +13,7 @@ import yaml
 
 from .bids.columns import ColumnRule
 from .bids.errors import BidsError
+from .bids.index import BidsIndex, build_index
 
 DEFAULT_MAX_SHARD_SIZE = 500 * 10**6  # the same default as datasets' push_to_hub
 SPEC_KEYS = frozenset(
@@ -52,6 +53,15 @@ def format_size(n: int) -> str:
         if n >= factor:
             return f"{n / factor:.1f} {unit}"
     return f"{n} B"
+
+
+def exact_size(n: int) -> str | int:
+    """``500_000_000`` → ``"500MB"``; sizes that no unit divides stay a byte count."""
+    for unit in ("TB", "GB", "MB", "KB", "TiB", "GiB", "MiB", "KiB"):
+        factor = _UNITS[unit.lower()]
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return n
 
 
 def sanitize_name(text: str) -> str:
@@ -104,8 +114,17 @@ class DatasetSpec:
         if self.num_shards is not None:
             out["num_shards"] = self.num_shards
         else:
-            out["max_shard_size"] = format_size(self.max_shard_size).replace(" ", "")
+            out["max_shard_size"] = exact_size(self.max_shard_size)
         return out
+
+    def build_index(self) -> BidsIndex:
+        """Index this spec's BIDS folder with its columns, row unit and phenotype."""
+        return build_index(
+            self.bids_root,
+            list(self.columns) if self.columns is not None else None,
+            row=self.row,
+            phenotype=list(self.phenotype) if self.phenotype is not None else None,
+        )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_mapping(), sort_keys=False, default_flow_style=None)

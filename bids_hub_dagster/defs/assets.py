@@ -6,7 +6,6 @@ Each body is wiring: read inputs, call one core function, return the value with 
 metadata. The logic lives in ``bids_hub_dagster.bids`` and ``bids_hub_dagster.hf``.
 """
 
-
 import time
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import dagster as dg
 import pyarrow as pa
 from datasets import Dataset
 
-from ..bids.index import build_index
 from ..hf.destinations import parse_destination
 from ..hf.publish import publish_shards
 from ..hf.shards import build_shard, plan_for_index
@@ -54,12 +52,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         **common,
     )
     def bids_index(context: dg.AssetExecutionContext) -> dg.Output[pa.Table]:
-        index = build_index(
-            spec.bids_root,
-            list(spec.columns) if spec.columns is not None else None,
-            row=spec.row,
-            phenotype=list(spec.phenotype) if spec.phenotype is not None else None,
-        )
+        index = spec.build_index()
         for warning in index.warnings:
             context.log.warning(warning)
         table = index_to_table(index)

@@ -22,7 +22,9 @@ class JobNames:
 
 
 def job_names(spec: DatasetSpec) -> JobNames:
-    return JobNames(prepare=f"{spec.name}_prepare", shards=f"{spec.name}_shards", upload=f"{spec.name}_upload")
+    return JobNames(
+        prepare=f"{spec.name}_prepare", shards=f"{spec.name}_shards", upload=f"{spec.name}_upload"
+    )
 
 
 def build_definitions(specs: Sequence[DatasetSpec], storage_dir: str | None = None) -> dg.Definitions:

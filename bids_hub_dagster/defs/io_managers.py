@@ -51,7 +51,9 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         elif isinstance(obj, pa.Table):
             written = write_table(path, obj)
         else:
-            raise TypeError(f"{context.asset_key.to_user_string()}: cannot store a {type(obj).__name__} as parquet.")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: cannot store a {type(obj).__name__} as parquet."
+            )
         context.add_output_metadata(
             {
                 "path": dg.MetadataValue.path(str(path)),

@@ -97,9 +97,9 @@ def card_data(facts: CardFacts) -> DatasetCardData:
         dataset_size=facts.dataset_size,
     )
     DatasetInfosDict({"default": info}).to_dataset_card_data(data)
-    MetadataConfigs({"default": {"data_files": [{"split": "train", "path": "data/train-*"}]}}).to_dataset_card_data(
-        data
-    )
+    MetadataConfigs(
+        {"default": {"data_files": [{"split": "train", "path": "data/train-*"}]}}
+    ).to_dataset_card_data(data)
     return data
 
 
@@ -148,7 +148,9 @@ def render_card(facts: CardFacts) -> DatasetCard:
         size = facts.bytes_per_column.get(name)
         desc = facts.phenotype_descriptions.get(name)
         label = f"`{name}`" + (f" — {desc}" if desc else "")
-        lines.append(f"| {label} | {kind} | {'' if files is None else files} | {'' if size is None else size} |")
+        lines.append(
+            f"| {label} | {kind} | {'' if files is None else files} | {'' if size is None else size} |"
+        )
     lines += ["", "## Load it", "", "```python", "from datasets import load_dataset", ""]
     lines += [f'ds = load_dataset("{facts.load_id}", split="train")', "row = ds[0]"]
     first_nifti = next((n for n, f in facts.features.items() if type(f).__name__ in ("Nifti", "List")), None)

@@ -32,7 +32,7 @@ def _read_header(path: Path, compressed: bool) -> bytes:
             with gzip.GzipFile(fileobj=raw) as gz:
                 return gz.read(544)
         except (OSError, EOFError, zlib.error) as exc:
-            raise NiftiFileError(path, f"not a valid gzip stream ({exc}); the file is damaged or truncated")
+            raise NiftiFileError(path, f"not a valid gzip stream ({exc}); the file is damaged or truncated") from None
 
 
 def _expected_data_end(header: bytes) -> tuple[int, str] | None:

@@ -57,9 +57,7 @@ def ordered_shard_files(plan: ShardPlan, files: Mapping[str, Path], index_table:
     if missing:
         problems.append(f"{len(missing)} shard(s) not built yet: {', '.join(missing)}")
     if stale:
-        problems.append(
-            f"{len(stale)} shard(s) were built from an older index or plan: {', '.join(stale)}"
-        )
+        problems.append(f"{len(stale)} shard(s) were built from an older index or plan: {', '.join(stale)}")
     if problems:
         raise ShardsNotReadyError(
             "; ".join(problems) + ". Materialize those hub_shards partitions, then publish again."
@@ -76,7 +74,9 @@ def card_facts(name: str, index_table: pa.Table, stats: list[ShardFileStats], lo
             files_per_column[f["column"]] += 1
             bytes_per_column[f["column"]] += f["size"]
     subjects = index_table.column("subject_id").to_pylist()
-    sessions = {(s, t) for s, t in zip(subjects, index_table.column("session_id").to_pylist(), strict=True) if t}
+    sessions = {
+        (s, t) for s, t in zip(subjects, index_table.column("session_id").to_pylist(), strict=True) if t
+    }
     return CardFacts(
         name=name,
         description=info.description,

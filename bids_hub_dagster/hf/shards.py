@@ -17,10 +17,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets as hf_datasets
 import pyarrow as pa
 from datasets import Dataset, Features
 from datasets.table import embed_table_storage
-import datasets as hf_datasets
 
 from .nifti import ARROW_BINARY_LIMIT, NiftiFileError, check_nifti
 from .tables import FILES_COLUMN, IndexInfo, row_sizes

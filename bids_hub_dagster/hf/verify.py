@@ -91,7 +91,9 @@ def verify_published(load_id: str, index_table: pa.Table, cache_dir: str | None 
                         report.problems.append(f"{label} {name}: {rel} is not embedded (no bytes)")
                         continue
                     if value.get("path") != Path(rel).name:
-                        report.problems.append(f"{label} {name}: path {value.get('path')!r}, expected {Path(rel).name!r}")
+                        report.problems.append(
+                            f"{label} {name}: path {value.get('path')!r}, expected {Path(rel).name!r}"
+                        )
                     if hashlib.sha256(data).hexdigest() != sha256_file(source):
                         report.problems.append(f"{label} {name}: bytes differ from {rel}")
                     report.files_checked += 1

@@ -1,0 +1,258 @@
+"""``bids-hub-dagster``: the headless entry point.
+
+It runs the same Definitions as the UI (``bids_hub_dagster.defs.build_definitions``) on
+a persistent Dagster instance (``$DAGSTER_HOME``, default ``~/.bids_hub_dagster/dagster_home``),
+so every run it makes shows up later in ``dagster dev``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .bids.errors import BidsError
+from .spec import DatasetSpec, SpecError, format_size, load_spec, spec_for_folder
+
+DEFAULT_HOME = Path.home() / ".bids_hub_dagster" / "dagster_home"
+
+
+def _ensure_dagster_home() -> Path:
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_HOME))).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()  # an empty one: Dagster's defaults, stored under home
+    return home
+
+
+def _resolve_spec(
+    bids_root: str | None,
+    spec_path: str | None,
+    to: str | None = None,
+    row: str | None = None,
+    max_shard_size: str | None = None,
+    num_shards: int | None = None,
+) -> DatasetSpec:
+    if bool(bids_root) == bool(spec_path):
+        raise click.UsageError("give either BIDS_ROOT or --spec SPEC.yaml (one of them).")
+    spec = load_spec(spec_path) if spec_path else spec_for_folder(bids_root)
+    if max_shard_size is not None and num_shards is None:
+        spec = dataclasses.replace(spec, num_shards=None)
+    if num_shards is not None:
+        spec = spec.with_overrides(num_shards=num_shards)
+    return spec.with_overrides(destination=to, row=row, max_shard_size=max_shard_size)
+
+
+def _failure_message(result) -> str:
+    """The user's error of a failed in-process run (the innermost cause of each failed step)."""
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None and error.cause is not None:
+                error = error.cause
+            if error is not None:
+                messages.append(error.message.strip())
+    return "\n".join(messages) or "the run failed (see the Dagster UI for its logs)"
+
+
+def _spec_options(func):
+    func = click.option(
+        "--num-shards", type=int, help="Split into exactly N shards (overrides max_shard_size)."
+    )(func)
+    func = click.option("--max-shard-size", help="Fill shards up to this size, e.g. 500MB, 2GB.")(func)
+    func = click.option(
+        "--row", type=click.Choice(["session", "subject"]), help="One row per session or subject."
+    )(func)
+    func = click.option(
+        "--spec", "spec_path", type=click.Path(exists=True, dir_okay=False), help="Spec YAML."
+    )(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log what the core does.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Turn BIDS datasets into typed Hugging Face datasets and publish them, through Dagster."""
+    ctx.obj = {"log_level": "INFO" if verbose else "WARNING"}
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+
+
+def run_publish(spec: DatasetSpec, progress: bool = True, log_level: str = "WARNING") -> int:
+    """Materialize index, dataset, every shard partition and the upload. Returns an exit code.
+
+    Each step is a real run on the persistent instance; ``log_level`` sets what the
+    runs print to the console (everything is stored in the instance's event log).
+    """
+    import dagster as dg
+    from tqdm import tqdm
+
+    from .defs import build_definitions, job_names
+    from .defs.assets import shard_partitions_name
+
+    if not spec.destination:
+        raise click.UsageError("no destination: pass --to DEST or set `destination:` in the spec.")
+    _ensure_dagster_home()
+    defs = build_definitions([spec])
+    jobs = job_names(spec)
+    quiet = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    with dg.DagsterInstance.get() as instance:
+        bar = tqdm(total=2, desc=f"{spec.name}: index", unit="step", disable=not progress, file=sys.stderr)
+        result = defs.resolve_job_def(jobs.prepare).execute_in_process(
+            instance=instance, run_config=quiet, raise_on_error=False
+        )
+        if not result.success:
+            bar.close()
+            click.echo(f"error: indexing {spec.bids_root} failed:\n{_failure_message(result)}", err=True)
+            return 1
+        keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
+        bar.total = len(keys) + 2
+        bar.update(1)
+        failures: dict[str, str] = {}
+        shards_job = defs.resolve_job_def(jobs.shards)
+        for key in keys:
+            bar.set_description(f"{spec.name}: {key}")
+            result = shards_job.execute_in_process(
+                instance=instance, partition_key=key, run_config=quiet, raise_on_error=False
+            )
+            if not result.success:
+                failures[key] = _failure_message(result)
+            bar.update(1)
+        if failures:
+            bar.close()
+            click.echo(
+                f"error: {len(failures)} of {len(keys)} shard(s) failed; nothing was published:", err=True
+            )
+            for key, message in failures.items():
+                click.echo(f"{message}" if message.startswith(key) else f"{key}: {message}", err=True)
+            click.echo(
+                "Fix the files, then run the same command again (built shards are rebuilt quickly), "
+                "or rebuild only the failed partitions from the Dagster UI.",
+                err=True,
+            )
+            return 1
+        bar.set_description(f"{spec.name}: publish")
+        result = defs.resolve_job_def(jobs.upload).execute_in_process(
+            instance=instance, run_config=quiet, raise_on_error=False
+        )
+        bar.update(1)
+        bar.close()
+        if not result.success:
+            click.echo(
+                f"error: publishing to {spec.destination} failed:\n{_failure_message(result)}", err=True
+            )
+            return 1
+        for event in result.get_asset_materialization_events():
+            meta = event.materialization.metadata
+            click.echo(f"published {spec.name} to {spec.destination}")
+            click.echo(f"verified: {meta['verification'].value}")
+    return 0
+
+
+@main.command()
+@click.argument("bids_root", required=False, type=click.Path(exists=True, file_okay=False))
+@_spec_options
+@click.option("--to", help="Destination: a folder (laid out like a Hub dataset repo).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def publish(obj, bids_root, spec_path, row, max_shard_size, num_shards, to, no_progress) -> None:
+    """Index, build every shard, publish and verify: BIDS_ROOT --to DEST, or --spec SPEC."""
+    spec = _resolve_spec(bids_root, spec_path, to, row, max_shard_size, num_shards)
+    sys.exit(run_publish(spec, progress=not no_progress, log_level=obj["log_level"]))
+
+
+@main.command()
+@click.argument("bids_root", required=False, type=click.Path(exists=True, file_okay=False))
+@_spec_options
+@click.option("--print-spec", is_flag=True, help="Print the spec (columns inferred where absent) as YAML.")
+def index(bids_root, spec_path, row, max_shard_size, num_shards, print_spec) -> None:
+    """Summarise what a BIDS folder gives: rows, columns, files and bytes per column, warnings."""
+    from .hf.shards import plan_shards
+
+    spec = _resolve_spec(bids_root, spec_path, None, row, max_shard_size, num_shards)
+    idx = spec.build_index()
+    if print_spec:
+        click.echo(dataclasses.replace(spec, columns=tuple(idx.columns)).to_yaml(), nl=False)
+        return
+    plan = plan_shards([r.nbytes for r in idx.rows], spec.max_shard_size, spec.num_shards)
+    click.echo(f"dataset   {spec.name}  ({idx.description.get('Name', 'unnamed')})")
+    click.echo(f"root      {idx.root}")
+    click.echo(
+        f"rows      {len(idx.rows)} (one per {spec.row}); {len(idx.subjects)} subjects, {idx.sessions} sessions"
+    )
+    click.echo(f"shards    {plan.num_shards}")
+    click.echo("columns")
+    files, sizes = idx.files_per_column(), idx.bytes_per_column()
+    for c in idx.columns:
+        kind = "List(Nifti())" if c.many else "Nifti()"
+        where = f"  [{c.scope}]" if c.scope else ""
+        click.echo(
+            f"  {c.name:<16} {kind:<14} {files[c.name]:>6} files {format_size(sizes[c.name]):>10}{where}"
+        )
+    if idx.participants.columns:
+        click.echo("phenotype " + ", ".join(f"{n} ({t})" for n, t in idx.participants.columns.items()))
+    for w in idx.warnings:
+        click.echo(f"warning: {w}")
+
+
+@main.command()
+@click.argument("destination")
+@click.option("--spec", "spec_path", type=click.Path(exists=True, dir_okay=False), help="Spec YAML.")
+@click.option(
+    "--bids-root", type=click.Path(exists=True, file_okay=False), help="BIDS folder (columns inferred)."
+)
+@click.option("--row", type=click.Choice(["session", "subject"]))
+def verify(destination, spec_path, bids_root, row) -> None:
+    """Load DESTINATION with datasets.load_dataset and compare every file with its source by sha256."""
+    from .hf.destinations import parse_destination
+    from .hf.tables import index_to_table
+    from .hf.verify import verify_published
+
+    spec = _resolve_spec(bids_root, spec_path, None, row)
+    idx = spec.build_index()
+    report = verify_published(parse_destination(destination).load_id, index_to_table(idx))
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.option(
+    "--to", default="./published/demo", show_default=True, help="Where to publish the demo dataset."
+)
+@click.option(
+    "--workdir", type=click.Path(file_okay=False), help="Where to build the demo BIDS tree and spec."
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def demo(obj, to, workdir, no_progress) -> None:
+    """Build a small BIDS dataset from the images nibabel ships, and publish it."""
+    from .demo import demo_home, write_demo
+
+    _ensure_dagster_home()
+    spec_path = write_demo(Path(workdir) if workdir else demo_home())
+    click.echo(f"demo BIDS dataset and spec: {spec_path}")
+    spec = load_spec(spec_path).with_overrides(destination=to)
+    sys.exit(run_publish(spec, progress=not no_progress, log_level=obj["log_level"]))
+
+
+def cli() -> None:
+    """Console entry point: user errors print a message and exit 2, without a traceback."""
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (BidsError, SpecError, NotImplementedError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
