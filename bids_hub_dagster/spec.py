@@ -42,7 +42,7 @@ def parse_size(value: int | str) -> int:
         m = _SIZE.match(str(value))
         if not m:
             raise SpecError(f"size {value!r} is not a size; write e.g. 500MB, 2GB or 1GiB.")
-        n = int(float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()])
+        n = round(float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()])
     if n <= 0:
         raise SpecError(f"size {value!r} must be positive.")
     return n
@@ -89,7 +89,9 @@ class DatasetSpec:
             raise SpecError(f"name {self.name!r} must be an identifier (letters, digits, _), e.g. 'arc'.")
         if self.row not in ("session", "subject"):
             raise SpecError(f"row must be 'session' or 'subject', not {self.row!r}.")
-        if self.num_shards is not None and (isinstance(self.num_shards, bool) or self.num_shards < 1):
+        if self.num_shards is not None and (
+            isinstance(self.num_shards, bool) or not isinstance(self.num_shards, int) or self.num_shards < 1
+        ):
             raise SpecError(f"num_shards must be a positive integer, not {self.num_shards!r}.")
 
     def with_overrides(self, **overrides: Any) -> DatasetSpec:
@@ -165,7 +167,11 @@ def spec_from_mapping(raw: Mapping[str, Any], base: Path, source: Path | None = 
         row=str(raw.get("row", "session")),
         columns=columns,
         phenotype=tuple(phenotype) if phenotype is not None else None,
-        max_shard_size=parse_size(raw.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE),
+        max_shard_size=(
+            parse_size(raw["max_shard_size"])
+            if raw.get("max_shard_size") is not None
+            else DEFAULT_MAX_SHARD_SIZE
+        ),
         num_shards=raw.get("num_shards"),
         source=source,
     )

@@ -164,8 +164,8 @@ def entity_sort_key(name: BidsName) -> tuple[Any, ...]:
     for info in load_schema().entities:
         value = name.entities.get(info.key)
         key.append((0,) if value is None else (1, natural_key(value)))
-    for k in sorted(name.unknown):
-        key.append((k, natural_key(name.unknown[k])))
+    # One element for all unknown entities, so names with and without them still compare.
+    key.append(tuple((k, natural_key(name.unknown[k])) for k in sorted(name.unknown)))
     key.append(natural_key(name.suffix or ""))
     key.append(name.extension)
     return tuple(key)

@@ -49,10 +49,22 @@ def hub_license(value: str | None) -> str | None:
     if not value or not str(value).strip():
         return None
     text = str(value).strip().lower()
-    for prefix in ("creative commons ", "license: "):
-        text = text.removeprefix(prefix)
+    for long, short in (
+        ("creative commons", "cc"),
+        ("attribution", "by"),
+        ("non-commercial", "nc"),
+        ("noncommercial", "nc"),
+        ("share-alike", "sa"),
+        ("sharealike", "sa"),
+        ("no derivatives", "nd"),
+        ("noderivatives", "nd"),
+        ("zero", "0"),
+        ("international", ""),
+        ("license", ""),
+        ("licence", ""),
+    ):
+        text = text.replace(long, short)
     norm = "-".join(text.replace("_", " ").replace("-", " ").replace("(", " ").replace(")", " ").split())
-    norm = norm.replace("attribution", "by").replace("zero", "0")
     return _LICENSES.get(norm, _LICENSES.get(norm.replace(".", ""), "other"))
 
 

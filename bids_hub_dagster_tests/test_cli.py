@@ -1,0 +1,117 @@
+"""The headless CLI: the same Definitions on a persistent instance, clear errors, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import yaml
+from click.testing import CliRunner
+from datasets import load_dataset
+
+from bids_hub_dagster.cli import main
+from bids_hub_dagster.demo import build_demo_bids
+from bids_hub_dagster.spec import load_spec
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_demo_publishes_and_runs_persist_in_dagster_home(tmp_path):
+    out = tmp_path / "out"
+    result = invoke("demo", "--to", str(out), "--workdir", str(tmp_path / "work"), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "verified: OK: 4/4 rows, 12 files" in result.output
+    assert len(list((out / "data").glob("train-*.parquet"))) == 3
+    # the runs were made on the persistent instance, so `dagster dev` shows them later
+    with dg.DagsterInstance.get() as instance:
+        jobs = {r.job_name for r in instance.get_runs()}
+        assert {"demo_prepare", "demo_shards", "demo_upload"} <= jobs
+        assert len(instance.get_runs()) == 5  # prepare, three shards, upload
+
+
+def test_zero_config_publish_with_overrides(tmp_path):
+    root = build_demo_bids(tmp_path / "bids")
+    out = tmp_path / "out"
+    result = invoke("publish", str(root), "--to", str(out), "--num-shards", "2", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "train-00000-of-00002.parquet",
+        "train-00001-of-00002.parquet",
+    ]
+    ds = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "c"))
+    assert len(ds) == 4 and "t1w" in ds.features and "bold" in ds.features
+
+
+def test_index_summary_and_print_spec_round_trip(tmp_path):
+    root = build_demo_bids(tmp_path / "bids")
+    result = invoke("index", str(root))
+    assert result.exit_code == 0
+    assert "rows      4 (one per session); 3 subjects, 4 sessions" in result.output
+    assert "bold" in result.output and "List(Nifti())" in result.output
+
+    printed = invoke("index", str(root), "--print-spec").output
+    raw = yaml.safe_load(printed)
+    assert raw["columns"]["bold"] == {"datatype": "func", "suffix": "bold", "many": True}
+    assert raw["columns"]["t1w"] == {"datatype": "anat", "suffix": "T1w"}
+    saved = tmp_path / "spec.yaml"
+    saved.write_text(printed)
+    spec = load_spec(saved)
+    assert [c.name for c in spec.columns] == list(raw["columns"])
+    # the saved spec publishes the same dataset
+    result = invoke("publish", "--spec", str(saved), "--to", str(tmp_path / "out"), "--no-progress")
+    assert result.exit_code == 0, result.output
+
+
+def test_verify_detects_a_changed_source_file(demo_spec, tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(demo_spec.to_yaml())
+    assert invoke("publish", "--spec", str(spec_file), "--no-progress").exit_code == 0
+    ok = invoke("verify", demo_spec.destination, "--spec", str(spec_file))
+    assert ok.exit_code == 0 and ok.output.startswith("OK: 4/4 rows")
+
+    changed = demo_spec.bids_root / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii"
+    data = bytearray(changed.read_bytes())
+    data[-1] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    bad = invoke("verify", demo_spec.destination, "--spec", str(spec_file))
+    assert bad.exit_code == 1
+    assert "FAILED" in bad.output and "sub-02/ses-1 t1w: bytes differ from sub-02/ses-1/anat/sub-02_ses-1_T1w.nii" in bad.output
+
+
+def test_failed_shard_names_the_file_and_publishes_nothing(demo_spec, tmp_path):
+    bad = demo_spec.bids_root / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii"
+    bad.write_bytes(b"")
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(demo_spec.to_yaml())
+    result = invoke("publish", "--spec", str(spec_file), "--no-progress")
+    assert result.exit_code == 1
+    assert "1 of 3 shard(s) failed; nothing was published" in result.output
+    assert "sub-02_ses-1_T1w.nii: zero-byte file" in result.output
+    assert not Path(demo_spec.destination).exists()
+
+
+def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    return subprocess.run(
+        [sys.executable, "-m", "bids_hub_dagster", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path):
+    proc = run_module("index", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "is not a BIDS dataset: it has no dataset_description.json" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("bids_root: .\nmax_shard_size: lots\n")
+    proc = run_module("index", "--spec", str(spec), cwd=tmp_path)
+    assert proc.returncode == 2 and "write e.g. 500MB" in proc.stderr
+
+    proc = run_module("publish", cwd=tmp_path)
+    assert proc.returncode == 2 and "give either BIDS_ROOT or --spec" in proc.stderr
