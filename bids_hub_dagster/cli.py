@@ -39,11 +39,7 @@ def _resolve_spec(
     if bool(bids_root) == bool(spec_path):
         raise click.UsageError("give either BIDS_ROOT or --spec SPEC.yaml (one of them).")
     spec = load_spec(spec_path) if spec_path else spec_for_folder(bids_root)
-    if max_shard_size is not None and num_shards is None:
-        spec = dataclasses.replace(spec, num_shards=None)
-    if num_shards is not None:
-        spec = spec.with_overrides(num_shards=num_shards)
-    return spec.with_overrides(destination=to, row=row, max_shard_size=max_shard_size)
+    return spec.with_overrides(destination=to, row=row, max_shard_size=max_shard_size, num_shards=num_shards)
 
 
 def _failure_message(result) -> str:

@@ -99,6 +99,7 @@ class DatasetSpec:
         changes = {k: v for k, v in overrides.items() if v is not None}
         if "max_shard_size" in changes:
             changes["max_shard_size"] = parse_size(changes["max_shard_size"])
+            changes.setdefault("num_shards", None)  # a size given now replaces a shard count
         if "destination" in changes:
             changes["destination"] = resolve_destination(str(changes["destination"]), Path.cwd())
         return dataclasses.replace(self, **changes)
@@ -154,9 +155,14 @@ def spec_from_mapping(raw: Mapping[str, Any], base: Path, source: Path | None = 
     if raw.get("columns") is not None:
         if not isinstance(raw["columns"], Mapping) or not raw["columns"]:
             raise SpecError(f"columns must be a non-empty mapping of name → filters{where}.")
-        columns = tuple(ColumnRule.from_mapping(str(k), v or {}) for k, v in raw["columns"].items())
+        try:
+            columns = tuple(ColumnRule.from_mapping(str(k), v or {}) for k, v in raw["columns"].items())
+        except BidsError as exc:
+            raise SpecError(f"{exc}{where}") from None
     phenotype = raw.get("phenotype")
-    if phenotype is not None and not (isinstance(phenotype, list) and all(isinstance(p, str) for p in phenotype)):
+    if phenotype is not None and not (
+        isinstance(phenotype, list) and all(isinstance(p, str) for p in phenotype)
+    ):
         raise SpecError(f"phenotype must be a list of participants.tsv column names{where}.")
     if raw.get("max_shard_size") is not None and raw.get("num_shards") is not None:
         raise SpecError(f"give max_shard_size or num_shards, not both{where}.")

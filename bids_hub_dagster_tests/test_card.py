@@ -41,19 +41,29 @@ def publish(spec, tmp_path):
     with dg.instance_for_test() as instance:
         assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
         for key in instance.get_dynamic_partitions(shard_partitions_name(spec)):
-            assert defs.resolve_job_def(jobs.shards).execute_in_process(instance=instance, partition_key=key).success
+            assert (
+                defs.resolve_job_def(jobs.shards)
+                .execute_in_process(instance=instance, partition_key=key)
+                .success
+            )
         assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
 
 
 def test_card_yaml_is_what_datasets_reads(demo_spec, tmp_path):
     desc = demo_spec.bids_root / "dataset_description.json"
-    desc.write_text(desc.read_text().replace('"License": "CC0"', '"License": "CC0", "DatasetDOI": "doi:10.18112/openneuro.ds004884.v1.0.1"'))
+    desc.write_text(
+        desc.read_text().replace(
+            '"License": "CC0"', '"License": "CC0", "DatasetDOI": "doi:10.18112/openneuro.ds004884.v1.0.1"'
+        )
+    )
     publish(demo_spec, tmp_path)
     card = DatasetCard.load(f"{demo_spec.destination}/README.md")
     data = card.data.to_dict()
     assert data["license"] == "cc0-1.0"
     assert data["pretty_name"] == "bids_hub_dagster demo"
-    assert data["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert data["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}
+    ]
     features = {f["name"]: f for f in data["dataset_info"]["features"]}
     assert features["t1w"] == {"name": "t1w", "dtype": "nifti"}
     assert features["bold"] == {"name": "bold", "list": "nifti"}

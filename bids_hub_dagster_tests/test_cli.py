@@ -80,7 +80,10 @@ def test_verify_detects_a_changed_source_file(demo_spec, tmp_path):
     changed.write_bytes(bytes(data))
     bad = invoke("verify", demo_spec.destination, "--spec", str(spec_file))
     assert bad.exit_code == 1
-    assert "FAILED" in bad.output and "sub-02/ses-1 t1w: bytes differ from sub-02/ses-1/anat/sub-02_ses-1_T1w.nii" in bad.output
+    assert (
+        "FAILED" in bad.output
+        and "sub-02/ses-1 t1w: bytes differ from sub-02/ses-1/anat/sub-02_ses-1_T1w.nii" in bad.output
+    )
 
 
 def test_failed_shard_names_the_file_and_publishes_nothing(demo_spec, tmp_path):
@@ -98,7 +101,12 @@ def test_failed_shard_names_the_file_and_publishes_nothing(demo_spec, tmp_path):
 def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     return subprocess.run(
-        [sys.executable, "-m", "bids_hub_dagster", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "bids_hub_dagster", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

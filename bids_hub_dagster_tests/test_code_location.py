@@ -46,7 +46,9 @@ def test_specs_folder_gives_one_group_per_spec(tmp_path, monkeypatch):
     assert isinstance(shards.partitions_def, dg.DynamicPartitionsDefinition)
     # a single spec file works too
     monkeypatch.setenv("BIDS_HUB_SPECS", str(specs / "a.yaml"))
-    assert asset_keys(load_definitions()) == {f"alpha/{n}" for n in ("bids_index", "hf_dataset", "hub_shards", "hub_upload")}
+    assert asset_keys(load_definitions()) == {
+        f"alpha/{n}" for n in ("bids_index", "hf_dataset", "hub_shards", "hub_upload")
+    }
 
 
 def free_port() -> int:
@@ -62,7 +64,17 @@ def webserver(tmp_path):
     env = dict(os.environ)
     log = open(tmp_path / "webserver.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "dagster_webserver",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         cwd=REPO,
         env=env,
         stdout=log,
@@ -82,7 +94,9 @@ def webserver(tmp_path):
 
 def graphql(url: str, query: str) -> dict:
     req = urllib.request.Request(
-        f"{url}/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+        f"{url}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.load(resp)

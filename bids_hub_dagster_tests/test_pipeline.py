@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Features, List, Nifti, load_dataset
 
+from bids_hub_dagster.bids import AmbiguousColumnError
 from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.assets import shard_partitions_name
-from bids_hub_dagster.bids import AmbiguousColumnError
 from bids_hub_dagster.hf.shards import read_shard_record
 from bids_hub_dagster.spec import spec_for_folder
 
@@ -27,7 +27,9 @@ def run_all(spec, storage: Path, instance: dg.DagsterInstance) -> list[str]:
     assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
     keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
     for key in keys:
-        assert defs.resolve_job_def(jobs.shards).execute_in_process(instance=instance, partition_key=key).success
+        assert (
+            defs.resolve_job_def(jobs.shards).execute_in_process(instance=instance, partition_key=key).success
+        )
     assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
     return keys
 
@@ -94,7 +96,9 @@ def test_demo_round_trips_byte_for_byte(demo_spec, tmp_path):
     assert r["bold"] == []  # no functional runs: an empty list, not a missing row
     assert r["age"] is None and r["sex"] == "M" and r["group"] == "2"
     r = rows[("sub-01", "ses-1")]
-    assert digest(r["lesion"]) == sha(root / "derivatives/lesion_masks/sub-01/ses-1/anat/sub-01_ses-1_desc-lesion_mask.nii.gz")
+    assert digest(r["lesion"]) == sha(
+        root / "derivatives/lesion_masks/sub-01/ses-1/anat/sub-01_ses-1_desc-lesion_mask.nii.gz"
+    )
     assert r["age"] == 54.0
 
     # decoding works too: nibabel images with the source's shape

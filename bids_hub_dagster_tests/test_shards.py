@@ -70,8 +70,8 @@ class record_opens:
 def _check_cover(ranges: tuple[tuple[int, int], ...], n: int) -> None:
     """Ranges are contiguous, non-empty, in order and cover rows 0..n exactly."""
     assert ranges[0][0] == 0 and ranges[-1][1] == n
-    for (a, b), (c, _) in zip(ranges, ranges[1:], strict=False):
-        assert b == c
+    for left, right in zip(ranges, ranges[1:], strict=False):
+        assert left[1] == right[0]
     assert all(b > a for a, b in ranges)
 
 
@@ -224,7 +224,9 @@ def test_multi_tree_is_what_the_tests_assume(multi_tree: Path) -> None:
 
 @pytest.mark.parametrize("row_group_bytes", [10**9, 1], ids=["one-group", "row-per-group"])
 @pytest.mark.parametrize("num_shards", [2, 3, 4, 7])
-def test_building_a_shard_opens_only_its_own_files(multi_tree: Path, num_shards: int, row_group_bytes: int) -> None:
+def test_building_a_shard_opens_only_its_own_files(
+    multi_tree: Path, num_shards: int, row_group_bytes: int
+) -> None:
     table, ds = _index(multi_tree)
     plan = plan_for_index(table, max_shard_size=1, num_shards=num_shards)
     all_files = _shard_files(table, 0, table.num_rows)
@@ -288,7 +290,9 @@ def _nifti_bytes(row: dict) -> int:
 
 
 @pytest.mark.parametrize("row_group_bytes", [1, 150_000, 400_000])
-def test_shard_file_row_groups_stay_under_the_limit(multi_tree: Path, tmp_path: Path, row_group_bytes: int) -> None:
+def test_shard_file_row_groups_stay_under_the_limit(
+    multi_tree: Path, tmp_path: Path, row_group_bytes: int
+) -> None:
     table, ds = _index(multi_tree)
     plan = plan_shards(row_sizes(table), max_shard_size=10**9)
     assert plan.num_shards == 1

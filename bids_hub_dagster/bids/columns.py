@@ -75,7 +75,7 @@ class ColumnRule:
             suffix=_optional(raw, "suffix"),
             scope=scope,
             many=many,
-            extension=raw.get("extension"),
+            extension=_optional(raw, "extension") or None,
             entities=entities,
         )
 
@@ -121,7 +121,12 @@ def _optional(raw: Mapping[str, Any], key: str) -> str | None:
     """A filter value: missing → None (any); explicit null → ABSENT (none); else the string."""
     if key not in raw:
         return None
-    return ABSENT if raw[key] is None else str(raw[key])
+    value = raw[key]
+    if value is None:
+        return ABSENT
+    if isinstance(value, (list, tuple, dict)):
+        raise BidsError(f"{key} takes one value, not {value!r}: make one column per {key}.")
+    return str(value)
 
 
 def row_key(file: BidsFile, row: str) -> tuple[str, str | None]:

@@ -34,14 +34,16 @@ class BidsSchema:
     entities: tuple[EntityInfo, ...]
     datatypes: frozenset[str]
     extensions: tuple[str, ...]  # longest first, so ".nii.gz" wins over ".gz"
+    by_key: dict[str, EntityInfo] = field(init=False, compare=False, hash=False, repr=False)
+    by_name: dict[str, EntityInfo] = field(init=False, compare=False, hash=False, repr=False)
 
-    @property
-    def by_key(self) -> dict[str, EntityInfo]:
-        return _by_key(self)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_key", {e.key: e for e in self.entities})
+        object.__setattr__(self, "by_name", {e.name: e for e in self.entities})
 
     def entity(self, key_or_name: str) -> EntityInfo | None:
         """Look an entity up by its short key (``acq``) or long name (``acquisition``)."""
-        return self.by_key.get(key_or_name) or _by_name(self).get(key_or_name)
+        return self.by_key.get(key_or_name) or self.by_name.get(key_or_name)
 
 
 @cache
@@ -67,16 +69,6 @@ def load_schema() -> BidsSchema:
         datatypes=frozenset(raw.objects.datatypes.keys()),
         extensions=tuple(extensions),
     )
-
-
-@cache
-def _by_key(s: BidsSchema) -> dict[str, EntityInfo]:
-    return {e.key: e for e in s.entities}
-
-
-@cache
-def _by_name(s: BidsSchema) -> dict[str, EntityInfo]:
-    return {e.name: e for e in s.entities}
 
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -161,8 +153,9 @@ def entity_sort_key(name: BidsName) -> tuple[Any, ...]:
     suffix and extension break the remaining ties.
     """
     key: list[Any] = []
+    entities = name.entities
     for info in load_schema().entities:
-        value = name.entities.get(info.key)
+        value = entities.get(info.key)
         key.append((0,) if value is None else (1, natural_key(value)))
     # One element for all unknown entities, so names with and without them still compare.
     key.append(tuple((k, natural_key(name.unknown[k])) for k in sorted(name.unknown)))

@@ -81,8 +81,10 @@ def _assign(rule: ColumnRule, files: list[BidsFile], row: str) -> dict[RowKey, l
     for f in files:
         if f.subject is not None and rule.matches(f):
             by_row[row_key(f, row)].append(f)
-    for key, matched in by_row.items():
-        matched.sort(key=lambda f: entity_sort_key(f.name))
+    for key in sorted(by_row, key=_row_sort_key):
+        matched = by_row[key]
+        if len(matched) > 1:
+            matched.sort(key=lambda f: entity_sort_key(f.name))
         if not rule.many and len(matched) > 1:
             a, b = matched[0], matched[1]
             differ = [d for d in distinguishing_entities(a.name, b.name) if d not in ("sub",)]
@@ -140,7 +142,13 @@ def build_index(
 
     cells: dict[RowKey, dict[str, list[BidsFile]]] = defaultdict(lambda: {r.name: [] for r in rules})
     for rule in rules:
-        for key, matched in _assign(rule, files, row).items():
+        assigned = _assign(rule, files, row)
+        if not assigned:
+            where = f" in {rule.scope}" if rule.scope else ""
+            warnings.append(
+                f"column {rule.name!r} matches no file{where}: check its filters ({rule.to_mapping()})."
+            )
+        for key, matched in assigned.items():
             cells[key][rule.name] = matched
 
     participants = read_participants(root).select(list(phenotype) if phenotype is not None else None)
@@ -173,7 +181,8 @@ def build_index(
     if broken:
         warnings.append(
             f"{len(broken)} file(s) are broken symlinks (annexed content not fetched; "
-            f"run `datalad get` or `git annex get` on them): " + ", ".join(broken[:20])
+            f"run `datalad get` or `git annex get` on them): "
+            + ", ".join(broken[:20])
             + (" …" if len(broken) > 20 else "")
         )
     resolver = SidecarResolver(root, jsons)

@@ -94,6 +94,11 @@ def _datatype_of(parts: list[str]) -> str | None:
     return None
 
 
+def _inode(entry: os.DirEntry[str] | Path) -> tuple[int, int]:
+    st = entry.stat()
+    return st.st_dev, st.st_ino
+
+
 def walk(root: Path, scopes: Iterable[str] = ("",)) -> Iterator[tuple[str, str, os.DirEntry[str]]]:
     """Yield ``(scope, relpath, entry)`` for every file below ``sub-*`` in each scope.
 
@@ -109,6 +114,7 @@ def walk(root: Path, scopes: Iterable[str] = ("",)) -> Iterator[tuple[str, str, 
         ignore = load_bidsignore(base)
         prefix = f"{scope}/" if scope else ""
         stack: list[tuple[str, str]] = [(str(base), "")]
+        seen = {_inode(base)}  # folders already walked: a symlink loop is walked once
         top = True
         while stack:
             folder, rel = stack.pop()
@@ -129,7 +135,10 @@ def walk(root: Path, scopes: Iterable[str] = ("",)) -> Iterator[tuple[str, str, 
                 if ignore is not None and ignore.match_file(local + ("/" if is_dir else "")):
                     continue
                 if is_dir:
-                    stack.append((entry.path, local + "/"))
+                    inode = _inode(entry)
+                    if inode not in seen:
+                        seen.add(inode)
+                        stack.append((entry.path, local + "/"))
                 else:
                     yield scope, prefix + local, entry
             top = False
@@ -170,12 +179,23 @@ def scan(root: Path, scopes: Iterable[str] = ("",)) -> tuple[list[BidsFile], lis
             size, mtime = 0, entry.stat(follow_symlinks=False).st_mtime_ns
         parts = relpath.split("/")
         name = parse_filename(entry.name)
+        # walk() yields only files below a sub-* folder at the top of the scope.
+        depth = len(scope.split("/")) if scope else 0
+        folders = {"sub": parts[depth][4:]}
+        if len(parts) > depth + 2 and parts[depth + 1].startswith("ses-"):
+            folders["ses"] = parts[depth + 1][4:]
+        for key, label in folders.items():
+            if name.entities.get(key, label) != label:
+                # The row comes from the name: a mismatch would file the data under another subject.
+                raise BidsError(
+                    f"{relpath}: its name says {key}-{name.entities[key]} but it sits in the "
+                    f"{key}-{label} folder; rename or move the file."
+                )
         if "sub" not in name.entities:
             # A file under sub-XX whose name lacks sub-: take the subject from the folder.
-            sub_dir = next((p for p in parts if p.startswith("sub-")), None)
-            if sub_dir:
-                ents = {"sub": sub_dir[4:], **name.entities}
-                name = BidsName(ents, name.suffix, name.extension, name.unknown)
+            name = BidsName(
+                {"sub": folders["sub"], **name.entities}, name.suffix, name.extension, name.unknown
+            )
         files.append(
             BidsFile(
                 root=root,

@@ -120,9 +120,7 @@ def read_participants(root: Path) -> Participants:
             pid = f"sub-{pid}"
         if pid in records:
             raise BidsError(f"{tsv} lists {pid} twice.")
-        records[pid] = {
-            name: _convert(r[j], columns[name]) for j, name in enumerate(header) if j != id_col
-        }
+        records[pid] = {name: _convert(r[j], columns[name]) for j, name in enumerate(header) if j != id_col}
     descriptions = {
         name: str(meta.get("Description"))
         for name, meta in sidecar.items()

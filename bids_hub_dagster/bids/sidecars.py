@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .entities import BidsName, parse_filename
+from .entities import parse_filename
 from .layout import BidsFile
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,15 @@ class SidecarResolver:
 
     def __init__(self, root: Path, json_relpaths: Iterable[str]) -> None:
         self.root = root
-        self._by_dir: dict[tuple[str, str | None], list[tuple[str, BidsName]]] = defaultdict(list)
+        self._by_dir: dict[tuple[str, str | None], list[tuple[str, frozenset[tuple[str, str]]]]] = (
+            defaultdict(list)
+        )
         self._cache: dict[str, dict[str, Any] | None] = {}
         self.warnings: list[str] = []
         for rel in json_relpaths:
             folder, _, filename = rel.rpartition("/")
             name = parse_filename(filename)
-            self._by_dir[(folder, name.suffix)].append((rel, name))
+            self._by_dir[(folder, name.suffix)].append((rel, frozenset(name.all_entities().items())))
 
     def _read(self, rel: str) -> dict[str, Any] | None:
         if rel not in self._cache:
@@ -48,13 +50,12 @@ class SidecarResolver:
         """The sidecars that apply to ``file``, least specific first."""
         parts = file.relpath.split("/")[:-1]
         scope_depth = len(file.scope.split("/")) if file.scope else 0
-        ents = file.name.all_entities()
+        ents = file.name.all_entities().items()
         found: list[tuple[int, int, str]] = []
         for depth in range(scope_depth, len(parts) + 1):
             folder = "/".join(parts[:depth])
-            for rel, name in self._by_dir.get((folder, file.suffix), ()):
-                cand = name.all_entities()
-                if all(ents.get(k) == v for k, v in cand.items()):
+            for rel, cand in self._by_dir.get((folder, file.suffix), ()):
+                if cand <= ents:
                     found.append((depth, len(cand), rel))
         return [rel for _, _, rel in sorted(found)]
 

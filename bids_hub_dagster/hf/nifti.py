@@ -32,7 +32,37 @@ def _read_header(path: Path, compressed: bool) -> bytes:
             with gzip.GzipFile(fileobj=raw) as gz:
                 return gz.read(544)
         except (OSError, EOFError, zlib.error) as exc:
-            raise NiftiFileError(path, f"not a valid gzip stream ({exc}); the file is damaged or truncated") from None
+            raise NiftiFileError(
+                path, f"not a valid gzip stream ({exc}); the file is damaged or truncated"
+            ) from None
+
+
+def _check_gzip_complete(path: Path, data_end: int, version: str) -> None:
+    """Check that a gzip stream is whole and holds at least ``data_end`` bytes.
+
+    Cheap path: the gzip trailer's ISIZE (uncompressed size mod 2**32) equals what the
+    header promises, which a file cut short almost never shows. Otherwise (cut short,
+    multi-member/bgzip, padding) the stream is decompressed once to be sure.
+    """
+    with open(path, "rb") as raw:
+        raw.seek(-4, os.SEEK_END)
+        (isize,) = struct.unpack("<I", raw.read(4))
+    if isize == data_end % 2**32:
+        return
+    total = 0
+    try:
+        with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
+            while chunk := gz.read(2**24):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise NiftiFileError(
+            path, f"damaged or truncated gzip stream ({exc}); copy or download the file again"
+        ) from None
+    if total < data_end:
+        raise NiftiFileError(
+            path,
+            f"truncated {version} file: header promises {data_end} bytes of image, gzip stream holds {total}",
+        )
 
 
 def _expected_data_end(header: bytes) -> tuple[int, str] | None:
@@ -65,7 +95,8 @@ def check_nifti(path: Path | str) -> int:
     """Check that ``path`` is a readable, complete NIfTI-1/2 file that fits in Arrow.
 
     Looks at the file system entry, then at the header (after gunzip for ``.nii.gz``),
-    and for uncompressed ``.nii`` at whether the voxel data is all there.
+    and at whether the voxel data is all there (for ``.nii.gz``, whether the gzip
+    stream is whole).
 
     Returns:
         The file's size in bytes.
@@ -83,7 +114,9 @@ def check_nifti(path: Path | str) -> int:
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
-        raise NiftiFileError(path, "file not found; it was moved or deleted after indexing: re-index") from None
+        raise NiftiFileError(
+            path, "file not found; it was moved or deleted after indexing: re-index"
+        ) from None
     except OSError as exc:
         raise NiftiFileError(path, f"cannot be read: {exc}") from None
     if size == 0:
@@ -112,4 +145,6 @@ def check_nifti(path: Path | str) -> int:
         raise NiftiFileError(
             path, f"truncated {version} file: header promises {data_end} bytes of image, file has {size}"
         )
+    if compressed:
+        _check_gzip_complete(path, data_end, version)
     return size
