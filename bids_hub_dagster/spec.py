@@ -14,10 +14,26 @@ import yaml
 from .bids.columns import ColumnRule
 from .bids.errors import BidsError
 from .bids.index import BidsIndex, build_index
+from .hf.embed import STRATEGIES
+from .hf.parquet import CODECS
 
 DEFAULT_MAX_SHARD_SIZE = 500 * 10**6  # the same default as datasets' push_to_hub
+DEFAULT_ROW_GROUP_SIZE = 100 * 10**6
+SHARD_STRATEGIES = tuple(STRATEGIES)
 SPEC_KEYS = frozenset(
-    {"name", "bids_root", "destination", "row", "columns", "phenotype", "max_shard_size", "num_shards"}
+    {
+        "name",
+        "bids_root",
+        "destination",
+        "row",
+        "columns",
+        "phenotype",
+        "max_shard_size",
+        "num_shards",
+        "shard_strategy",
+        "compression",
+        "row_group_size",
+    }
 )
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -82,6 +98,9 @@ class DatasetSpec:
     phenotype: tuple[str, ...] | None = None  # None: every participants.tsv column
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE
     num_shards: int | None = None
+    shard_strategy: str = "pandas"  # how rows are embedded: "pandas" (the workaround) or "arrow"
+    compression: str = "auto"  # codec of NIfTI bytes columns; auto: zstd for .nii, none for .nii.gz
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE  # bytes of files embedded and written at a time
     source: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
     def __post_init__(self) -> None:
@@ -93,10 +112,18 @@ class DatasetSpec:
             isinstance(self.num_shards, bool) or not isinstance(self.num_shards, int) or self.num_shards < 1
         ):
             raise SpecError(f"num_shards must be a positive integer, not {self.num_shards!r}.")
+        if self.shard_strategy not in SHARD_STRATEGIES:
+            raise SpecError(
+                f"shard_strategy must be one of {', '.join(SHARD_STRATEGIES)}, not {self.shard_strategy!r}."
+            )
+        if self.compression not in CODECS:
+            raise SpecError(f"compression must be one of {', '.join(CODECS)}, not {self.compression!r}.")
 
     def with_overrides(self, **overrides: Any) -> DatasetSpec:
         """A copy with the given keys replaced; ``None`` values are ignored."""
         changes = {k: v for k, v in overrides.items() if v is not None}
+        if "row_group_size" in changes:
+            changes["row_group_size"] = parse_size(changes["row_group_size"])
         if "max_shard_size" in changes:
             changes["max_shard_size"] = parse_size(changes["max_shard_size"])
             changes.setdefault("num_shards", None)  # a size given now replaces a shard count
@@ -114,6 +141,14 @@ class DatasetSpec:
             out["columns"] = {c.name: c.to_mapping() for c in self.columns}
         if self.phenotype is not None:
             out["phenotype"] = list(self.phenotype)
+        for key, default in (
+            ("shard_strategy", "pandas"),
+            ("compression", "auto"),
+            ("row_group_size", DEFAULT_ROW_GROUP_SIZE),
+        ):
+            value = getattr(self, key)
+            if value != default:
+                out[key] = exact_size(value) if key == "row_group_size" else value
         if self.num_shards is not None:
             out["num_shards"] = self.num_shards
         else:
@@ -179,6 +214,9 @@ def spec_from_mapping(raw: Mapping[str, Any], base: Path, source: Path | None = 
             else DEFAULT_MAX_SHARD_SIZE
         ),
         num_shards=raw.get("num_shards"),
+        shard_strategy=str(raw.get("shard_strategy", "pandas")),
+        compression=str(raw.get("compression", "auto")),
+        row_group_size=parse_size(raw.get("row_group_size") or DEFAULT_ROW_GROUP_SIZE),
         source=source,
     )
 

@@ -113,7 +113,15 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     )
     def hub_shards(context: dg.AssetExecutionContext, hf_dataset: Dataset, bids_index: pa.Table) -> dg.Output:
         plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
-        shard = build_shard(hf_dataset, bids_index, plan, context.partition_key)
+        shard = build_shard(
+            hf_dataset,
+            bids_index,
+            plan,
+            context.partition_key,
+            row_group_bytes=spec.row_group_size,
+            strategy=spec.shard_strategy,
+            compression=spec.compression,
+        )
         return dg.Output(
             shard,
             metadata={

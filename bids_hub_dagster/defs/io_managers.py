@@ -45,7 +45,7 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         partition = context.partition_key if context.has_asset_partitions else None
         path = self._path(context.asset_key, partition)
         if isinstance(obj, EmbeddedShard):
-            written = write_row_groups(path, obj.schema, obj.groups)
+            written = write_row_groups(path, obj.schema, obj.groups, **obj.write_options)
         elif isinstance(obj, Dataset):
             written = write_table(path, obj.data.table)
         elif isinstance(obj, pa.Table):

@@ -10,19 +10,18 @@ about ``row_group_bytes`` so memory holds one group, not one shard.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets as hf_datasets
 import pyarrow as pa
 from datasets import Dataset, Features
-from datasets.table import embed_table_storage
 
+from .embed import STRATEGIES
 from .nifti import ARROW_BINARY_LIMIT, NiftiFileError, check_nifti
+from .parquet import write_options
 from .tables import FILES_COLUMN, IndexInfo, row_sizes
 
 SHARD_META_KEY = b"bids_hub_dagster_shard"
@@ -130,6 +129,17 @@ class ShardRows:
     def num_files(self) -> int:
         return sum(len(row) for row in self.files)
 
+    def gzip_share(self) -> dict[str, float]:
+        """Per column, the share of its bytes that sit in gzip-compressed (``.gz``) files."""
+        total: dict[str, int] = {}
+        gz: dict[str, int] = {}
+        for row in self.files:
+            for f in row:
+                total[f["column"]] = total.get(f["column"], 0) + f["size"]
+                if f["relpath"].lower().endswith(".gz"):
+                    gz[f["column"]] = gz.get(f["column"], 0) + f["size"]
+        return {c: gz.get(c, 0) / t if t else 1.0 for c, t in total.items()}
+
     def fingerprint(self) -> str:
         """Changes whenever a row, a file, its size or its mtime changes."""
         h = hashlib.sha256()
@@ -189,27 +199,6 @@ class ShardFilesError(ValueError):
         super().__init__(f"{key}: {len(problems)} file(s) cannot be embedded:\n{lines}")
 
 
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    was_disabled = not hf_datasets.is_progress_bar_enabled()
-    hf_datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            hf_datasets.enable_progress_bars()
-
-
-def embed_rows_pandas(part: Dataset, features: Features) -> pa.Table:
-    """Embed the bytes of ``part``'s files after breaking any Arrow slice (pandas round trip)."""
-    with _quiet_datasets():
-        fresh = Dataset.from_pandas(part.to_pandas(), preserve_index=False).cast(features)
-    return embed_table_storage(fresh._data.table.combine_chunks())
-
-
-STRATEGIES = {"pandas": embed_rows_pandas}
-
-
 @dataclass
 class EmbeddedShard:
     """A shard ready to be written: its schema and a lazy stream of embedded row groups."""
@@ -221,6 +210,7 @@ class EmbeddedShard:
     rows: ShardRows
     schema: pa.Schema
     groups: Iterator[pa.Table] = field(repr=False)
+    write_options: dict = field(default_factory=dict)  # for pyarrow's ParquetWriter
 
     @property
     def num_rows(self) -> int:
@@ -248,8 +238,15 @@ def build_shard(
     key: str,
     row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
     strategy: str = "pandas",
+    compression: str = "auto",
 ) -> EmbeddedShard:
     """Prepare shard ``key``: check its files, then stream its embedded row groups lazily.
+
+    Args:
+        row_group_bytes: embed and write about this many bytes of files at a time (a
+            row larger than that is a group of its own); peak memory follows it.
+        strategy: ``pandas`` (the workaround, default) or ``arrow`` (see ``hf.embed``).
+        compression: codec of the NIfTI bytes columns, ``auto`` per file type.
 
     Raises:
         ShardFilesError: when any file of the shard is missing, empty, not NIfTI, a
@@ -260,6 +257,8 @@ def build_shard(
             f"dataset has {len(dataset)} rows but the index has {index_table.num_rows}: both must come "
             "from the same materialization."
         )
+    if strategy not in STRATEGIES:
+        raise ValueError(f"shard_strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}.")
     embed = STRATEGIES[strategy]
     start, stop = plan.range_of(key)
     rows = shard_rows(index_table, start, stop)
@@ -276,7 +275,14 @@ def build_shard(
             yield table.cast(schema)
 
     return EmbeddedShard(
-        key=key, start=start, stop=stop, num_shards=plan.num_shards, rows=rows, schema=schema, groups=groups()
+        key=key,
+        start=start,
+        stop=stop,
+        num_shards=plan.num_shards,
+        rows=rows,
+        schema=schema,
+        groups=groups(),
+        write_options=write_options(features, rows.gzip_share(), compression),
     )
 
 

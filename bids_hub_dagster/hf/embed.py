@@ -1,0 +1,130 @@
+"""Embedding strategies: turn a group of rows holding NIfTI paths into rows holding their bytes.
+
+Both take a ``Dataset`` that may be an Arrow slice of a larger one and read the files of
+that slice only; both give the same table.
+
+- ``pandas`` (default): the seed workaround. A pandas round trip makes a fresh table that
+  shares nothing with the parent, then ``datasets.table.embed_table_storage`` reads the
+  files. Safe on every ``datasets`` version, including those before 5.2 where embedding a
+  slice with a ``List(Nifti())`` column read every file of the parent table.
+- ``arrow``: builds the ``{bytes, path}`` structs directly. Paths are read through
+  offset-aware accessors (``flatten``, ``struct_field``), never ``.values``/``.field()``
+  which ignore a slice; each file is read with one sequential ``readinto`` straight into
+  the Arrow buffer of its column, so the bytes are copied once, from the page cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+import datasets as hf_datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, Features, List, Nifti
+from datasets.table import embed_table_storage
+
+Embedder = Callable[[Dataset, Features], pa.Table]
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    was_enabled = hf_datasets.is_progress_bar_enabled()
+    hf_datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_datasets.enable_progress_bars()
+
+
+def embed_rows_pandas(part: Dataset, features: Features) -> pa.Table:
+    """Embed the bytes of ``part``'s files after breaking any Arrow slice (pandas round trip)."""
+    with _quiet_datasets():
+        fresh = Dataset.from_pandas(part.to_pandas(), preserve_index=False).cast(features)
+    return embed_table_storage(fresh._data.table.combine_chunks())
+
+
+class FileChangedError(OSError):
+    """A file's size changed while it was being read."""
+
+
+def _read_into(path: str, view: memoryview) -> None:
+    """Fill ``view`` with the whole file at ``path`` (sequential reads, no extra copy)."""
+    with open(path, "rb", buffering=0) as fh:
+        pos = 0
+        while pos < len(view):
+            n = fh.readinto(view[pos:])
+            if not n:
+                raise FileChangedError(f"{path}: file shrank while being read ({pos} of {len(view)} bytes)")
+            pos += n
+        if fh.read(1):
+            raise FileChangedError(f"{path}: file grew while being read (more than {len(view)} bytes)")
+
+
+def _embed_struct_array(structs: pa.StructArray) -> pa.StructArray:
+    """``{bytes: null, path: "/abs/x.nii"}`` → ``{bytes: <file>, path: "x.nii"}``, slice-safe."""
+    n = len(structs)
+    paths = pc.struct_field(structs, "path").to_pylist()
+    given = pc.struct_field(structs, "bytes").to_pylist()
+    valid = structs.is_valid().to_numpy(zero_copy_only=False)
+    sizes = np.zeros(n, dtype=np.int64)
+    todo: list[tuple[int, str]] = []
+    for i in range(n):
+        if not valid[i]:
+            continue
+        if given[i] is not None:
+            sizes[i] = len(given[i])
+        elif paths[i] is not None:
+            sizes[i] = os.stat(paths[i]).st_size
+            todo.append((i, paths[i]))
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise ValueError(
+            f"{offsets[-1]} bytes in one column of one row group: over Arrow's 2 GiB binary limit"
+        )
+    data = pa.allocate_buffer(int(offsets[-1]))
+    view = memoryview(data).cast("B")
+    for i in range(n):
+        if given[i] is not None and valid[i]:
+            view[offsets[i] : offsets[i + 1]] = given[i]
+    for i, path in todo:
+        _read_into(path, view[offsets[i] : offsets[i + 1]])
+    has_bytes = valid & np.array([g is not None or p is not None for g, p in zip(given, paths, strict=True)])
+    bitmap = pa.array(has_bytes, type=pa.bool_()).buffers()[1]
+    bytes_array = pa.Array.from_buffers(
+        pa.binary(),
+        n,
+        [bitmap, pa.py_buffer(offsets.astype(np.int32)), data],
+        null_count=int(n - has_bytes.sum()),
+    )
+    # as Nifti.embed_storage does: local paths keep their file name only
+    names = [None if p is None else (p if "://" in p else os.path.basename(p)) for p in paths]
+    path_array = pa.array(names, type=pa.string())
+    return pa.StructArray.from_arrays(
+        [bytes_array, path_array], ["bytes", "path"], mask=pc.invert(structs.is_valid())
+    )
+
+
+def embed_rows_arrow(part: Dataset, features: Features) -> pa.Table:
+    """Embed the bytes of ``part``'s files by building the Arrow structs directly."""
+    table = part.with_format("arrow")[:]  # applies any indices mapping; a zero-copy slice otherwise
+    columns = []
+    for name, feature in features.items():
+        column = table.column(name).combine_chunks()
+        if isinstance(feature, Nifti):
+            column = _embed_struct_array(column)
+        elif isinstance(feature, List) and isinstance(feature.feature, Nifti):
+            lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+            offsets = np.zeros(len(column) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+            child = _embed_struct_array(column.flatten())  # flatten() honours the slice; .values does not
+            column = pa.ListArray.from_arrays(pa.array(offsets), child, mask=pc.invert(column.is_valid()))
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=features.arrow_schema)
+
+
+STRATEGIES: dict[str, Embedder] = {"pandas": embed_rows_pandas, "arrow": embed_rows_arrow}
