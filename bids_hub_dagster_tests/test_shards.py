@@ -222,10 +222,11 @@ def test_multi_tree_is_what_the_tests_assume(multi_tree: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("strategy", ["pandas", "arrow"])
 @pytest.mark.parametrize("row_group_bytes", [10**9, 1], ids=["one-group", "row-per-group"])
 @pytest.mark.parametrize("num_shards", [2, 3, 4, 7])
 def test_building_a_shard_opens_only_its_own_files(
-    multi_tree: Path, num_shards: int, row_group_bytes: int
+    multi_tree: Path, num_shards: int, row_group_bytes: int, strategy: str
 ) -> None:
     table, ds = _index(multi_tree)
     plan = plan_for_index(table, max_shard_size=1, num_shards=num_shards)
@@ -234,7 +235,7 @@ def test_building_a_shard_opens_only_its_own_files(
     for key, (start, stop) in zip(plan.keys(), plan.ranges, strict=True):
         expected = _shard_files(table, start, stop)
         with record_opens() as checked:
-            shard = build_shard(ds, table, plan, key, row_group_bytes=row_group_bytes)
+            shard = build_shard(ds, table, plan, key, row_group_bytes=row_group_bytes, strategy=strategy)
         # the header checks look at this shard's files only
         assert checked == expected, key
         with record_opens() as opened:
@@ -265,14 +266,17 @@ def test_building_a_shard_opens_only_its_own_files(
     assert seen == all_files  # every file is embedded by exactly the shards that own it
 
 
-def test_a_middle_slice_of_rows_with_empty_lists_embeds_only_its_rows(multi_tree: Path) -> None:
+@pytest.mark.parametrize("strategy", ["pandas", "arrow"])
+def test_a_middle_slice_of_rows_with_empty_lists_embeds_only_its_rows(
+    multi_tree: Path, strategy: str
+) -> None:
     """Rows 1-3 (sub-02 empty, sub-03 two runs, sub-04 empty) between rows with many runs."""
     table, ds = _index(multi_tree)
     sizes = row_sizes(table)
     # plan by size so that shard 1 is exactly rows 1..4
     plan = plan_shards(sizes, max_shard_size=sum(sizes[1:4]), num_shards=None)
     assert plan.range_of("shard-00000") == (0, 1) and plan.range_of("shard-00001") == (1, 4), plan
-    shard = build_shard(ds, table, plan, "shard-00001")
+    shard = build_shard(ds, table, plan, "shard-00001", strategy=strategy)
     with record_opens() as opened:
         rows = [r for g in shard.groups for r in g.to_pylist()]
     assert opened == _shard_files(table, 1, 4)
@@ -341,3 +345,66 @@ def test_written_shard_loads_back_with_datasets(multi_tree: Path, tmp_path: Path
     raw = loaded.with_format("arrow")[:].to_pylist()
     for row, t1w in zip(raw, table.column("t1w").to_pylist()[start:stop], strict=True):
         assert row["t1w"]["bytes"] == (multi_tree / t1w).read_bytes()
+
+
+# --------------------------------------------------------------------------------------
+# Strategies and codecs
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("row_group_bytes", [1, 150_000, 10**9])
+def test_pandas_and_arrow_strategies_write_identical_parquet_content(
+    multi_tree: Path, tmp_path: Path, row_group_bytes: int
+) -> None:
+    table, ds = _index(multi_tree)
+    plan = plan_for_index(table, max_shard_size=1, num_shards=3)
+    for key in plan.keys():
+        written = {}
+        for strategy in ("pandas", "arrow"):
+            shard = build_shard(ds, table, plan, key, row_group_bytes=row_group_bytes, strategy=strategy)
+            path = tmp_path / strategy / f"{key}.parquet"
+            write_row_groups(path, shard.schema, shard.groups, **shard.write_options)
+            written[strategy] = pq.read_table(path)
+        pandas_rows, arrow_rows = written["pandas"], written["arrow"]
+        assert pandas_rows.schema == arrow_rows.schema
+        assert pandas_rows.equals(arrow_rows), key
+        meta = [pq.ParquetFile(tmp_path / s / f"{key}.parquet").metadata for s in ("pandas", "arrow")]
+        assert meta[0].num_row_groups == meta[1].num_row_groups
+
+
+def test_arrow_strategy_reads_through_an_indices_mapping(multi_tree: Path) -> None:
+    """A non-contiguous selection (indices mapping) embeds the selected rows, in that order."""
+    from bids_hub_dagster.hf.embed import embed_rows_arrow, embed_rows_pandas
+
+    table, ds = _index(multi_tree)
+    picked = ds.select([5, 0, 2])
+    arrow = embed_rows_arrow(picked, ds.features)
+    assert arrow.column("subject_id").to_pylist() == ["sub-06", "sub-01", "sub-03"]
+    assert arrow.equals(embed_rows_pandas(picked, ds.features))
+
+
+def test_auto_codec_compresses_nii_columns_only(tmp_path: Path, nibabel_data: Path) -> None:
+    root = tmp_path / "codec"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "codec", "BIDSVersion": "1.10.0"}))
+    for sub in ("01", "02"):
+        _save_unique(nibabel_data / "anatomical.nii", root / f"sub-{sub}/anat/sub-{sub}_T1w.nii", sub)
+        _save_unique(nibabel_data / "example4d.nii.gz", root / f"sub-{sub}/func/sub-{sub}_bold.nii.gz", sub)
+    table = index_to_table(build_index(root))
+    ds = dataset_from_index(table)
+    plan = plan_for_index(table, max_shard_size=10**9, num_shards=None)
+    codecs = {}
+    for choice in ("auto", "none", "zstd"):
+        shard = build_shard(ds, table, plan, "shard-00000", compression=choice)
+        path = tmp_path / f"{choice}.parquet"
+        write_row_groups(path, shard.schema, shard.groups, **shard.write_options)
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+        codecs[choice] = {name: col.compression for name, col in columns.items()}
+        assert not columns["t1w.bytes"].is_stats_set  # no min/max of whole images in the footer
+        assert pq.read_table(path).equals(pq.read_table(tmp_path / "auto.parquet"))  # same content
+    assert codecs["auto"]["t1w.bytes"] == "ZSTD"  # .nii: zstd pays
+    assert codecs["auto"]["bold.bytes"] == "UNCOMPRESSED"  # .nii.gz: nothing to gain
+    assert codecs["none"]["t1w.bytes"] == "UNCOMPRESSED"
+    assert codecs["zstd"]["bold.bytes"] == "ZSTD"
+    assert (tmp_path / "auto.parquet").stat().st_size < (tmp_path / "none.parquet").stat().st_size

@@ -93,7 +93,9 @@ def _embed_struct_array(structs: pa.StructArray) -> pa.StructArray:
             view[offsets[i] : offsets[i + 1]] = given[i]
     for i, path in todo:
         _read_into(path, view[offsets[i] : offsets[i + 1]])
-    has_bytes = valid & np.array([g is not None or p is not None for g, p in zip(given, paths, strict=True)])
+    has_bytes = valid & np.array(
+        [g is not None or p is not None for g, p in zip(given, paths, strict=True)], dtype=bool
+    )
     bitmap = pa.array(has_bytes, type=pa.bool_()).buffers()[1]
     bytes_array = pa.Array.from_buffers(
         pa.binary(),
