@@ -7,8 +7,11 @@ so every run it makes shows up later in ``dagster dev``.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -80,11 +83,81 @@ def main(ctx: click.Context, verbose: bool) -> None:
     )
 
 
-def run_publish(spec: DatasetSpec, progress: bool = True, log_level: str = "WARNING") -> int:
+def _quiet(log_level: str) -> dict:
+    return {"loggers": {"console": {"config": {"log_level": log_level}}}}
+
+
+_DEFS_CACHE: dict[str, object] = {}
+
+
+def build_one_shard(spec: DatasetSpec, key: str, log_level: str, instance=None) -> str | None:
+    """Run the shard job for one partition on the persistent instance; its error, or None.
+
+    Runs in a worker process when shards are built in parallel (each worker keeps the
+    Definitions it built for the spec).
+    """
+    import dagster as dg
+
+    from .defs import build_definitions, job_names
+
+    cache_key = spec.to_yaml()
+    if cache_key not in _DEFS_CACHE:
+        _DEFS_CACHE[cache_key] = build_definitions([spec])
+    job = _DEFS_CACHE[cache_key].resolve_job_def(job_names(spec).shards)
+    with contextlib.nullcontext(instance) if instance is not None else dg.DagsterInstance.get() as inst:
+        result = job.execute_in_process(
+            instance=inst, partition_key=key, run_config=_quiet(log_level), raise_on_error=False
+        )
+    return None if result.success else _failure_message(result)
+
+
+def _run_shards(
+    spec: DatasetSpec, keys: list[str], workers: int, log_level: str, bar, instance
+) -> dict[str, str]:
+    """Build every shard partition, ``workers`` runs at a time; returns the failures by key.
+
+    Partitions hold disjoint rows and every file belongs to one row, so no two workers
+    ever read the same file.
+    """
+    failures: dict[str, str] = {}
+    workers = max(1, min(workers, len(keys)))
+    if workers == 1:
+        for key in keys:
+            bar.set_description(f"{spec.name}: {key}")
+            if error := build_one_shard(spec, key, log_level, instance):
+                failures[key] = error
+            bar.update(1)
+        return failures
+    bar.set_description(f"{spec.name}: shards ({workers} workers)")
+    context = multiprocessing.get_context("spawn")  # no fork of an open instance
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(build_one_shard, spec, key, log_level): key for key in keys}
+        for future in concurrent.futures.as_completed(futures):
+            if error := future.result():
+                failures[futures[future]] = error
+            bar.update(1)
+    return {k: failures[k] for k in keys if k in failures}
+
+
+def default_workers(num_shards: int) -> int:
+    """Shard runs at a time: one per core, at most 4 (the work is I/O-bound).
+
+    Below 4 shards, one: starting a worker process costs seconds, more than small
+    shards take to build.
+    """
+    if num_shards < 4:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def run_publish(
+    spec: DatasetSpec, progress: bool = True, log_level: str = "WARNING", workers: int | None = None
+) -> int:
     """Materialize index, dataset, every shard partition and the upload. Returns an exit code.
 
     Each step is a real run on the persistent instance; ``log_level`` sets what the
     runs print to the console (everything is stored in the instance's event log).
+    Shard runs go ``workers`` at a time (default: :func:`default_workers`).
     """
     import dagster as dg
     from tqdm import tqdm
@@ -97,7 +170,7 @@ def run_publish(spec: DatasetSpec, progress: bool = True, log_level: str = "WARN
     _ensure_dagster_home()
     defs = build_definitions([spec])
     jobs = job_names(spec)
-    quiet = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    quiet = _quiet(log_level)
     with dg.DagsterInstance.get() as instance:
         bar = tqdm(total=2, desc=f"{spec.name}: index", unit="step", disable=not progress, file=sys.stderr)
         result = defs.resolve_job_def(jobs.prepare).execute_in_process(
@@ -110,16 +183,7 @@ def run_publish(spec: DatasetSpec, progress: bool = True, log_level: str = "WARN
         keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
         bar.total = len(keys) + 2
         bar.update(1)
-        failures: dict[str, str] = {}
-        shards_job = defs.resolve_job_def(jobs.shards)
-        for key in keys:
-            bar.set_description(f"{spec.name}: {key}")
-            result = shards_job.execute_in_process(
-                instance=instance, partition_key=key, run_config=quiet, raise_on_error=False
-            )
-            if not result.success:
-                failures[key] = _failure_message(result)
-            bar.update(1)
+        failures = _run_shards(spec, keys, workers or default_workers(len(keys)), log_level, bar, instance)
         if failures:
             bar.close()
             click.echo(
@@ -156,11 +220,14 @@ def run_publish(spec: DatasetSpec, progress: bool = True, log_level: str = "WARN
 @_spec_options
 @click.option("--to", help="Destination: a folder (laid out like a Hub dataset repo).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Shard runs at a time (default: cores, at most 4)."
+)
 @click.pass_obj
-def publish(obj, bids_root, spec_path, row, max_shard_size, num_shards, to, no_progress) -> None:
+def publish(obj, bids_root, spec_path, row, max_shard_size, num_shards, to, no_progress, workers) -> None:
     """Index, build every shard, publish and verify: BIDS_ROOT --to DEST, or --spec SPEC."""
     spec = _resolve_spec(bids_root, spec_path, to, row, max_shard_size, num_shards)
-    sys.exit(run_publish(spec, progress=not no_progress, log_level=obj["log_level"]))
+    sys.exit(run_publish(spec, progress=not no_progress, log_level=obj["log_level"], workers=workers))
 
 
 @main.command()
@@ -225,8 +292,11 @@ def verify(destination, spec_path, bids_root, row) -> None:
     "--workdir", type=click.Path(file_okay=False), help="Where to build the demo BIDS tree and spec."
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Shard runs at a time (default: cores, at most 4)."
+)
 @click.pass_obj
-def demo(obj, to, workdir, no_progress) -> None:
+def demo(obj, to, workdir, no_progress, workers) -> None:
     """Build a small BIDS dataset from the images nibabel ships, and publish it."""
     from .demo import demo_home, write_demo
 
@@ -234,7 +304,7 @@ def demo(obj, to, workdir, no_progress) -> None:
     spec_path = write_demo(Path(workdir) if workdir else demo_home())
     click.echo(f"demo BIDS dataset and spec: {spec_path}")
     spec = load_spec(spec_path).with_overrides(destination=to)
-    sys.exit(run_publish(spec, progress=not no_progress, log_level=obj["log_level"]))
+    sys.exit(run_publish(spec, progress=not no_progress, log_level=obj["log_level"], workers=workers))
 
 
 def cli() -> None:

@@ -123,3 +123,16 @@ def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path):
 
     proc = run_module("publish", cwd=tmp_path)
     assert proc.returncode == 2 and "give either BIDS_ROOT or --spec" in proc.stderr
+
+
+def test_parallel_shard_runs_publish_the_same_dataset(demo_spec, tmp_path):
+    """Shards built by two worker processes, each a real run on the persistent instance."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(demo_spec.to_yaml())
+    result = invoke("publish", "--spec", str(spec_file), "--workers", "2", "--num-shards", "4", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "verified: OK: 4/4 rows, 12 files" in result.output
+    with dg.DagsterInstance.get() as instance:
+        shard_runs = [r for r in instance.get_runs() if r.job_name == "demo_shards"]
+        assert sorted(r.tags["dagster/partition"] for r in shard_runs) == [f"shard-0000{i}" for i in range(4)]
+        assert all(r.is_success for r in shard_runs)

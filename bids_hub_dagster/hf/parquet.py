@@ -81,6 +81,8 @@ def write_options(features: Features, gzip_share: dict[str, float], codec: str =
         compression[name] = "zstd"
     small = others + [p for _, p in leaves.values()]
     return {
+        # pages as large as an image: fewer, bigger writes (measured faster than 1 MiB pages)
+        "data_page_size": 64 * 2**20,
         "compression": compression,
         "compression_level": {leaf: 1 for leaf, c in compression.items() if c == "zstd"},
         "use_dictionary": small,
