@@ -7,6 +7,7 @@ participant without data), inherited sidecars, and a dataset_description.json.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -18,12 +19,13 @@ from .spec import DatasetSpec, load_spec
 
 NIBABEL_DATA = Path(nibabel.__file__).parent / "tests" / "data"
 
-#: relative path in the demo tree → image file in nibabel's test data
+#: relative path in the demo tree → image file in nibabel's test data (all NIfTI-1, which
+#: datasets can decode; a ``.nii`` source copied to a ``.nii.gz`` name is gzipped)
 DEMO_FILES = {
     "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii": "anatomical.nii",
     "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-1_bold.nii": "functional.nii",
     "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-2_bold.nii.gz": "example4d.nii.gz",
-    "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz": "example_nifti2.nii.gz",
+    "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz": "anatomical.nii",  # gzipped on copy
     "sub-01/ses-2/func/sub-01_ses-2_task-rest_run-1_bold.nii": "functional.nii",
     "sub-01/ses-2/func/sub-01_ses-2_task-rest_run-2_bold.nii": "reoriented_anat_moved.nii",
     "sub-01/ses-2/func/sub-01_ses-2_task-rest_run-10_bold.nii.gz": "example4d.nii.gz",
@@ -81,7 +83,10 @@ def build_demo_bids(target: Path | str) -> Path:
     for rel, source in DEMO_FILES.items():
         dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(NIBABEL_DATA / source, dest)
+        if rel.endswith(".gz") and not source.endswith(".gz"):
+            dest.write_bytes(gzip.compress((NIBABEL_DATA / source).read_bytes(), mtime=0))
+        else:
+            shutil.copyfile(NIBABEL_DATA / source, dest)
     (root / "dataset_description.json").write_text(json.dumps(DESCRIPTION, indent=2))
     (root / "participants.tsv").write_text(PARTICIPANTS_TSV)
     (root / "participants.json").write_text(json.dumps(PARTICIPANTS_JSON, indent=2))

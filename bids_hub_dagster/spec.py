@@ -41,6 +41,22 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML without its number surprises for BIDS labels: ``01`` and ``010`` stay strings.
+
+    Plain YAML 1.1 reads ``acq: 01`` as 1 and ``acq: 010`` as octal 8, so a filter on a
+    zero-padded label would silently match nothing; here only plain decimals are ints.
+    """
+
+
+_INT = "tag:yaml.org,2002:int"
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _INT]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SpecLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
+
+
 class SpecError(BidsError):
     """The spec file is malformed or contradicts itself."""
 
@@ -225,7 +241,7 @@ def load_spec(path: Path | str) -> DatasetSpec:
     """Read one spec YAML file."""
     path = Path(path).expanduser().resolve()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError as exc:
         raise SpecError(f"spec file {path} does not exist.") from exc
     except yaml.YAMLError as exc:

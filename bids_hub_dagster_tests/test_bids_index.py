@@ -772,7 +772,7 @@ def test_participants_typed_by_participants_json(tmp_path):
 
 def test_participants_rows_and_warnings(tmp_path, caplog):
     root = _participants_tree(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="bids_hub_dagster.bids.index"):
+    with caplog.at_level(logging.INFO, logger="bids_hub_dagster.bids.index"):
         index = build_index(root)
     assert [r.subject_id for r in index.rows] == ["sub-01", "sub-02", "sub-03", "sub-06"]
     assert "sub-05" not in index.subjects  # listed without data: no row

@@ -129,7 +129,9 @@ def test_parallel_shard_runs_publish_the_same_dataset(demo_spec, tmp_path):
     """Shards built by two worker processes, each a real run on the persistent instance."""
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(demo_spec.to_yaml())
-    result = invoke("publish", "--spec", str(spec_file), "--workers", "2", "--num-shards", "4", "--no-progress")
+    result = invoke(
+        "publish", "--spec", str(spec_file), "--workers", "2", "--num-shards", "4", "--no-progress"
+    )
     assert result.exit_code == 0, result.output
     assert "verified: OK: 4/4 rows, 12 files" in result.output
     with dg.DagsterInstance.get() as instance:

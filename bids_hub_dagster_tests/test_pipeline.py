@@ -101,9 +101,16 @@ def test_demo_round_trips_byte_for_byte(demo_spec, tmp_path):
     )
     assert r["age"] == 54.0
 
-    # decoding works too: nibabel images with the source's shape
-    img = ds[0]["t1w"]
-    assert img.shape == (33, 41, 25)
+    # decoding works too, on every row: nibabel images with the sources' shapes
+    shapes = [
+        (r["t1w"].shape, [img.shape for img in r["bold"]], r["lesion"] and r["lesion"].shape) for r in ds
+    ]
+    assert shapes == [
+        ((33, 41, 25), [(17, 21, 3, 20), (128, 96, 24, 2)], (4, 5, 7)),
+        ((33, 41, 25), [(17, 21, 3, 20), (21, 26, 22), (128, 96, 24, 2)], None),
+        ((17, 21, 3), [], None),
+        ((33, 41, 25), [(17, 21, 3, 20)], (4, 5, 7)),
+    ]
 
 
 def test_rerun_with_smaller_plan_removes_stale_partitions_and_files(demo_spec, tmp_path):
@@ -151,3 +158,20 @@ def test_one_row_per_subject_zero_config(demo_spec, tmp_path):
 def test_single_file_column_per_subject_names_the_session(demo_spec):
     with pytest.raises(AmbiguousColumnError, match=r"sub-01.*'ses'"):
         demo_spec.with_overrides(row="subject").build_index()
+
+
+def test_nifti2_files_are_embedded_with_a_warning(demo_spec, tmp_path, nibabel_data):
+    """datasets decodes NIfTI-1 only: a NIfTI-2 file is embedded exactly, and the shard says so."""
+    target = demo_spec.bids_root / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii"
+    target.unlink()
+    (target.parent / "sub-02_ses-1_T1w.nii.gz").write_bytes(
+        (nibabel_data / "example_nifti2.nii.gz").read_bytes()
+    )
+    with dg.instance_for_test() as instance:
+        run_all(demo_spec, tmp_path / "storage", instance)
+        events = instance.fetch_materializations(dg.AssetKey(["demo", "hub_shards"]), limit=10).records
+        warnings = [e.asset_materialization.metadata["warnings"].value for e in events]
+    assert (
+        sum("1 NIfTI-2 file(s) (e.g. sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz)" in w for w in warnings) == 1
+    )
+    assert sum(w == "none" for w in warnings) == 2

@@ -19,6 +19,7 @@ from .sidecars import SidecarResolver
 log = logging.getLogger(__name__)
 
 RowKey = tuple[str, str | None]
+RESERVED_NAMES = frozenset({"subject_id", "session_id"})
 
 
 @dataclass
@@ -136,6 +137,11 @@ def build_index(
     if not rules:
         raise BidsError(f"{root} holds no NIfTI files (.nii or .nii.gz) under sub-* folders.")
     names = [r.name for r in rules]
+    reserved = [n for n in names if n in RESERVED_NAMES or n.startswith("_bids")]
+    if reserved:
+        raise BidsError(
+            f"column name(s) {reserved} are reserved (subject_id, session_id, _bids*); rename them."
+        )
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise BidsError(f"column names must be unique; repeated: {sorted(dupes)}.")
@@ -156,6 +162,11 @@ def build_index(
     if clash:
         raise BidsError(f"phenotype column(s) {sorted(clash)} clash with column names; rename the column(s).")
     keys = sorted(cells, key=_row_sort_key)
+    if not keys:
+        raise BidsError(
+            f"no row: none of the columns ({', '.join(names)}) matches a file under {root}; "
+            "check their filters with `bids-hub-dagster index`."
+        )
     subjects_with_data = {k[0] for k in keys}
     if participants.records:
         unlisted = sorted(subjects_with_data - set(participants.records), key=natural_key)
@@ -164,6 +175,7 @@ def build_index(
                 f"{len(unlisted)} subject folder(s) missing from participants.tsv (phenotype left null): "
                 + ", ".join(unlisted)
             )
+    warnings.extend(participants.warnings)
     no_data = sorted(set(participants.records) - subjects_with_data, key=natural_key)
     if no_data:
         log.info("participants without data (no row): %s", ", ".join(no_data))
@@ -189,7 +201,7 @@ def build_index(
     sidecars = {f.relpath: resolver.resolve(f) for r in rows for f in r.files}
     warnings.extend(resolver.warnings)
     for w in warnings:
-        log.warning(w)
+        log.info(w)  # returned to the caller, who shows them (CLI summary, Dagster log)
     return BidsIndex(
         root=root,
         description=description,

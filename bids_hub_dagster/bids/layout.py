@@ -191,11 +191,10 @@ def scan(root: Path, scopes: Iterable[str] = ("",)) -> tuple[list[BidsFile], lis
                     f"{relpath}: its name says {key}-{name.entities[key]} but it sits in the "
                     f"{key}-{label} folder; rename or move the file."
                 )
-        if "sub" not in name.entities:
-            # A file under sub-XX whose name lacks sub-: take the subject from the folder.
-            name = BidsName(
-                {"sub": folders["sub"], **name.entities}, name.suffix, name.extension, name.unknown
-            )
+        missing = {k: v for k, v in folders.items() if k not in name.entities}
+        if missing:
+            # A file under sub-XX[/ses-YY] whose name lacks sub-/ses-: its folders say which row it is.
+            name = BidsName({**missing, **name.entities}, name.suffix, name.extension, name.unknown)
         files.append(
             BidsFile(
                 root=root,

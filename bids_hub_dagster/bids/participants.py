@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ class Participants:
     columns: dict[str, ColumnType]  # phenotype columns in file order, participant_id excluded
     records: dict[str, dict[str, Any]]  # "sub-01" -> {column: value}
     descriptions: dict[str, str]
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def empty(cls) -> Participants:
@@ -41,25 +43,34 @@ class Participants:
             columns={n: self.columns[n] for n in names},
             records={k: {n: r.get(n) for n in names} for k, r in self.records.items()},
             descriptions={n: d for n, d in self.descriptions.items() if n in names},
+            warnings=tuple(w for w in self.warnings if any(f"column {n!r}" in w for n in names)),
         )
 
 
+_INT = re.compile(r"^[+-]?(?:0|[1-9][0-9]*)$")
+_FLOAT = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+_INT64 = 2**63
+_LEADING_ZERO = re.compile(r"^[+-]?0[0-9]")
+
+
 def _infer_type(values: list[str], sidecar: dict[str, Any]) -> ColumnType:
+    """The type of a participants.tsv column from its values and its participants.json entry.
+
+    Strings when the column has ``Levels`` (codes are categories), when any value keeps
+    a leading zero (``007`` is an id, not 7), or when any value is not a plain decimal
+    number; int64 when every value is an integer that fits; else float64.
+    """
     if "Levels" in sidecar:
         return "string"
     present = [v for v in values if v not in NULLS]
     if not present:
         return "string"
-    try:
-        [int(v) for v in present]
+    if any(_LEADING_ZERO.match(v) for v in present):
+        return "string"
+    if all(_INT.match(v) and -_INT64 <= int(v) < _INT64 for v in present):
         return "int64"
-    except ValueError:
-        pass
-    try:
-        [float(v) for v in present]
+    if all(_FLOAT.match(v) for v in present):
         return "float64"
-    except ValueError:
-        pass
     if all(v.lower() in ("true", "false") for v in present):
         return "bool"
     return "string"
@@ -126,4 +137,15 @@ def read_participants(root: Path) -> Participants:
         for name, meta in sidecar.items()
         if name in columns and isinstance(meta, dict) and meta.get("Description")
     }
-    return Participants(columns=columns, records=records, descriptions=descriptions)
+    warnings = []
+    for j, name in enumerate(header):
+        meta = sidecar.get(name)
+        if j == id_col or columns[name] != "string" or not isinstance(meta, dict) or "Units" not in meta:
+            continue
+        odd = [r[j] for r in rows if r[j] not in NULLS and not _FLOAT.match(r[j])]
+        if odd and "Levels" not in meta:
+            warnings.append(
+                f"participants.tsv column {name!r} has Units ({meta['Units']}) in participants.json but values "
+                f"that are not numbers (e.g. {odd[0]!r}): kept as strings"
+            )
+    return Participants(columns=columns, records=records, descriptions=descriptions, warnings=tuple(warnings))

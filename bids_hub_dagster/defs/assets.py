@@ -122,6 +122,8 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             strategy=spec.shard_strategy,
             compression=spec.compression,
         )
+        for warning in shard.warnings:
+            context.log.warning(warning)
         return dg.Output(
             shard,
             metadata={
@@ -131,6 +133,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 "last_row": shard.rows.labels[-1],
                 "files": shard.rows.num_files,
                 "nifti_bytes": shard.nbytes,
+                "warnings": "\n".join(shard.warnings) or "none",
             },
         )
 

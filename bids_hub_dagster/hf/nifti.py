@@ -6,6 +6,7 @@ import gzip
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 #: Arrow ``binary`` arrays use 32-bit offsets: one array holds at most 2 GiB - 1 bytes.
@@ -91,7 +92,18 @@ def _expected_data_end(header: bytes) -> tuple[int, str] | None:
     return None
 
 
+@dataclass(frozen=True)
+class NiftiInfo:
+    size: int  # bytes on disk
+    version: str  # "NIfTI-1" or "NIfTI-2"
+
+
 def check_nifti(path: Path | str) -> int:
+    """Check ``path`` (see :func:`inspect_nifti`); return its size in bytes."""
+    return inspect_nifti(path).size
+
+
+def inspect_nifti(path: Path | str) -> NiftiInfo:
     """Check that ``path`` is a readable, complete NIfTI-1/2 file that fits in Arrow.
 
     Looks at the file system entry, then at the header (after gunzip for ``.nii.gz``),
@@ -99,7 +111,7 @@ def check_nifti(path: Path | str) -> int:
     stream is whole).
 
     Returns:
-        The file's size in bytes.
+        The file's size in bytes and its NIfTI version.
 
     Raises:
         NiftiFileError: naming the file, what is wrong with it and what to do.
@@ -147,4 +159,4 @@ def check_nifti(path: Path | str) -> int:
         )
     if compressed:
         _check_gzip_complete(path, data_end, version)
-    return size
+    return NiftiInfo(size=size, version=version)

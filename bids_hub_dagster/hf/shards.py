@@ -20,7 +20,7 @@ import pyarrow as pa
 from datasets import Dataset, Features
 
 from .embed import STRATEGIES
-from .nifti import ARROW_BINARY_LIMIT, NiftiFileError, check_nifti
+from .nifti import ARROW_BINARY_LIMIT, NiftiFileError, inspect_nifti
 from .parquet import write_options
 from .tables import FILES_COLUMN, IndexInfo, row_sizes
 
@@ -161,23 +161,32 @@ def shard_rows(index_table: pa.Table, start: int, stop: int) -> ShardRows:
     )
 
 
-def check_shard_files(rows: ShardRows) -> list[NiftiFileError]:
+@dataclass
+class ShardCheck:
+    problems: list[NiftiFileError]  # files that cannot be embedded
+    nifti2: list[str]  # NIfTI-2 files: embedded exactly, but datasets decodes NIfTI-1 only
+
+
+def check_shard_files(rows: ShardRows) -> ShardCheck:
     """Check every file of a shard (header, size, symlink) before any byte is embedded.
 
     Also checks that no row puts over 2 GiB into one column, which one Arrow binary
-    array cannot hold. Returns every problem found, not only the first.
+    array cannot hold. Reports every problem found, not only the first.
     """
     problems: list[NiftiFileError] = []
+    nifti2: list[str] = []
     for label, files in zip(rows.labels, rows.files, strict=True):
         per_column: dict[str, int] = {}
         for f in files:
             path = rows.root / f["relpath"]
             try:
-                size = check_nifti(path)
+                info = inspect_nifti(path)
             except NiftiFileError as exc:
                 problems.append(exc)
                 continue
-            per_column[f["column"]] = per_column.get(f["column"], 0) + size
+            if info.version == "NIfTI-2":
+                nifti2.append(f["relpath"])
+            per_column[f["column"]] = per_column.get(f["column"], 0) + info.size
         for column, total in per_column.items():
             if total > ARROW_BINARY_LIMIT:
                 problems.append(
@@ -187,7 +196,7 @@ def check_shard_files(rows: ShardRows) -> list[NiftiFileError]:
                         "Arrow binary array can hold; split the column (e.g. by run or task)",
                     )
                 )
-    return problems
+    return ShardCheck(problems=problems, nifti2=nifti2)
 
 
 class ShardFilesError(ValueError):
@@ -211,6 +220,7 @@ class EmbeddedShard:
     schema: pa.Schema
     groups: Iterator[pa.Table] = field(repr=False)
     write_options: dict = field(default_factory=dict)  # for pyarrow's ParquetWriter
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def num_rows(self) -> int:
@@ -262,9 +272,16 @@ def build_shard(
     embed = STRATEGIES[strategy]
     start, stop = plan.range_of(key)
     rows = shard_rows(index_table, start, stop)
-    problems = check_shard_files(rows)
-    if problems:
-        raise ShardFilesError(key, problems)
+    checked = check_shard_files(rows)
+    if checked.problems:
+        raise ShardFilesError(key, checked.problems)
+    warnings = []
+    if checked.nifti2:
+        warnings.append(
+            f"{len(checked.nifti2)} NIfTI-2 file(s) (e.g. {checked.nifti2[0]}): embedded byte for byte, but "
+            "datasets decodes cells with Nifti1Image.from_bytes, which reads NIfTI-1 only; readers need "
+            "Nifti(decode=False) and nibabel.Nifti2Image.from_bytes for them"
+        )
     features = dataset.features
     schema = shard_schema(features, key, start, stop, plan.num_shards, rows.fingerprint())
     shard = dataset.select(range(start, stop))
@@ -283,6 +300,7 @@ def build_shard(
         schema=schema,
         groups=groups(),
         write_options=write_options(features, rows.gzip_share(), compression),
+        warnings=warnings,
     )
 
 
