@@ -54,7 +54,11 @@ def _failure_message(result) -> str:
             while error is not None and error.cause is not None:
                 error = error.cause
             if error is not None:
-                messages.append(error.message.strip())
+                message = error.message.strip()
+                head, sep, rest = message.partition(": ")
+                if sep and error.cls_name and head.rsplit(".", 1)[-1] == error.cls_name:
+                    message = rest  # "pkg.mod.ShardFilesError: shard-00001: …" → "shard-00001: …"
+                messages.append(message)
     return "\n".join(messages) or "the run failed (see the Dagster UI for its logs)"
 
 
@@ -77,7 +81,8 @@ def _spec_options(func):
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """Turn BIDS datasets into typed Hugging Face datasets and publish them, through Dagster."""
-    ctx.obj = {"log_level": "INFO" if verbose else "WARNING"}
+    # Without -v the runs print nothing themselves: the CLI prints their errors, once.
+    ctx.obj = {"log_level": "INFO" if verbose else "CRITICAL"}
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -151,7 +156,7 @@ def default_workers(num_shards: int) -> int:
 
 
 def run_publish(
-    spec: DatasetSpec, progress: bool = True, log_level: str = "WARNING", workers: int | None = None
+    spec: DatasetSpec, progress: bool = True, log_level: str = "CRITICAL", workers: int | None = None
 ) -> int:
     """Materialize index, dataset, every shard partition and the upload. Returns an exit code.
 
@@ -164,9 +169,11 @@ def run_publish(
 
     from .defs import build_definitions, job_names
     from .defs.assets import shard_partitions_name
+    from .hf.destinations import parse_destination
 
     if not spec.destination:
         raise click.UsageError("no destination: pass --to DEST or set `destination:` in the spec.")
+    parse_destination(spec.destination)  # a destination that cannot work fails now, not after the shards
     _ensure_dagster_home()
     defs = build_definitions([spec])
     jobs = job_names(spec)
@@ -180,6 +187,11 @@ def run_publish(
             bar.close()
             click.echo(f"error: indexing {spec.bids_root} failed:\n{_failure_message(result)}", err=True)
             return 1
+        index_event = instance.get_latest_materialization_event(dg.AssetKey([spec.name, "bids_index"]))
+        index_warnings = index_event.asset_materialization.metadata["warnings"].value
+        if index_warnings != "none":
+            for line in index_warnings.splitlines():
+                tqdm.write(f"warning: {line}", file=sys.stderr)
         keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
         bar.total = len(keys) + 2
         bar.update(1)
@@ -192,8 +204,8 @@ def run_publish(
             for key, message in failures.items():
                 click.echo(f"{message}" if message.startswith(key) else f"{key}: {message}", err=True)
             click.echo(
-                "Fix the files, then run the same command again (built shards are rebuilt quickly), "
-                "or rebuild only the failed partitions from the Dagster UI.",
+                "Fix the files, then run the same command again, or rematerialize only the failed "
+                "hub_shards partitions and then hub_upload from the Dagster UI.",
                 err=True,
             )
             return 1
@@ -316,7 +328,7 @@ def cli() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (BidsError, SpecError, NotImplementedError, ValueError) as exc:
+    except (BidsError, SpecError, NotImplementedError, ValueError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except click.Abort:

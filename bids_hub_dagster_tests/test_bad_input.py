@@ -384,8 +384,8 @@ def test_replanning_to_fewer_shards_leaves_no_stale_data_files(
     dest = Path(demo_spec.destination)
     storage = tmp_path / "storage"
     three = demo_spec.with_overrides(num_shards=3)
-    # demo row sizes are ~458 KB, ~459 KB, ~5 KB, ~111 KB: 600 KB fits rows 1-3 in one shard
-    two = dataclasses.replace(demo_spec, num_shards=None, max_shard_size=600_000)
+    # demo row sizes are ~457 KB, ~480 KB, ~5 KB, ~111 KB: 700 KB fits rows 1-3 in one shard
+    two = dataclasses.replace(demo_spec, num_shards=None, max_shard_size=700_000)
     with dg.instance_for_test() as instance:
         first = Pipeline(three, storage, instance)
         assert first.prepare().success

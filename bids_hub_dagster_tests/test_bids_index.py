@@ -1129,3 +1129,55 @@ def test_ambiguity_reports_the_first_row_in_row_order(tmp_path):
     root = make_bids(tmp_path / "ds", files)
     with pytest.raises(AmbiguousColumnError, match=r"row sub-01/ses-1 matches 2 files"):
         build_index(root, rules(t1w={"suffix": "T1w"}))
+
+
+def test_a_file_without_ses_in_its_name_takes_the_session_from_its_folder(tmp_path):
+    root = make_bids(
+        tmp_path / "ds", ["sub-01/ses-1/anat/sub-01_T1w.nii", "sub-01/ses-2/anat/sub-01_T1w.nii"]
+    )
+    index = build_index(root)
+    assert [(r.subject_id, r.session_id) for r in index.rows] == [("sub-01", "ses-1"), ("sub-01", "ses-2")]
+    assert [c.many for c in index.columns] == [False]
+
+
+@pytest.mark.parametrize("name", ["subject_id", "session_id", "_bids_files"])
+def test_reserved_column_names_are_refused(tmp_path, name):
+    root = make_bids(tmp_path / "ds", ["sub-01/anat/sub-01_T1w.nii.gz"])
+    with pytest.raises(BidsError, match="reserved"):
+        build_index(root, rules(**{name: {"suffix": "T1w"}}))
+
+
+def test_columns_that_match_nothing_anywhere_are_an_error(tmp_path):
+    root = make_bids(tmp_path / "ds", ["sub-01/anat/sub-01_T1w.nii.gz"])
+    with pytest.raises(BidsError, match=r"no row: none of the columns \(flair\) matches a file"):
+        build_index(root, rules(flair={"suffix": "FLAIR"}))
+
+
+def test_participant_columns_keep_ids_and_refuse_python_only_numbers(tmp_path):
+    root = make_bids(
+        tmp_path / "ds",
+        {
+            "sub-01/anat/sub-01_T1w.nii.gz": b"",
+            "sub-02/anat/sub-02_T1w.nii.gz": b"",
+            "participants.tsv": (
+                "participant_id\tcode\tcount\tbig\tage\tscore\n"
+                "sub-01\t007\t1_000\t123456789012345678901\t89+\t1.5\n"
+                "sub-02\t010\t2\t1\t40\tn/a\n"
+            ),
+            "participants.json": json.dumps(
+                {"code": {"Description": "site code"}, "age": {"Units": "years"}}
+            ),
+        },
+    )
+    index = build_index(root)
+    types = index.participants.columns
+    assert types == {
+        "code": "string",
+        "count": "string",
+        "big": "string",
+        "age": "string",
+        "score": "float64",
+    }
+    assert index.rows[0].phenotype["code"] == "007"
+    assert index.rows[1].phenotype["score"] is None
+    assert any("column 'age' has Units (years)" in w and "'89+'" in w for w in index.warnings)

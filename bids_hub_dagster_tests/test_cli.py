@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,34 @@ def test_parallel_shard_runs_publish_the_same_dataset(demo_spec, tmp_path):
         shard_runs = [r for r in instance.get_runs() if r.job_name == "demo_shards"]
         assert sorted(r.tags["dagster/partition"] for r in shard_runs) == [f"shard-0000{i}" for i in range(4)]
         assert all(r.is_success for r in shard_runs)
+
+
+def test_an_unusable_destination_fails_before_any_run(tmp_path):
+    root = build_demo_bids(tmp_path / "bids")
+    result = run_module("publish", str(root), "--to", str(tmp_path / "pub[v1]"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "glob patterns" in result.stderr and "Traceback" not in result.stderr
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_runs() == []
+
+
+def test_a_failed_shard_prints_its_error_once_without_stack_traces(demo_spec, tmp_path):
+    (demo_spec.bids_root / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii").write_bytes(b"")
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(demo_spec.to_yaml())
+    proc = run_module("publish", "--spec", str(spec_file), "--no-progress", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 1
+    output = proc.stdout + proc.stderr
+    assert "Stack Trace" not in output and "Traceback" not in output
+    assert output.count("zero-byte file") == 1
+    assert re.search(r"shard-0000\d: 1 file\(s\) cannot be embedded", output)
+    assert "ShardFilesError" not in output
+
+
+def test_verify_of_a_missing_destination_is_a_clear_failure(demo_spec, tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(demo_spec.to_yaml())
+    proc = run_module("verify", str(tmp_path / "nowhere"), "--spec", str(spec_file), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "FAILED: 0/4 rows" in proc.stdout and "cannot load" in proc.stdout
+    assert "Traceback" not in proc.stderr

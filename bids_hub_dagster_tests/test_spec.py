@@ -421,3 +421,14 @@ def test_spec_from_mapping_without_a_file(tmp_path):
     with pytest.raises(SpecError) as info:
         spec_from_mapping({"bids_root": "b", "extra": 1}, tmp_path)
     assert " in " not in str(info.value).split(";")[0]  # no file to name
+
+
+def test_zero_padded_labels_stay_strings_in_yaml(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "bids_root: .\ncolumns:\n  a: {suffix: T1w, acq: 01}\n  b: {suffix: T1w, acq: 010}\n  c: {suffix: bold, run: 2}\n"
+    )
+    columns = {c.name: c for c in load_spec(spec).columns}
+    assert columns["a"].entities["acq"] == ("01",)
+    assert columns["b"].entities["acq"] == ("010",)  # not octal 8
+    assert columns["c"].entities["run"] == ("2",)

@@ -67,8 +67,9 @@ def _infer_type(values: list[str], sidecar: dict[str, Any]) -> ColumnType:
         return "string"
     if any(_LEADING_ZERO.match(v) for v in present):
         return "string"
-    if all(_INT.match(v) and -_INT64 <= int(v) < _INT64 for v in present):
-        return "int64"
+    if all(_INT.match(v) for v in present):
+        # integers beyond int64 are identifiers (a float would round them): strings
+        return "int64" if all(-_INT64 <= int(v) < _INT64 for v in present) else "string"
     if all(_FLOAT.match(v) for v in present):
         return "float64"
     if all(v.lower() in ("true", "false") for v in present):

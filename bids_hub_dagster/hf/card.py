@@ -11,6 +11,8 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
+PUBLISHED_MARK = "Published with bids_hub_dagster."
+
 #: dataset_description.json ``License`` values (normalised) → Hub license ids.
 _LICENSES = {
     "cc0": "cc0-1.0",
@@ -178,5 +180,5 @@ def render_card(facts: CardFacts) -> DatasetCard:
         if d.get("Funding"):
             lines += ["", "Funding: " + _authors(d["Funding"])]
         lines.append("")
-    lines.append("Published with bids_hub_dagster.")
+    lines.append(PUBLISHED_MARK)
     return DatasetCard(f"---\n{card_data(facts).to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")

@@ -6,10 +6,10 @@ Both take the same input, the shard files in order and the card, and produce
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Protocol
 
 from huggingface_hub import DatasetCard
 
+from .card import PUBLISHED_MARK
 from .parquet import atomic_path
 
 DATA_FILE = re.compile(r"^train-(\d{5})-of-(\d{5})\.parquet$")
@@ -52,51 +53,86 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+class DestinationError(ValueError):
+    """A destination that cannot be published to; the message says why and what to do."""
+
+
 class LocalFolder:
     """A folder laid out exactly like a Hub dataset repo.
 
-    Every file is written under a temporary name and renamed into place, so a crash
-    never leaves a half-written file; shard files are hard-linked from the shard
-    storage when both sit on one file system (no copy of the bytes), else copied.
-    Data files of an older, larger plan are removed after the new ones are in place.
+    Publishing is staged so that a crash never leaves a mix of two publications: the
+    new data files are linked (hard links from the shard storage when both sit on one
+    file system, else copied) into a hidden staging folder beside ``data/``, which then
+    replaces ``data/`` by two renames; ``README.md`` is replaced last, atomically. A
+    crash while staging leaves the previous publication whole; the staging folder is
+    removed by the next publish.
     """
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder).expanduser().resolve()
         self.url = str(self.folder)
         self.load_id = str(self.folder)
+        self.check()
+
+    def check(self) -> None:
+        """Refuse what cannot work, before any shard is built."""
+        if any(c in str(self.folder) for c in "*?[]{}"):
+            raise DestinationError(
+                f"{self.folder}: datasets reads folder paths as glob patterns, so a path with * ? [ ] {{ }} "
+                "could not be loaded back; choose another folder name."
+            )
+        for parent in (self.folder, *self.folder.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise DestinationError(f"{self.folder}: {parent} is a file, not a folder.")
+                break
+        readme = self.folder / "README.md"
+        if (
+            readme.is_file()
+            and not (self.folder / "data").is_dir()
+            and PUBLISHED_MARK not in readme.read_text(encoding="utf-8", errors="replace")
+        ):
+            raise DestinationError(
+                f"{self.folder} already holds a README.md that this tool did not write and no data/ folder: "
+                "publishing would overwrite it; choose an empty or new folder."
+            )
 
     def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult:
+        if not shard_files:
+            raise DestinationError(f"{self.folder}: nothing to publish (no shard files).")
+        self.check()
         result = PublishResult(url=self.url)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for leftover in self.folder.glob(".staging-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        data = self.folder / "data"
+        staging = self.folder / f".staging-{uuid.uuid4().hex[:8]}"
+        (staging / "data").mkdir(parents=True)
         n = len(shard_files)
-        wanted: set[str] = set()
-        for i, src in enumerate(shard_files):
-            name = data_file_name(i, n)
-            wanted.add(name)
-            dest = self.folder / name
-            if _same_file(src, dest):
-                result.files_skipped.append(name)
-                continue
-            with atomic_path(dest) as tmp:
+        old = {p.name for p in data.iterdir()} if data.is_dir() else set()
+        try:
+            for i, src in enumerate(shard_files):
+                name = data_file_name(i, n)
+                current = self.folder / name
+                if _same_file(src, current):
+                    result.files_skipped.append(name)
+                else:
+                    result.files_written.append(name)
+                    result.bytes_written += src.stat().st_size
                 try:
-                    os.link(src, tmp)
+                    os.link(src, staging / name)
                 except OSError:
-                    shutil.copyfile(src, tmp)
-            result.files_written.append(name)
-            result.bytes_written += dest.stat().st_size
+                    shutil.copyfile(src, staging / name)
+            if data.is_dir():
+                os.replace(data, staging / "old-data")
+            os.replace(staging / "data", data)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         with atomic_path(self.folder / "README.md") as tmp:
             tmp.write_text(str(card), encoding="utf-8")
         result.files_written.append("README.md")
-        data_dir = self.folder / "data"
-        for path in sorted(data_dir.iterdir()):
-            rel = f"data/{path.name}"
-            stale = DATA_FILE.match(path.name) and rel not in wanted
-            leftover = path.name.startswith(".") and path.name.endswith(".tmp")
-            if stale or leftover:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                if stale:
-                    result.files_removed.append(rel)
+        new = {data_file_name(i, n).removeprefix("data/") for i in range(n)}
+        result.files_removed = sorted(f"data/{name}" for name in old - new if DATA_FILE.match(name))
         return result
 
 
@@ -108,5 +144,5 @@ def parse_destination(value: str) -> Destination:
             "publish to a local folder and upload it with `huggingface-cli upload --repo-type dataset`."
         )
     if "://" in value:
-        raise ValueError(f"{value}: destinations are a local folder or hf://datasets/ORG/NAME.")
+        raise DestinationError(f"{value}: destinations are a local folder or hf://datasets/ORG/NAME.")
     return LocalFolder(value)

@@ -1,0 +1,88 @@
+"""The local folder destination: refused up front when it cannot work, staged when it can."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from bids_hub_dagster.defs import build_definitions, job_names
+from bids_hub_dagster.defs.assets import shard_partitions_name
+from bids_hub_dagster.hf.destinations import DestinationError, LocalFolder, parse_destination
+from bids_hub_dagster.hf.tables import index_to_table
+from bids_hub_dagster.hf.verify import verify_published
+
+
+def publish(spec, storage: Path) -> None:
+    defs = build_definitions([spec], storage_dir=str(storage))
+    jobs = job_names(spec)
+    with dg.instance_for_test() as instance:
+        assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
+        for key in instance.get_dynamic_partitions(shard_partitions_name(spec)):
+            assert (
+                defs.resolve_job_def(jobs.shards)
+                .execute_in_process(instance=instance, partition_key=key)
+                .success
+            )
+        assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
+
+
+@pytest.mark.parametrize("name", ["pub[v1]", "pub*", "pub?x", "pub{a,b}"])
+def test_glob_characters_are_refused(tmp_path, name):
+    with pytest.raises(DestinationError, match="glob patterns"):
+        parse_destination(str(tmp_path / name))
+
+
+def test_a_file_in_the_path_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DestinationError, match="is a file, not a folder"):
+        parse_destination(str(tmp_path / "afile"))
+    with pytest.raises(DestinationError, match="is a file, not a folder"):
+        parse_destination(str(tmp_path / "afile" / "below"))
+
+
+def test_a_foreign_readme_is_never_overwritten(tmp_path):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "README.md").write_text("# my project\n")
+    with pytest.raises(DestinationError, match="did not write"):
+        parse_destination(str(tmp_path / "proj"))
+    assert (tmp_path / "proj" / "README.md").read_text() == "# my project\n"
+
+
+def test_other_schemes_are_refused():
+    with pytest.raises(DestinationError, match="local folder or hf://"):
+        parse_destination("s3://bucket/x")
+
+
+def test_a_failure_while_staging_leaves_the_previous_publication_whole(demo_spec, tmp_path):
+    publish(demo_spec, tmp_path / "storage")
+    dest = Path(demo_spec.destination)
+    before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").iterdir())
+    # the second of two shard files vanishes mid-publish (disk error, deleted storage…)
+    with pytest.raises(FileNotFoundError):
+        LocalFolder(dest).publish([shards[0], tmp_path / "gone.parquet"], card="---\n---\n")
+    after = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    assert after == before  # same files, same bytes: nothing of the failed publish is visible
+    assert not list(dest.glob(".staging-*"))
+    report = verify_published(str(dest), index_to_table(demo_spec.build_index()))
+    assert report.ok, report.summary()
+
+
+def test_verify_reports_a_missing_or_empty_destination(demo_spec, tmp_path):
+    table = index_to_table(demo_spec.build_index())
+    missing = verify_published(str(tmp_path / "nothing-here"), table)
+    assert not missing.ok and "cannot load" in missing.summary()
+    (tmp_path / "empty").mkdir()
+    empty = verify_published(str(tmp_path / "empty"), table)
+    assert not empty.ok and "cannot load" in empty.summary()
+
+
+def test_verify_reports_a_corrupt_data_file(demo_spec, tmp_path):
+    publish(demo_spec, tmp_path / "storage")
+    data = sorted((Path(demo_spec.destination) / "data").iterdir())
+    data[1].write_bytes(data[1].read_bytes()[:-100])  # footer cut off
+    report = verify_published(demo_spec.destination, index_to_table(demo_spec.build_index()))
+    assert not report.ok
+    assert "failed after" in report.summary() or "cannot load" in report.summary()
