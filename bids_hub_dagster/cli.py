@@ -253,7 +253,11 @@ def index(bids_root, spec_path, row, max_shard_size, num_shards, print_spec) -> 
     spec = _resolve_spec(bids_root, spec_path, None, row, max_shard_size, num_shards)
     idx = spec.build_index()
     if print_spec:
-        click.echo(dataclasses.replace(spec, columns=tuple(idx.columns)).to_yaml(), nl=False)
+        # a relative destination resolves against the folder the spec is saved in
+        destination = spec.destination or f"./published/{spec.name}"
+        click.echo(
+            dataclasses.replace(spec, columns=tuple(idx.columns), destination=destination).to_yaml(), nl=False
+        )
         return
     plan = plan_shards([r.nbytes for r in idx.rows], spec.max_shard_size, spec.num_shards)
     click.echo(f"dataset   {spec.name}  ({idx.description.get('Name', 'unnamed')})")

@@ -90,3 +90,13 @@ def test_unknown_license_is_other_with_a_name(demo_spec, tmp_path):
     publish(demo_spec, tmp_path)
     data = DatasetCard.load(f"{demo_spec.destination}/README.md").data.to_dict()
     assert data["license"] == "other" and data["license_name"]
+
+
+def test_rows_per_subject_still_count_sessions(demo_spec, tmp_path):
+    from bids_hub_dagster.spec import spec_for_folder
+
+    spec = spec_for_folder(demo_spec.bids_root, row="subject", destination=str(tmp_path / "out"))
+    publish(spec, tmp_path)
+    body = DatasetCard.load(f"{spec.destination}/README.md").text
+    assert "one row per subject" in body
+    assert "| Rows | 3 |" in body and "| Sessions | 4 |" in body

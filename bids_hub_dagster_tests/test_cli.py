@@ -63,9 +63,11 @@ def test_index_summary_and_print_spec_round_trip(tmp_path):
     saved.write_text(printed)
     spec = load_spec(saved)
     assert [c.name for c in spec.columns] == list(raw["columns"])
-    # the saved spec publishes the same dataset
-    result = invoke("publish", "--spec", str(saved), "--to", str(tmp_path / "out"), "--no-progress")
+    # the saved spec publishes the same dataset, next to itself unless told otherwise
+    assert raw["destination"] == f"./published/{raw['name']}"
+    result = invoke("publish", "--spec", str(saved), "--no-progress")
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "published" / raw["name"] / "README.md").is_file()
 
 
 def test_verify_detects_a_changed_source_file(demo_spec, tmp_path):

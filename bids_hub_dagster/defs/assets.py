@@ -79,6 +79,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         ins={"bids_index": dg.AssetIn(key=[prefix, "bids_index"])},
         description="The typed Hugging Face dataset: Nifti()/List(Nifti()) columns holding file paths.",
         kinds={"huggingface", "parquet"},
+        required_resource_keys={IO_MANAGER_KEY},
         **common,
     )
     def hf_dataset(context: dg.AssetExecutionContext, bids_index: pa.Table) -> dg.Output[Dataset]:
@@ -87,8 +88,15 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         name = shards_def.name
         wanted = plan.keys()
         existing = context.instance.get_dynamic_partitions(name)
-        for key in sorted(set(existing) - set(wanted)):
+        stale = sorted(set(existing) - set(wanted))
+        for key in stale:
             context.instance.delete_dynamic_partition(name, key)
+        # their shard files go too: a smaller plan must not leave old shards on disk
+        removed = getattr(context.resources, IO_MANAGER_KEY).delete_partitions(
+            dg.AssetKey([prefix, "hub_shards"]), stale
+        )
+        if removed:
+            context.log.info(f"removed {len(removed)} shard file(s) of partitions no longer planned")
         context.instance.add_dynamic_partitions(name, [k for k in wanted if k not in existing])
         return dg.Output(
             ds,

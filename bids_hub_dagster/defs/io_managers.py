@@ -41,6 +41,16 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         folder = Path(self.base_dir, *prefix)
         return folder / name / f"{partition}.parquet" if partition else folder / f"{name}.parquet"
 
+    def delete_partitions(self, key: dg.AssetKey, partitions: list[str]) -> list[Path]:
+        """Remove the stored files of partitions that left the plan; returns those removed."""
+        removed = []
+        for partition in partitions:
+            path = self._path(key, partition)
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+        return removed
+
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         partition = context.partition_key if context.has_asset_partitions else None
         path = self._path(context.asset_key, partition)

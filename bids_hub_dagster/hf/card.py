@@ -13,31 +13,28 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 PUBLISHED_MARK = "Published with bids_hub_dagster."
 
-#: dataset_description.json ``License`` values (normalised) → Hub license ids.
-_LICENSES = {
+#: License ids the Hub knows (its license list), as normalised BIDS ``License`` text maps to them.
+HUB_LICENSES = frozenset(
+    """
+    apache-2.0 mit afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear cc cc0-1.0
+    cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0
+    cc-by-nd-4.0 cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0
+    cdla-sharing-1.0 cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0
+    eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc lppl-1.3c ms-pl mpl-2.0
+    odc-by odbl osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl
+    """.split()
+)
+#: Other spellings seen in dataset_description.json files.
+_ALIASES = {
     "cc0": "cc0-1.0",
-    "cc0-1.0": "cc0-1.0",
     "cc0-10": "cc0-1.0",
-    "pddl": "pddl",
+    "cc-by": "cc-by-4.0",
+    "cc-by-40": "cc-by-4.0",
     "odc-pddl": "pddl",
-    "odc-by": "odc-by",
+    "odc-pddl-1.0": "pddl",
     "odc-by-1.0": "odc-by",
-    "odbl": "odbl",
     "odc-odbl": "odbl",
     "odbl-1.0": "odbl",
-    "cc-by-4.0": "cc-by-4.0",
-    "cc-by-40": "cc-by-4.0",
-    "cc-by": "cc-by-4.0",
-    "cc-by-3.0": "cc-by-3.0",
-    "cc-by-sa-4.0": "cc-by-sa-4.0",
-    "cc-by-sa-3.0": "cc-by-sa-3.0",
-    "cc-by-nc-4.0": "cc-by-nc-4.0",
-    "cc-by-nc-sa-4.0": "cc-by-nc-sa-4.0",
-    "cc-by-nc-nd-4.0": "cc-by-nc-nd-4.0",
-    "cc-by-nd-4.0": "cc-by-nd-4.0",
-    "mit": "mit",
-    "apache-2.0": "apache-2.0",
-    "bsd-3-clause": "bsd-3-clause",
     "pd": "pddl",
     "public-domain": "pddl",
 }
@@ -62,12 +59,19 @@ def hub_license(value: str | None) -> str | None:
         ("noderivatives", "nd"),
         ("zero", "0"),
         ("international", ""),
+        ("universal", ""),
+        ("public domain dedication", ""),
         ("license", ""),
         ("licence", ""),
     ):
         text = text.replace(long, short)
     norm = "-".join(text.replace("_", " ").replace("-", " ").replace("(", " ").replace(")", " ").split())
-    return _LICENSES.get(norm, _LICENSES.get(norm.replace(".", ""), "other"))
+    for candidate in (norm, norm.replace(".", "")):
+        if candidate in HUB_LICENSES:
+            return candidate
+        if candidate in _ALIASES:
+            return _ALIASES[candidate]
+    return "other"
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class CardFacts:
     """Everything the card says, gathered by the caller."""
 
     name: str
+    row: str  # "session" or "subject": what one row holds
     description: Mapping[str, Any]  # dataset_description.json
     features: Features
     num_rows: int
@@ -130,14 +135,14 @@ def render_card(facts: CardFacts) -> DatasetCard:
     lines = [f"# {title}", ""]
     lines.append(
         "A [BIDS](https://bids.neuroimaging.io) dataset published as a Hugging Face dataset: one row per "
-        + ("session" if facts.num_sessions else "subject")
+        + facts.row
         + ", every NIfTI image embedded as bytes in `Nifti()` / `List(Nifti())` columns."
     )
     lines.append("")
     facts_rows = [
         ("Rows", f"{facts.num_rows}"),
         ("Subjects", f"{facts.num_subjects}"),
-        ("Sessions", f"{facts.num_sessions}" if facts.num_sessions else "none (one row per subject)"),
+        ("Sessions", f"{facts.num_sessions}" if facts.num_sessions else "none"),
         ("Shards", f"{facts.num_shards}"),
     ]
     if d.get("Authors"):

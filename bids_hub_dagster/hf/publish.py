@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,16 +70,18 @@ def card_facts(name: str, index_table: pa.Table, stats: list[ShardFileStats], lo
     info = IndexInfo.of(index_table)
     files_per_column = {c: 0 for c in info.columns}
     bytes_per_column = {c: 0 for c in info.columns}
-    for row in index_table.column("_bids_files").to_pylist():
+    subjects = index_table.column("subject_id").to_pylist()
+    sessions = set()  # from the files' entities, so that rows per subject still count sessions
+    for subject, row in zip(subjects, index_table.column("_bids_files").to_pylist(), strict=True):
         for f in row:
             files_per_column[f["column"]] += 1
             bytes_per_column[f["column"]] += f["size"]
-    subjects = index_table.column("subject_id").to_pylist()
-    sessions = {
-        (s, t) for s, t in zip(subjects, index_table.column("session_id").to_pylist(), strict=True) if t
-    }
+            ses = json.loads(f["entities"]).get("ses")
+            if ses is not None:
+                sessions.add((subject, ses))
     return CardFacts(
         name=name,
+        row=info.row,
         description=info.description,
         features=info.features(),
         num_rows=index_table.num_rows,
