@@ -1,11 +1,12 @@
-"""Index benchmark: bids_hub_dagster's index against bids2table on the same generated tree.
+"""Index benchmark: bids_hub_dagster's index against bids2table and pybids on one tree.
 
     .venv/bin/pip install -e ".[bench]"
     .venv/bin/python bench/index.py --files 100000
 
-Generates a BIDS tree of empty files (names are what indexing reads; content is not),
-then times each indexer in a fresh child process, best of --repeat, side by side.
-Prints ratios against bids2table, which is the baseline.
+Generates a BIDS tree of empty files (names are what indexing reads; content is not)
+with a JSON sidecar per run, then times each indexer in a fresh child process (after
+its imports), best of --repeat, side by side. Prints ratios against bids2table, the
+baseline. pybids runs once (``--pybids-repeat``), since it takes minutes at 100k files.
 """
 
 from __future__ import annotations
@@ -58,12 +59,24 @@ CHILD = {
         "t = bids2table.index_dataset(ROOT)\n"
         "n = sum(1 for e in t.column('ext').to_pylist() if e in ('.nii', '.nii.gz'))\n"
     ),
+    "pybids": (
+        "import bids\n"
+        "layout = bids.BIDSLayout(ROOT, validate=False)\n"
+        "n = len(layout.get(extension=['.nii', '.nii.gz']))\n"
+    ),
+}
+IMPORTS = {
+    "bids_hub_dagster": "import bids_hub_dagster.bids\nbids_hub_dagster.bids.entities.load_schema()\n",
+    "bids2table": "import bids2table\n",
+    "pybids": "import bids\n",
 }
 
 
 def time_child(name: str, root: Path) -> tuple[float, int]:
     code = (
-        "import time, sys\nROOT = sys.argv[1]\nt0 = time.perf_counter()\n"
+        "import time, sys\nROOT = sys.argv[1]\n"
+        + IMPORTS[name]
+        + "t0 = time.perf_counter()\n"
         + CHILD[name]
         + "print(time.perf_counter() - t0, n)\n"
     )
@@ -78,6 +91,7 @@ def main() -> None:
     )
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pybids-repeat", type=int, default=1, help="0 skips pybids")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bids-bench-") as tmp:
         root = Path(tmp) / "ds"
@@ -87,7 +101,10 @@ def main() -> None:
         print(f"tree: {total} files ({time.perf_counter() - t0:.1f} s to generate)")
         results = {}
         for name in CHILD:
-            runs = [time_child(name, root) for _ in range(args.repeat)]
+            repeat = args.pybids_repeat if name == "pybids" else args.repeat
+            if repeat == 0:
+                continue
+            runs = [time_child(name, root) for _ in range(repeat)]
             results[name] = (min(r[0] for r in runs), runs[0][1])
         base = results["bids2table"][0]
         print(f"{'indexer':<18} {'best s':>8} {'NIfTI files':>12} {'vs bids2table':>14}")
