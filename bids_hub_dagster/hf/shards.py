@@ -10,6 +10,7 @@ about ``row_group_bytes`` so memory holds one group, not one shard.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -249,6 +250,7 @@ def build_shard(
     row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
     strategy: str = "pandas",
     compression: str = "auto",
+    prefetch: bool = True,
 ) -> EmbeddedShard:
     """Prepare shard ``key``: check its files, then stream its embedded row groups lazily.
 
@@ -257,6 +259,7 @@ def build_shard(
             row larger than that is a group of its own); peak memory follows it.
         strategy: ``pandas`` (the workaround, default) or ``arrow`` (see ``hf.embed``).
         compression: codec of the NIfTI bytes columns, ``auto`` per file type.
+        prefetch: embed the next row group while the current one is written.
 
     Raises:
         ShardFilesError: when any file of the shard is missing, empty, not NIfTI, a
@@ -286,10 +289,22 @@ def build_shard(
     schema = shard_schema(features, key, start, stop, plan.num_shards, rows.fingerprint())
     shard = dataset.select(range(start, stop))
 
+    def embed_group(bounds: tuple[int, int]) -> pa.Table:
+        return embed(shard.select(range(*bounds)), features).cast(schema)
+
     def groups() -> Iterator[pa.Table]:
-        for a, b in _greedy_ranges(rows.sizes, row_group_bytes):
-            table = embed(shard.select(range(a, b)), features)
-            yield table.cast(schema)
+        # The next group is read while the caller writes this one: reading and writing
+        # overlap (both release the GIL), and at most two groups are in memory.
+        ranges = _greedy_ranges(rows.sizes, row_group_bytes)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed") as pool:
+            pending = pool.submit(embed_group, ranges[0]) if ranges and prefetch else None
+            for i, bounds in enumerate(ranges):
+                table = pending.result() if pending is not None else embed_group(bounds)
+                pending = (
+                    pool.submit(embed_group, ranges[i + 1]) if prefetch and i + 1 < len(ranges) else None
+                )
+                yield table
+                del table
 
     return EmbeddedShard(
         key=key,
