@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from bidsschematools import schema as bids_schema
@@ -96,13 +96,22 @@ class BidsName:
 
 
 def split_extension(filename: str) -> tuple[str, str]:
-    """Split ``name.nii.gz`` into ``("name", ".nii.gz")`` using the schema's extensions."""
-    lower = filename.lower()
-    for ext in NIFTI_EXTENSIONS + load_schema().extensions:
-        if ext and lower.endswith(ext) and len(filename) > len(ext):
-            return filename[: -len(ext)], filename[-len(ext) :]
+    """Split ``name.nii.gz`` into ``("name", ".nii.gz")``.
+
+    A BIDS name has no dot before its extension, so the extension starts at the first
+    dot (``.nii.gz``, ``.dlabel.nii``, ``.tsv.gz``); a stem with dots (not valid BIDS)
+    keeps them when its end is one of the schema's extensions.
+    """
     stem, dot, ext = filename.partition(".")
-    return stem, (dot + ext) if dot else ""
+    if not dot:
+        return stem, ""
+    ext = dot + ext
+    if "_" in ext or "-" in ext or ext.count(".") > 2:  # a dot inside the stem: longest schema extension
+        lower = filename.lower()
+        for known in load_schema().extensions:
+            if known and lower.endswith(known) and len(filename) > len(known):
+                return filename[: -len(known)], filename[-len(known) :]
+    return stem, ext
 
 
 def parse_filename(filename: str) -> BidsName:
@@ -133,6 +142,7 @@ def parse_filename(filename: str) -> BidsName:
 _NUM = re.compile(r"(\d+)")
 
 
+@lru_cache(maxsize=65536)
 def natural_key(value: str) -> tuple[Any, ...]:
     """Sort key that orders digit runs numerically: ``run-2`` before ``run-10``."""
     return tuple((0, int(tok), tok) if tok.isdigit() else (1, 0, tok) for tok in _NUM.split(value) if tok)
@@ -152,11 +162,10 @@ def entity_sort_key(name: BidsName) -> tuple[Any, ...]:
     An absent entity sorts before any present value; unknown entities and then the
     suffix and extension break the remaining ties.
     """
-    key: list[Any] = []
-    entities = name.entities
-    for info in load_schema().entities:
-        value = entities.get(info.key)
-        key.append((0,) if value is None else (1, natural_key(value)))
+    schema = load_schema()
+    key: list[Any] = [(0,)] * len(schema.entities)
+    for k, value in name.entities.items():
+        key[schema.by_key[k].order] = (1, natural_key(value))
     # One element for all unknown entities, so names with and without them still compare.
     key.append(tuple((k, natural_key(name.unknown[k])) for k in sorted(name.unknown)))
     key.append(natural_key(name.suffix or ""))

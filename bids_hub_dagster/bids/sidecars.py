@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 from collections import defaultdict
@@ -39,7 +40,9 @@ class SidecarResolver:
     def _read(self, rel: str) -> dict[str, Any] | None:
         if rel not in self._cache:
             try:
-                data = json.loads((self.root / rel).read_text(encoding="utf-8-sig"))
+                with open(self.root / rel, "rb") as fh:
+                    raw = fh.read()
+                data = json.loads(raw.removeprefix(codecs.BOM_UTF8))
                 self._cache[rel] = data if isinstance(data, dict) else None
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 self.warnings.append(f"{rel}: sidecar not readable ({exc}); ignored")
