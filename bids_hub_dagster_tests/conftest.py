@@ -6,8 +6,11 @@ import os
 import shutil
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from bids_hub_dagster.defs import build_definitions, job_names
+from bids_hub_dagster.defs.assets import shard_partitions_name
 from bids_hub_dagster.demo import NIBABEL_DATA, write_demo
 from bids_hub_dagster.spec import DatasetSpec, load_spec
 
@@ -52,3 +55,25 @@ def bids_example(tmp_path):
         return dest
 
     return copy
+
+
+def materialize_all(
+    spec: DatasetSpec, storage: Path, instance: dg.DagsterInstance | None = None
+) -> list[str]:
+    """Run prepare, every shard partition and the upload of ``spec``, each run asserted green.
+
+    Uses ``instance`` when given, else a fresh ``instance_for_test``; returns the shard keys.
+    """
+    if instance is None:
+        with dg.instance_for_test() as fresh:
+            return materialize_all(spec, storage, fresh)
+    defs = build_definitions([spec], storage_dir=str(storage))
+    jobs = job_names(spec)
+    assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
+    keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
+    for key in keys:
+        assert (
+            defs.resolve_job_def(jobs.shards).execute_in_process(instance=instance, partition_key=key).success
+        )
+    assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
+    return keys

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dagster as dg
 import pytest
 from datasets import DatasetInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard
 
-from bids_hub_dagster.defs import build_definitions, job_names
-from bids_hub_dagster.defs.assets import shard_partitions_name
 from bids_hub_dagster.hf.card import hub_license
 from bids_hub_dagster.hf.tables import IndexInfo, index_to_table
+from bids_hub_dagster_tests.conftest import materialize_all
 
 
 @pytest.mark.parametrize(
@@ -36,17 +34,7 @@ def test_bids_license_maps_to_hub_id(bids, hub):
 
 
 def publish(spec, tmp_path):
-    defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
-    jobs = job_names(spec)
-    with dg.instance_for_test() as instance:
-        assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
-        for key in instance.get_dynamic_partitions(shard_partitions_name(spec)):
-            assert (
-                defs.resolve_job_def(jobs.shards)
-                .execute_in_process(instance=instance, partition_key=key)
-                .success
-            )
-        assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
+    materialize_all(spec, tmp_path / "storage")
 
 
 def test_card_yaml_is_what_datasets_reads(demo_spec, tmp_path):

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
-from bids_hub_dagster.defs import build_definitions, job_names
-from bids_hub_dagster.defs.assets import shard_partitions_name
 from bids_hub_dagster.hf.destinations import DestinationError, LocalFolder, parse_destination
 from bids_hub_dagster.hf.tables import index_to_table
 from bids_hub_dagster.hf.verify import verify_published
-
-
-def publish(spec, storage: Path) -> None:
-    defs = build_definitions([spec], storage_dir=str(storage))
-    jobs = job_names(spec)
-    with dg.instance_for_test() as instance:
-        assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
-        for key in instance.get_dynamic_partitions(shard_partitions_name(spec)):
-            assert (
-                defs.resolve_job_def(jobs.shards)
-                .execute_in_process(instance=instance, partition_key=key)
-                .success
-            )
-        assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
+from bids_hub_dagster_tests.conftest import materialize_all
 
 
 @pytest.mark.parametrize("name", ["pub[v1]", "pub*", "pub?x", "pub{a,b}"])
@@ -56,7 +40,7 @@ def test_other_schemes_are_refused():
 
 
 def test_a_failure_while_staging_leaves_the_previous_publication_whole(demo_spec, tmp_path):
-    publish(demo_spec, tmp_path / "storage")
+    materialize_all(demo_spec, tmp_path / "storage")
     dest = Path(demo_spec.destination)
     before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
     shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").iterdir())
@@ -80,7 +64,7 @@ def test_verify_reports_a_missing_or_empty_destination(demo_spec, tmp_path):
 
 
 def test_verify_reports_a_corrupt_data_file(demo_spec, tmp_path):
-    publish(demo_spec, tmp_path / "storage")
+    materialize_all(demo_spec, tmp_path / "storage")
     data = sorted((Path(demo_spec.destination) / "data").iterdir())
     data[1].write_bytes(data[1].read_bytes()[:-100])  # footer cut off
     report = verify_published(demo_spec.destination, index_to_table(demo_spec.build_index()))

@@ -15,29 +15,17 @@ from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.assets import shard_partitions_name
 from bids_hub_dagster.hf.shards import read_shard_record
 from bids_hub_dagster.spec import spec_for_folder
+from bids_hub_dagster_tests.conftest import materialize_all
 
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_all(spec, storage: Path, instance: dg.DagsterInstance) -> list[str]:
-    defs = build_definitions([spec], storage_dir=str(storage))
-    jobs = job_names(spec)
-    assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
-    keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
-    for key in keys:
-        assert (
-            defs.resolve_job_def(jobs.shards).execute_in_process(instance=instance, partition_key=key).success
-        )
-    assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
-    return keys
-
-
 def test_demo_round_trips_byte_for_byte(demo_spec, tmp_path):
     storage = tmp_path / "storage"
     with dg.instance_for_test() as instance:
-        keys = run_all(demo_spec, storage, instance)
+        keys = materialize_all(demo_spec, storage, instance)
         assert keys == ["shard-00000", "shard-00001", "shard-00002"]
 
         # every asset was materialized, each shard partition once
@@ -116,9 +104,9 @@ def test_demo_round_trips_byte_for_byte(demo_spec, tmp_path):
 def test_rerun_with_smaller_plan_removes_stale_partitions_and_files(demo_spec, tmp_path):
     storage = tmp_path / "storage"
     with dg.instance_for_test() as instance:
-        assert len(run_all(demo_spec, storage, instance)) == 3
+        assert len(materialize_all(demo_spec, storage, instance)) == 3
         bigger = demo_spec.with_overrides(max_shard_size="10MB")
-        assert run_all(bigger, storage, instance) == ["shard-00000"]
+        assert materialize_all(bigger, storage, instance) == ["shard-00000"]
         assert instance.get_dynamic_partitions(shard_partitions_name(bigger)) == ["shard-00000"]
         # the stored files of dropped partitions are removed with them
         assert [p.name for p in (storage / "demo" / "hub_shards").iterdir()] == ["shard-00000.parquet"]
@@ -131,7 +119,7 @@ def test_upload_refuses_shards_built_for_another_plan(demo_spec, tmp_path):
     """A shard file left from an older plan (same key, other rows) is never published."""
     storage = tmp_path / "storage"
     with dg.instance_for_test() as instance:
-        run_all(demo_spec, storage, instance)
+        materialize_all(demo_spec, storage, instance)
         two = demo_spec.with_overrides(num_shards=2)
         defs = build_definitions([two], storage_dir=str(storage))
         jobs = job_names(two)
@@ -148,7 +136,7 @@ def test_upload_refuses_shards_built_for_another_plan(demo_spec, tmp_path):
 def test_one_row_per_subject_zero_config(demo_spec, tmp_path):
     spec = spec_for_folder(demo_spec.bids_root, row="subject", destination=str(tmp_path / "out"))
     with dg.instance_for_test() as instance:
-        run_all(spec, tmp_path / "storage", instance)
+        materialize_all(spec, tmp_path / "storage", instance)
     ds = load_dataset(spec.destination, split="train", cache_dir=str(tmp_path / "c"))
     assert ds["subject_id"] == ["sub-01", "sub-02", "sub-03"]
     assert ds["session_id"] == [None, None, None]
@@ -170,7 +158,7 @@ def test_nifti2_files_are_embedded_with_a_warning(demo_spec, tmp_path, nibabel_d
         (nibabel_data / "example_nifti2.nii.gz").read_bytes()
     )
     with dg.instance_for_test() as instance:
-        run_all(demo_spec, tmp_path / "storage", instance)
+        materialize_all(demo_spec, tmp_path / "storage", instance)
         events = instance.fetch_materializations(dg.AssetKey(["demo", "hub_shards"]), limit=10).records
         warnings = [e.asset_materialization.metadata["warnings"].value for e in events]
     assert (
