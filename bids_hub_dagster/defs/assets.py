@@ -52,6 +52,8 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         **common,
     )
     def bids_index(context: dg.AssetExecutionContext) -> dg.Output[pa.Table]:
+        if spec.destination:
+            parse_destination(spec.destination)  # refuse an unusable destination before any shard is built
         index = spec.build_index()
         for warning in index.warnings:
             context.log.warning(warning)
