@@ -16,9 +16,9 @@ from .bids.errors import BidsError
 from .bids.index import BidsIndex, build_index
 from .hf.embed import STRATEGIES
 from .hf.parquet import CODECS
+from .hf.shards import DEFAULT_ROW_GROUP_BYTES as DEFAULT_ROW_GROUP_SIZE
 
 DEFAULT_MAX_SHARD_SIZE = 500 * 10**6  # the same default as datasets' push_to_hub
-DEFAULT_ROW_GROUP_SIZE = 100 * 10**6
 SHARD_STRATEGIES = tuple(STRATEGIES)
 SPEC_KEYS = frozenset(
     {

@@ -5,7 +5,8 @@ exactly its own rows: the slice is broken (pandas round trip) before
 ``embed_table_storage`` runs, because on ``datasets`` < 5.2 embedding a ``select``/
 ``shard`` slice with a ``List(Nifti())`` column read every file of the whole dataset
 (``ListArray.values`` ignores the slice offset). The bytes stream out in row groups of
-about ``row_group_bytes`` so memory holds one group, not one shard.
+about ``row_group_bytes``: memory holds the group being written and the next one being
+read, never a whole shard.
 """
 
 from __future__ import annotations
