@@ -62,6 +62,30 @@ def _failure_message(result) -> str:
     return "\n".join(messages) or "the run failed (see the Dagster UI for its logs)"
 
 
+def _hub_options(func):
+    """Options of Hub destinations; each overrides the spec's ``hub:`` mapping when given."""
+    func = click.option(
+        "--upload-shards", is_flag=True, default=None, help="Pre-upload each shard as soon as it is built."
+    )(func)
+    func = click.option(
+        "--files-per-commit", type=click.IntRange(1, 100), help="Files per Hub commit (default 50)."
+    )(func)
+    func = click.option("--commit-message", help="Message of the Hub commits.")(func)
+    func = click.option(
+        "--create-pr", is_flag=True, default=None, help="Open a pull request instead of writing the branch."
+    )(func)
+    func = click.option("--revision", help="Hub branch to publish to (created from main when missing).")(func)
+    func = click.option(
+        "--private/--public", default=None, help="Visibility of the Hub repo when this creates it."
+    )(func)
+    return func
+
+
+def _with_hub(spec: DatasetSpec, **options) -> DatasetSpec:
+    given = {k: v for k, v in options.items() if v is not None}
+    return spec.with_overrides(hub=given) if given else spec
+
+
 def _spec_options(func):
     func = click.option(
         "--num-shards", type=int, help="Split into exactly N shards (overrides max_shard_size)."
@@ -169,11 +193,12 @@ def run_publish(
 
     from .defs import build_definitions, job_names
     from .defs.assets import shard_partitions_name
-    from .hf.destinations import parse_destination
+    from .hf.publish import parse_destination
 
     if not spec.destination:
         raise click.UsageError("no destination: pass --to DEST or set `destination:` in the spec.")
-    parse_destination(spec.destination)  # a destination that cannot work fails now, not after the shards
+    # a malformed destination fails now; the token and repo are checked by the first run
+    parse_destination(spec.destination, hub=spec.hub)
     _ensure_dagster_home()
     defs = build_definitions([spec])
     jobs = job_names(spec)
@@ -221,24 +246,41 @@ def run_publish(
             )
             return 1
         for event in result.get_asset_materialization_events():
-            meta = event.materialization.metadata
-            click.echo(f"published {spec.name} to {spec.destination}")
-            click.echo(f"verified: {meta['verification'].value}")
+            meta = {k: v.value for k, v in event.materialization.metadata.items()}
+            click.echo(f"published {spec.name} to {meta['destination']}")
+            click.echo(
+                f"files: {meta['files_written']} written, {meta['files_skipped']} unchanged, "
+                f"{meta['files_removed']} removed; {format_size(meta['bytes_written'])} sent"
+            )
+            if "commits" in meta:
+                click.echo(f"commits: {meta['num_commits']}")
+                click.echo(meta["commits"])
+            if "pull_request" in meta:
+                click.echo(f"pull request: {meta['pull_request']}")
+            click.echo(f"verified: {meta['verification']}")
     return 0
 
 
 @main.command()
 @click.argument("bids_root", required=False, type=click.Path(exists=True, file_okay=False))
 @_spec_options
-@click.option("--to", help="Destination: a folder (laid out like a Hub dataset repo).")
+@click.option(
+    "--to", help="Destination: a folder (laid out like a Hub dataset repo) or hf://datasets/ORG/NAME."
+)
+@_hub_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Shard runs at a time (default: cores, at most 4)."
 )
 @click.pass_obj
-def publish(obj, bids_root, spec_path, row, max_shard_size, num_shards, to, no_progress, workers) -> None:
-    """Index, build every shard, publish and verify: BIDS_ROOT --to DEST, or --spec SPEC."""
-    spec = _resolve_spec(bids_root, spec_path, to, row, max_shard_size, num_shards)
+def publish(
+    obj, bids_root, spec_path, row, max_shard_size, num_shards, to, no_progress, workers, **hub
+) -> None:
+    """Index, build every shard, publish and verify: BIDS_ROOT --to DEST, or --spec SPEC.
+
+    Publishing to the Hub reads the token from HF_TOKEN (or the saved `hf auth login`).
+    """
+    spec = _with_hub(_resolve_spec(bids_root, spec_path, to, row, max_shard_size, num_shards), **hub)
     sys.exit(run_publish(spec, progress=not no_progress, log_level=obj["log_level"], workers=workers))
 
 
@@ -287,15 +329,19 @@ def index(bids_root, spec_path, row, max_shard_size, num_shards, print_spec) -> 
     "--bids-root", type=click.Path(exists=True, file_okay=False), help="BIDS folder (columns inferred)."
 )
 @click.option("--row", type=click.Choice(["session", "subject"]))
-def verify(destination, spec_path, bids_root, row) -> None:
-    """Load DESTINATION with datasets.load_dataset and compare every file with its source by sha256."""
-    from .hf.destinations import parse_destination
+@click.option("--revision", help="Hub branch or refs/pr/N to read (Hub destinations).")
+def verify(destination, spec_path, bids_root, row, revision) -> None:
+    """Load DESTINATION with datasets.load_dataset and compare every file with its source by sha256.
+
+    DESTINATION is a folder or hf://datasets/ORG/NAME[@branch].
+    """
+    from .hf.publish import parse_destination
     from .hf.tables import index_to_table
-    from .hf.verify import verify_published
 
     spec = _resolve_spec(bids_root, spec_path, None, row)
     idx = spec.build_index()
-    report = verify_published(parse_destination(destination).load_id, index_to_table(idx))
+    target = parse_destination(destination, hub=_with_hub(spec, revision=revision).hub)
+    report = target.verify(index_to_table(idx))
     click.echo(report.summary())
     sys.exit(0 if report.ok else 1)
 

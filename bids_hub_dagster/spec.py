@@ -14,7 +14,9 @@ import yaml
 from .bids.columns import ColumnRule
 from .bids.errors import BidsError
 from .bids.index import BidsIndex, build_index
+from .hf.destinations import DestinationError
 from .hf.embed import STRATEGIES
+from .hf.hub import HubOptions, is_hub_url, parse_hub_url
 from .hf.parquet import CODECS
 from .hf.shards import DEFAULT_ROW_GROUP_BYTES as DEFAULT_ROW_GROUP_SIZE
 
@@ -33,6 +35,7 @@ SPEC_KEYS = frozenset(
         "shard_strategy",
         "compression",
         "row_group_size",
+        "hub",
     }
 )
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -117,6 +120,7 @@ class DatasetSpec:
     shard_strategy: str = "pandas"  # how rows are embedded: "pandas" (the workaround) or "arrow"
     compression: str = "auto"  # codec of NIfTI bytes columns; auto: zstd for .nii, none for .nii.gz
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE  # bytes of files embedded and written at a time
+    hub: HubOptions = field(default_factory=HubOptions)  # Hub destinations only: branch, privacy, commits
     source: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
     def __post_init__(self) -> None:
@@ -134,6 +138,15 @@ class DatasetSpec:
             )
         if self.compression not in CODECS:
             raise SpecError(f"compression must be one of {', '.join(CODECS)}, not {self.compression!r}.")
+        if self.destination and is_hub_url(self.destination):
+            try:
+                _, revision = parse_hub_url(self.destination)
+            except DestinationError as exc:
+                raise SpecError(str(exc)) from None
+            if revision is not None and self.hub.revision not in (None, revision):
+                raise SpecError(
+                    f"destination names branch {revision!r} but hub.revision is {self.hub.revision!r}; give one."
+                )
 
     def with_overrides(self, **overrides: Any) -> DatasetSpec:
         """A copy with the given keys replaced; ``None`` values are ignored."""
@@ -145,6 +158,8 @@ class DatasetSpec:
             changes.setdefault("num_shards", None)  # a size given now replaces a shard count
         if "destination" in changes:
             changes["destination"] = resolve_destination(str(changes["destination"]), Path.cwd())
+        if isinstance(changes.get("hub"), Mapping):
+            changes["hub"] = hub_options(self.hub.to_mapping() | dict(changes["hub"]))
         return dataclasses.replace(self, **changes)
 
     def to_mapping(self) -> dict[str, Any]:
@@ -169,6 +184,8 @@ class DatasetSpec:
             out["num_shards"] = self.num_shards
         else:
             out["max_shard_size"] = exact_size(self.max_shard_size)
+        if self.hub.to_mapping():
+            out["hub"] = self.hub.to_mapping()
         return out
 
     def build_index(self) -> BidsIndex:
@@ -182,6 +199,16 @@ class DatasetSpec:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_mapping(), sort_keys=False, default_flow_style=None)
+
+
+def hub_options(raw: Any, where: str = "") -> HubOptions:
+    """The spec's ``hub:`` mapping as HubOptions; a bad value is a SpecError."""
+    if raw is not None and not isinstance(raw, Mapping):
+        raise SpecError(f"hub must be a mapping of options{where}, e.g. {{private: true}}.")
+    try:
+        return HubOptions.from_mapping(raw)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{exc}{where}") from None
 
 
 def resolve_destination(dest: str, base: Path) -> str:
@@ -233,6 +260,7 @@ def spec_from_mapping(raw: Mapping[str, Any], base: Path, source: Path | None = 
         shard_strategy=str(raw.get("shard_strategy", "pandas")),
         compression=str(raw.get("compression", "auto")),
         row_group_size=parse_size(raw.get("row_group_size") or DEFAULT_ROW_GROUP_SIZE),
+        hub=hub_options(raw.get("hub"), where),
         source=source,
     )
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bids_hub_dagster.hf.destinations import DestinationError, LocalFolder, parse_destination
+from bids_hub_dagster.hf.destinations import DestinationError, LocalFolder
+from bids_hub_dagster.hf.publish import parse_destination
 from bids_hub_dagster.hf.tables import index_to_table
 from bids_hub_dagster.hf.verify import verify_published
 from bids_hub_dagster_tests.conftest import materialize_all

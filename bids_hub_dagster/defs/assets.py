@@ -13,14 +13,17 @@ import dagster as dg
 import pyarrow as pa
 from datasets import Dataset
 
-from ..hf.destinations import parse_destination
-from ..hf.publish import publish_shards
-from ..hf.shards import build_shard, plan_for_index
+from ..hf.destinations import DestinationError
+from ..hf.hub import HubRepo
+from ..hf.publish import ShardsNotReadyError, publish_shards
+from ..hf.shards import build_shard, plan_for_index, shard_index
 from ..hf.tables import IndexInfo, dataset_from_index, index_to_table
-from ..hf.verify import verify_published
 from ..spec import DatasetSpec, format_size
+from .resources import HUB_POOL, HUB_RESOURCE_KEY, HubResource
 
 IO_MANAGER_KEY = "bids_hub_io_manager"
+# transient Hub faults are retried inside the upload; this retries the whole step after an outage
+UPLOAD_RETRY = dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 def shard_partitions_name(spec: DatasetSpec) -> str:
@@ -51,9 +54,12 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         kinds={"bids", "parquet"},
         **common,
     )
-    def bids_index(context: dg.AssetExecutionContext) -> dg.Output[pa.Table]:
-        if spec.destination:
-            parse_destination(spec.destination)  # refuse an unusable destination before any shard is built
+    def bids_index(context: dg.AssetExecutionContext, hf_hub: HubResource) -> dg.Output[pa.Table]:
+        if spec.destination:  # refuse an unusable destination (or token) before any shard is built
+            try:
+                hf_hub.destination(spec, progress=context.log.info).check()
+            except DestinationError as exc:
+                raise dg.Failure(str(exc), allow_retries=False) from None
         index = spec.build_index()
         for warning in index.warnings:
             context.log.warning(warning)
@@ -117,8 +123,10 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             "bids_index": dg.AssetIn(key=[prefix, "bids_index"]),
         },
         partitions_def=shards_def,
-        description="One parquet shard per partition, NIfTI bytes embedded, written row group by row group.",
+        description="One parquet shard per partition, NIfTI bytes embedded, written row group by row group"
+        + (f"; pre-uploaded to {spec.destination} once built." if spec.hub.upload_shards else "."),
         kinds={"parquet"},
+        required_resource_keys={IO_MANAGER_KEY, HUB_RESOURCE_KEY},
         **common,
     )
     def hub_shards(context: dg.AssetExecutionContext, hf_dataset: Dataset, bids_index: pa.Table) -> dg.Output:
@@ -134,9 +142,21 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         )
         for warning in shard.warnings:
             context.log.warning(warning)
+        value: object = shard
+        uploaded = {}
+        hf_hub: HubResource = getattr(context.resources, HUB_RESOURCE_KEY)
+        destination = hf_hub.destination(spec, progress=context.log.info) if spec.destination else None
+        if spec.hub.upload_shards and isinstance(destination, HubRepo):
+            # store the file now, so its bytes can go to the Hub before the run ends
+            value = getattr(context.resources, IO_MANAGER_KEY).store_shard(
+                context.asset_key, context.partition_key, shard
+            )
+            sent = destination.preupload_shard(value.path, shard_index(context.partition_key), plan.num_shards)
+            uploaded = {"hub_bytes_sent": sent, "hub_repo": dg.MetadataValue.url(destination.url)}
         return dg.Output(
-            shard,
-            metadata={
+            value,
+            metadata=uploaded
+            | {
                 "dagster/row_count": shard.num_rows,
                 "rows": f"{shard.start}–{shard.stop - 1}",
                 "first_row": shard.rows.labels[0],
@@ -156,23 +176,30 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         description=f"The published dataset at {spec.destination or '(no destination set)'}, verified by sha256.",
         kinds={"huggingface"},
         group_name=spec.name,
+        pool=HUB_POOL,  # two uploads never commit to the Hub at once
+        retry_policy=UPLOAD_RETRY,
     )
     def hub_upload(
-        context: dg.AssetExecutionContext, hub_shards: dict[str, Path], bids_index: pa.Table
+        context: dg.AssetExecutionContext, hub_shards: dict[str, Path], bids_index: pa.Table, hf_hub: HubResource
     ) -> dg.MaterializeResult:
-        if not spec.destination:
-            raise ValueError(f"dataset {spec.name!r} has no destination: set `destination:` in its spec.")
-        destination = parse_destination(spec.destination)
         plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
         started = time.monotonic()
-        result = publish_shards(spec.name, bids_index, plan, hub_shards, destination)
-        report = verify_published(destination.load_id, bids_index)
+        try:
+            destination = hf_hub.destination(spec, progress=context.log.info)
+            result = publish_shards(spec.name, bids_index, plan, hub_shards, destination)
+        except (DestinationError, ShardsNotReadyError, ValueError) as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from None  # retrying cannot fix these
+        report = destination.verify(bids_index)
         context.log.info(report.summary())
         if not report.ok:
-            raise RuntimeError(f"published copy at {destination.url} does not verify: {report.summary()}")
+            raise dg.Failure(
+                f"published copy at {destination.url} does not verify: {report.summary()}", allow_retries=False
+            )
+        hub = isinstance(destination, HubRepo)
+        commits = "\n".join(f"- {url}" for url in result.commit_urls) or "no commit: nothing had changed"
         return dg.MaterializeResult(
             metadata={
-                "destination": dg.MetadataValue.path(destination.url),
+                "destination": dg.MetadataValue.url(destination.url) if hub else dg.MetadataValue.path(destination.url),
                 "dagster/row_count": report.rows_found,
                 "files_written": len(result.files_written),
                 "files_skipped": len(result.files_skipped),
@@ -184,6 +211,12 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 "duration_s": round(time.monotonic() - started, 2),
                 "columns": ", ".join(IndexInfo.of(bids_index).columns),
             }
+            | (
+                {"commits": dg.MetadataValue.md(commits), "num_commits": len(result.commit_urls)}
+                | ({"pull_request": dg.MetadataValue.url(result.pr_url)} if result.pr_url else {})
+                if hub
+                else {}
+            )
         )
 
     return [bids_index, hf_dataset, hub_shards, hub_upload]

@@ -10,6 +10,7 @@ import dagster as dg
 from ..spec import DatasetSpec
 from .assets import IO_MANAGER_KEY, build_dataset_assets
 from .io_managers import BidsHubParquetIOManager, default_storage_dir
+from .resources import HUB_RESOURCE_KEY, hub_resource
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ def job_names(spec: DatasetSpec) -> JobNames:
 
 
 def build_definitions(specs: Sequence[DatasetSpec], storage_dir: str | None = None) -> dg.Definitions:
-    """One asset group and three jobs per spec, sharing one parquet IO manager."""
+    """One asset group and three jobs per spec, sharing one parquet IO manager and the Hub resource."""
     assets: list[dg.AssetsDefinition] = []
     jobs = []
     for spec in specs:
@@ -56,5 +57,8 @@ def build_definitions(specs: Sequence[DatasetSpec], storage_dir: str | None = No
     return dg.Definitions(
         assets=assets,
         jobs=jobs,
-        resources={IO_MANAGER_KEY: BidsHubParquetIOManager(base_dir=storage_dir or default_storage_dir())},
+        resources={
+            IO_MANAGER_KEY: BidsHubParquetIOManager(base_dir=storage_dir or default_storage_dir()),
+            HUB_RESOURCE_KEY: hub_resource(),
+        },
     )

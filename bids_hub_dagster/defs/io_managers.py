@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 from datasets.table import InMemoryTable
 
-from ..hf.parquet import write_row_groups, write_table
+from ..hf.digests import sidecar_path
+from ..hf.parquet import WrittenFile, write_row_groups, write_table
 from ..hf.shards import EmbeddedShard
 
 
@@ -46,16 +47,26 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         removed = []
         for partition in partitions:
             path = self._path(key, partition)
+            sidecar_path(path).unlink(missing_ok=True)
             if path.is_file():
                 path.unlink()
                 removed.append(path)
         return removed
+
+    def store_shard(self, key: dg.AssetKey, partition: str, shard: EmbeddedShard) -> WrittenFile:
+        """Write a shard inside the asset body (to pre-upload it before the step ends).
+
+        The asset then outputs the returned WrittenFile, which ``handle_output`` accepts as stored.
+        """
+        return write_row_groups(self._path(key, partition), shard.schema, shard.groups, **shard.write_options)
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         partition = context.partition_key if context.has_asset_partitions else None
         path = self._path(context.asset_key, partition)
         if isinstance(obj, EmbeddedShard):
             written = write_row_groups(path, obj.schema, obj.groups, **obj.write_options)
+        elif isinstance(obj, WrittenFile) and obj.path == path:  # stored already, by store_shard
+            written = obj
         elif isinstance(obj, Dataset):
             written = write_table(path, obj.data.table)
         elif isinstance(obj, pa.Table):

@@ -1,7 +1,8 @@
 """Where a dataset is published: a local folder laid out like a Hub dataset repo, or the Hub.
 
 Both take the same input, the shard files in order and the card, and produce
-``data/train-XXXXX-of-NNNNN.parquet`` plus ``README.md``.
+``data/train-XXXXX-of-NNNNN.parquet`` plus ``README.md``. The Hub repo is in ``hub.py``;
+``publish.parse_destination`` picks one from a spec's ``destination`` string.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import pyarrow as pa
 from huggingface_hub import DatasetCard
 
 from .card import PUBLISHED_MARK
 from .parquet import atomic_path
+from .verify import VerifyReport, verify_published
 
 DATA_FILE = re.compile(r"^train-(\d{5})-of-(\d{5})\.parquet$")
 
@@ -31,10 +34,12 @@ def data_file_name(index: int, num_shards: int) -> str:
 @dataclass
 class PublishResult:
     url: str
-    files_written: list[str] = field(default_factory=list)
-    files_skipped: list[str] = field(default_factory=list)
-    files_removed: list[str] = field(default_factory=list)
-    bytes_written: int = 0
+    files_written: list[str] = field(default_factory=list)  # written or committed by this publish
+    files_skipped: list[str] = field(default_factory=list)  # already there, byte for byte
+    files_removed: list[str] = field(default_factory=list)  # shards of an older plan
+    bytes_written: int = 0  # bytes copied or sent over the network
+    commit_urls: list[str] = field(default_factory=list)  # Hub only
+    pr_url: str | None = None  # Hub only, with create_pr
 
 
 class Destination(Protocol):
@@ -43,7 +48,13 @@ class Destination(Protocol):
     url: str  # shown to users: a folder path or a Hub URL
     load_id: str  # what `datasets.load_dataset` takes to read it back
 
+    def check(self) -> None:
+        """Raise DestinationError now if publishing cannot work."""
+
     def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult: ...
+
+    def verify(self, index_table: pa.Table) -> VerifyReport:
+        """Read the published copy back with ``datasets.load_dataset`` and compare it with the index."""
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -135,14 +146,5 @@ class LocalFolder:
         result.files_removed = sorted(f"data/{name}" for name in old - new if DATA_FILE.match(name))
         return result
 
-
-def parse_destination(value: str) -> Destination:
-    """A destination from its spec string: a folder path, or ``hf://datasets/ORG/NAME``."""
-    if value.startswith("hf://"):
-        raise NotImplementedError(
-            f"{value}: publishing to the Hugging Face Hub is not available in this version; "
-            "publish to a local folder and upload it with `huggingface-cli upload --repo-type dataset`."
-        )
-    if "://" in value:
-        raise DestinationError(f"{value}: destinations are a local folder or hf://datasets/ORG/NAME.")
-    return LocalFolder(value)
+    def verify(self, index_table: pa.Table) -> VerifyReport:
+        return verify_published(self.load_id, index_table)

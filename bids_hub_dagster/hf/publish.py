@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,9 +11,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .card import CardFacts, render_card
-from .destinations import Destination, PublishResult
+from .destinations import Destination, DestinationError, LocalFolder, PublishResult
+from .hub import HubOptions, HubRepo, is_hub_url
 from .shards import ShardPlan, read_shard_record, shard_rows
 from .tables import IndexInfo
+
+
+def parse_destination(
+    value: str,
+    *,
+    hub: HubOptions | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Destination:
+    """A destination from its spec string: a local folder path, or ``hf://datasets/ORG/NAME[@branch]``.
+
+    ``hub``, ``token`` and ``endpoint`` apply to Hub destinations only; the token defaults
+    to ``huggingface_hub``'s own lookup (``HF_TOKEN``, then the saved login).
+    """
+    if is_hub_url(value):
+        return HubRepo.from_url(value, hub or HubOptions(), token=token, endpoint=endpoint, progress=progress)
+    if "://" in value:
+        raise DestinationError(f"{value}: destinations are a local folder or hf://datasets/ORG/NAME.")
+    return LocalFolder(value)
 
 
 class ShardsNotReadyError(RuntimeError):

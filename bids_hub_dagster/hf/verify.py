@@ -11,7 +11,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from datasets import load_dataset
 from datasets.exceptions import DatasetsError
+from huggingface_hub import HfFileSystem
 
+from .digests import sha256_file
 from .tables import IndexInfo
 
 
@@ -37,14 +39,6 @@ class VerifyReport:
         shown = "\n".join(f"  - {p}" for p in self.problems[:50])
         more = f"\n  … and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
         return f"{head}\n{shown}{more}"
-
-
-def sha256_file(path: Path, chunk: int = 8 * 2**20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 RowKey = tuple[str, str | None]
@@ -90,12 +84,21 @@ def _check_row(
             report.bytes_checked += len(data)
 
 
-def verify_published(load_id: str, index_table: pa.Table, cache_dir: str | None = None) -> VerifyReport:
-    """Load ``load_id`` (streaming, fresh cache) and check it against the index.
+def verify_published(
+    load_id: str,
+    index_table: pa.Table,
+    cache_dir: str | None = None,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+) -> VerifyReport:
+    """Load ``load_id`` (a folder or a Hub repo id; streaming, fresh cache) and check it against the index.
 
     Every row of the index must appear exactly once, and every cell must hold the bytes
-    of its source files, in order, compared by sha256.
+    of its source files, in order, compared by sha256. ``revision`` and ``token`` are for
+    Hub repos: a branch or ``refs/pr/N``, and the token a private repo needs.
     """
+    HfFileSystem.clear_instance_cache()  # its listings are cached per process: read the repo as it is now
     info = IndexInfo.of(index_table)
     expected: dict[RowKey, dict[str, list[str]]] = {}
     subs = index_table.column("subject_id").to_pylist()
@@ -115,6 +118,8 @@ def verify_published(load_id: str, index_table: pa.Table, cache_dir: str | None 
                 load_id,
                 split="train",
                 streaming=True,
+                revision=revision,
+                token=token,
                 cache_dir=cache_dir or tmp,
                 # read one row group at a time: pre-buffering would hold a whole shard in memory
                 fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),

@@ -1,0 +1,40 @@
+"""Resources: the Hugging Face Hub credentials every Hub destination is opened with."""
+
+import os
+from collections.abc import Callable
+
+import dagster as dg
+
+from ..hf.destinations import Destination
+from ..hf.publish import parse_destination
+from ..spec import DatasetSpec
+
+HUB_RESOURCE_KEY = "hf_hub"
+HUB_POOL = "hf_hub"  # the concurrency pool commits to the Hub run in
+
+
+class HubResource(dg.ConfigurableResource):
+    """Token and endpoint for ``hf://`` destinations.
+
+    Configure the token as ``dg.EnvVar("HF_TOKEN")`` so that the UI shows the variable's
+    name, never the secret. Without a token, ``huggingface_hub`` looks up the saved login.
+    ``endpoint`` defaults to ``HF_ENDPOINT`` or https://huggingface.co.
+    """
+
+    token: str | None = None
+    endpoint: str | None = None
+
+    def destination(self, spec: DatasetSpec, progress: Callable[[str], None] | None = None) -> Destination:
+        """The spec's destination; Hub ones are opened with this resource's token and endpoint."""
+        if not spec.destination:
+            raise ValueError(f"dataset {spec.name!r} has no destination: set `destination:` in its spec.")
+        return parse_destination(
+            spec.destination, hub=spec.hub, token=self.token, endpoint=self.endpoint, progress=progress
+        )
+
+
+def hub_resource() -> HubResource:
+    """The token from ``HF_TOKEN`` when it is set (by name, so it is never shown), else the saved login."""
+    if os.environ.get("HF_TOKEN"):
+        return HubResource(token=dg.EnvVar("HF_TOKEN"))
+    return HubResource()

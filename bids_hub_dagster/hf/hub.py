@@ -1,0 +1,538 @@
+"""Publish to a Hugging Face Hub dataset repo: batched, resumable, safe under rate limits.
+
+The layout is the local folder's: ``data/train-XXXXX-of-NNNNN.parquet`` plus ``README.md``.
+A publish runs in four steps, all through ``huggingface_hub.HfApi``:
+
+1. ``create_repo(exist_ok=True)``, and the branch when a revision is named.
+2. Read the branch head and list the remote files with their sizes and LFS sha256.
+3. Compare with the local shards' sha256: a shard whose remote copy matches is skipped,
+   so a rerun after a failure sends only what is missing and a rerun with nothing
+   changed makes no commit at all.
+4. Upload the rest in batches (``preupload_lfs_files`` then ``create_commit``), at most
+   ``files_per_commit`` files a commit, each commit pinned to the head it was planned on
+   (``parent_commit``). The last commit carries the card and deletes the remote shards
+   that the new plan no longer has.
+
+Faults: ``huggingface_hub`` retries uploads itself, but not commits or repo reads. Here
+every call is retried on HTTP 429 (after its Retry-After), 5xx and dropped connections,
+with exponential backoff. A failed commit is never retried blindly: the head is read
+again first, because a commit whose answer was lost may have been applied; if the
+remote already holds the batch, it counts as done, otherwise it is re-planned on the new
+head (this is also how 409/412 from a concurrent writer are handled). 401, 403 and 404
+are permanent: they raise :class:`HubAccessError` saying what to do.
+
+The token is handed to ``HfApi`` and nowhere else: no message of this module holds it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+import pyarrow as pa
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi, constants
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.hf_api import RepoFile
+
+from .destinations import DATA_FILE, DestinationError, PublishResult, data_file_name
+from .digests import file_digest, mark_uploaded, was_uploaded
+from .verify import VerifyReport, verify_published
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+HUB_SCHEME = "hf://"
+DEFAULT_FILES_PER_COMMIT = 50
+MAX_FILES_PER_COMMIT = 100  # the Hub asks for fewer than ~100 files per commit
+_REPO_URL = re.compile(r"^hf://datasets/([A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@([^/].*))?/?$")
+_PART = re.compile(r"^[\w.-]+$")
+
+
+class HubAccessError(DestinationError):
+    """A permanent refusal (401, 403, 404): retrying will not help; the message says what will."""
+
+
+class HubTransientError(RuntimeError):
+    """The Hub kept failing with transient faults after every retry; running again may succeed."""
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """How a dataset is published to the Hub (the spec's ``hub:`` mapping)."""
+
+    private: bool | None = None  # applied when the repo is created; None: the Hub's default (public)
+    revision: str | None = None  # branch to publish to; created from main when missing
+    create_pr: bool = False  # open a pull request instead of writing the branch
+    commit_message: str | None = None
+    files_per_commit: int = DEFAULT_FILES_PER_COMMIT
+    upload_shards: bool = False  # each shard partition pre-uploads its file as soon as it is built
+
+    KEYS = ("private", "revision", "create_pr", "commit_message", "files_per_commit", "upload_shards")
+
+    def __post_init__(self) -> None:
+        n = self.files_per_commit
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_FILES_PER_COMMIT:
+            raise ValueError(
+                f"hub.files_per_commit must be an integer from 1 to {MAX_FILES_PER_COMMIT}, not {n!r}."
+            )
+        for key in ("private", "create_pr", "upload_shards"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"hub.{key} must be true or false, not {value!r}.")
+        if self.create_pr and self.revision not in (None, "main"):
+            raise ValueError("hub.create_pr opens a pull request against main; leave hub.revision unset.")
+        if self.commit_message is not None and not str(self.commit_message).strip():
+            raise ValueError("hub.commit_message must not be empty.")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any] | None) -> HubOptions:
+        raw = dict(raw or {})
+        unknown = set(raw) - set(cls.KEYS)
+        if unknown:
+            raise ValueError(f"unknown hub option(s) {sorted(unknown)}; known: {list(cls.KEYS)}.")
+        return cls(**{k: v for k, v in raw.items() if v is not None})
+
+    def to_mapping(self) -> dict[str, Any]:
+        default = HubOptions()
+        return {k: getattr(self, k) for k in self.KEYS if getattr(self, k) != getattr(default, k)}
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retries of one Hub call: ``attempts`` tries, waits doubling from ``base`` up to ``cap`` s."""
+
+    attempts: int = 6
+    base: float = 2.0
+    cap: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        wait = min(self.cap, self.base * 2**attempt)
+        return max(wait, retry_after) if retry_after is not None else wait
+
+
+def is_hub_url(value: str) -> bool:
+    return value.startswith(HUB_SCHEME)
+
+
+def parse_hub_url(value: str) -> tuple[str, str | None]:
+    """``hf://datasets/ORG/NAME[@revision]`` → ``("ORG/NAME", revision or None)``."""
+    m = _REPO_URL.match(value)
+    if not m or not all(_PART.match(p) for p in m.group(1).split("/")):
+        raise DestinationError(
+            f"{value}: a Hub destination is hf://datasets/ORG/NAME (optionally @branch), "
+            "with letters, digits, '-', '_' and '.' in ORG and NAME."
+        )
+    return m.group(1), m.group(2)
+
+
+def git_blob_id(data: bytes) -> str:
+    """The git object id the Hub lists for a regular (non-LFS) file."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    blob_id: str
+    sha256: str | None  # LFS files only
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def classify(exc: BaseException) -> tuple[str, float | None]:
+    """``("transient" | "conflict" | "permanent", retry_after)`` of an error from a Hub call.
+
+    The chain of causes is searched, because ``huggingface_hub`` wraps upload errors in
+    a ``RuntimeError`` naming the file.
+    """
+    for cause in _causes(exc):
+        status = _status(cause)
+        if status is not None:
+            if status == 429 or status == 408 or status >= 500:
+                return "transient", _retry_after(cause)
+            if status in (409, 412):
+                return "conflict", None
+            return "permanent", None
+        if isinstance(cause, (httpx2.TransportError, ConnectionError, TimeoutError)):
+            return "transient", None
+    return "permanent", None
+
+
+@dataclass
+class _Batch:
+    """One planned commit: files to add, paths to delete, and whether it carries the card."""
+
+    adds: list[str]
+    deletes: list[str] = field(default_factory=list)
+    card: bytes | None = None
+
+
+class HubRepo:
+    """A Hub dataset repo as a publishing destination."""
+
+    def __init__(
+        self,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        endpoint: str | None = None,
+        options: HubOptions = HubOptions(),
+        backoff: Backoff = Backoff(),
+        sleep: Callable[[float], None] = time.sleep,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.repo_id = repo_id
+        self.options = options
+        self.branch = options.revision or constants.DEFAULT_REVISION
+        self.api = HfApi(endpoint=endpoint, token=token)
+        self.backoff = backoff
+        self._sleep = sleep
+        self._progress = progress or log.info
+        self.url = f"{self.api.endpoint}/datasets/{repo_id}"
+        if self.branch != constants.DEFAULT_REVISION:
+            self.url += f"/tree/{self.branch}"
+        self.load_id = repo_id
+        self.load_revision: str | None = None if self.branch == constants.DEFAULT_REVISION else self.branch
+
+    @classmethod
+    def from_url(cls, value: str, options: HubOptions = HubOptions(), **kwargs: Any) -> HubRepo:
+        repo_id, revision = parse_hub_url(value)
+        if revision is not None:
+            if options.revision not in (None, revision):
+                raise DestinationError(
+                    f"{value} names branch {revision!r} but hub.revision is {options.revision!r}; give one."
+                )
+            options = replace(options, revision=revision)
+        return cls(repo_id, options=options, **kwargs)
+
+    # -- calls with retries ------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried on transient faults; permanent ones become HubAccessError."""
+        for attempt in range(self.backoff.attempts):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                kind, retry_after = classify(exc)
+                if kind != "transient":
+                    raise self._explain(what, exc) from exc
+                if attempt + 1 == self.backoff.attempts:
+                    raise HubTransientError(
+                        f"{what} on {self.repo_id} failed {self.backoff.attempts} times: {_short(exc)}. "
+                        "The Hub may be overloaded or rate-limiting this repo; run again later: "
+                        "what is already uploaded is kept."
+                    ) from exc
+                wait = self.backoff.delay(attempt, retry_after)
+                self._progress(f"{what}: {_short(exc)}; retrying in {wait:.1f} s")
+                self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _explain(self, what: str, exc: BaseException) -> Exception:
+        status = next((s for c in _causes(exc) if (s := _status(c)) is not None), None)
+        repo = f"{self.api.endpoint}/datasets/{self.repo_id}"
+        if status == 401:
+            return HubAccessError(
+                f"{what}: the Hub rejected the credentials for {repo} (HTTP 401). Set HF_TOKEN to a "
+                "valid access token with write permission (https://huggingface.co/settings/tokens)."
+            )
+        if status == 403:
+            return HubAccessError(
+                f"{what}: the token may not write to {repo} (HTTP 403). Use a token with write access "
+                f"to the {self.repo_id.split('/')[0]!r} namespace, or ask its admins for the write role."
+            )
+        if isinstance(exc, RevisionNotFoundError):
+            return HubAccessError(f"{what}: {repo} has no branch {self.branch!r} (HTTP 404).")
+        if status == 404 or isinstance(exc, RepositoryNotFoundError):
+            return HubAccessError(
+                f"{what}: {repo} was not found (HTTP 404). Check the name in the destination, and that "
+                "the token belongs to a user who can see the repo."
+            )
+        if status is not None:
+            return HubAccessError(f"{what} on {repo} failed (HTTP {status}): {_short(exc)}")
+        return HubAccessError(f"{what} on {repo} failed: {_short(exc)}")
+
+    # -- reading the remote ------------------------------------------------------------
+
+    def check(self) -> None:
+        """Refuse what cannot work before any shard is built: a bad token or a foreign namespace."""
+        self.ensure_repo()
+
+    def ensure_repo(self) -> None:
+        """Create the repo (and the branch) when missing; no-op when both exist."""
+        self._call(
+            "create the dataset repo",
+            self.api.create_repo,
+            self.repo_id,
+            repo_type="dataset",
+            private=self.options.private,
+            exist_ok=True,
+        )
+        if self.branch != constants.DEFAULT_REVISION:
+            self._call(
+                f"create branch {self.branch!r}",
+                self.api.create_branch,
+                self.repo_id,
+                branch=self.branch,
+                repo_type="dataset",
+                exist_ok=True,
+            )
+
+    def head(self, revision: str | None = None) -> str:
+        """The commit id at the tip of ``revision`` (default: the publishing branch)."""
+        info = self._call(
+            "read the branch head",
+            self.api.repo_info,
+            self.repo_id,
+            repo_type="dataset",
+            revision=revision or self.branch,
+        )
+        return str(info.sha)
+
+    def remote_files(self, revision: str) -> dict[str, RemoteFile]:
+        """Every file at ``revision`` (a commit id), with sizes and LFS sha256."""
+
+        def listing() -> list:
+            return list(
+                self.api.list_repo_tree(self.repo_id, repo_type="dataset", revision=revision, recursive=True)
+            )
+
+        files = {}
+        for entry in self._call("list the remote files", listing):
+            if isinstance(entry, RepoFile):
+                sha = entry.lfs.sha256 if entry.lfs is not None else None
+                files[entry.path] = RemoteFile(entry.path, entry.size, entry.blob_id, sha)
+        return files
+
+    # -- publishing --------------------------------------------------------------------
+
+    def _message(self, default: str) -> str:
+        return self.options.commit_message or default
+
+    def plan(
+        self, shard_files: Sequence[Path], card: bytes, remote: Mapping[str, RemoteFile]
+    ) -> tuple[list[_Batch], list[str]]:
+        """The commits still needed to make the remote equal to ``shard_files`` + card, and the names skipped."""
+        n = len(shard_files)
+        adds, skipped = [], []
+        for i, path in enumerate(shard_files):
+            name = data_file_name(i, n)
+            there = remote.get(name)
+            if there is not None and there.sha256 == file_digest(path) and there.size == path.stat().st_size:
+                skipped.append(name)
+            else:
+                adds.append(name)
+        wanted = {data_file_name(i, n) for i in range(n)}
+        deletes = sorted(
+            p for p in remote if p.startswith("data/") and DATA_FILE.match(p[5:]) and p not in wanted
+        )
+        readme = remote.get("README.md")
+        card_changed = readme is None or readme.blob_id != git_blob_id(card)
+        if not adds and not deletes and not card_changed:
+            return [], skipped
+        size = self.options.files_per_commit
+        # the card (and deletions, which carry no data) ride with the last batch of files
+        last = adds[len(adds) - (len(adds) % size or size) :] if adds else []
+        if len(last) + 1 > size:
+            last = []
+        head = adds[: len(adds) - len(last)]
+        batches = [_Batch(head[i : i + size]) for i in range(0, len(head), size)]
+        batches.append(_Batch(last, deletes, card))
+        return batches, skipped
+
+    def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult:
+        if not shard_files:
+            raise DestinationError(f"{self.url}: nothing to publish (no shard files).")
+        shard_files = [Path(p) for p in shard_files]
+        n = len(shard_files)
+        local = {data_file_name(i, n): p for i, p in enumerate(shard_files)}
+        content = str(card).encode("utf-8")
+        result = PublishResult(url=self.url)
+        self.ensure_repo()
+        parent = self.head()
+        remote = self.remote_files(parent)
+        batches, result.files_skipped = self.plan(shard_files, content, remote)
+        if not batches:
+            self._progress(f"{self.url}: all {n} shard(s) and the card are already published; no commit")
+            return result
+        present = {f.sha256 for f in remote.values() if f.sha256}
+        pr_revision: str | None = None  # set by the first commit when opening a pull request
+        for k, batch in enumerate(batches, 1):
+            last = k == len(batches)
+            title = self._message(
+                f"Publish {self.repo_id}" if last else f"Publish {self.repo_id}: shards, commit {k}/{len(batches)}"
+            )
+            for name in batch.adds:
+                path = local[name]
+                if file_digest(path) not in present and not was_uploaded(path, self.url):
+                    result.bytes_written += path.stat().st_size
+            info, parent = self._commit_batch(batch, local, title, parent, pr_revision)
+            if info is not None:
+                result.commit_urls.append(info.commit_url)
+                if self.options.create_pr and pr_revision is None:
+                    pr_revision = info.pr_revision
+                    result.pr_url = info.pr_url
+                    self.load_revision = pr_revision
+            result.files_written += batch.adds + (["README.md"] if batch.card is not None else [])
+            result.files_removed += batch.deletes
+            present |= {file_digest(local[name]) for name in batch.adds}
+            self._progress(
+                f"{self.url}: commit {k}/{len(batches)} done ({len(batch.adds)} file(s)"
+                + (f", {len(batch.deletes)} removed" if batch.deletes else "")
+                + (", card" if batch.card is not None else "")
+                + ")"
+            )
+        return result
+
+    def _operations(self, batch: _Batch, local: Mapping[str, Path]) -> list:
+        ops: list = []
+        for name in batch.adds:
+            op = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local[name]))
+            op.upload_info.sha256 = bytes.fromhex(file_digest(local[name]))  # hashed once, by us
+            ops.append(op)
+        if batch.card is not None:
+            ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=batch.card))
+        ops += [CommitOperationDelete(path_in_repo=p) for p in batch.deletes]
+        return ops
+
+    def _applied(self, batch: _Batch, local: Mapping[str, Path], remote: Mapping[str, RemoteFile]) -> _Batch:
+        """What of ``batch`` the remote does not hold yet."""
+        adds = [n for n in batch.adds if (f := remote.get(n)) is None or f.sha256 != file_digest(local[n])]
+        deletes = [p for p in batch.deletes if p in remote]
+        card = batch.card
+        if card is not None and (f := remote.get("README.md")) is not None and f.blob_id == git_blob_id(card):
+            card = None
+        return _Batch(adds, deletes, card)
+
+    def _commit_batch(
+        self,
+        batch: _Batch,
+        local: Mapping[str, Path],
+        title: str,
+        parent: str,
+        pr_revision: str | None,
+    ) -> tuple[Any, str]:
+        """Upload and commit one batch; returns (its commit info, or None if it was already applied; new head)."""
+        revision = pr_revision or self.branch
+        create_pr = self.options.create_pr and pr_revision is None
+        ops = self._operations(batch, local)
+        adds = [op for op in ops if isinstance(op, CommitOperationAdd)]
+        self._call(
+            "upload shard files",
+            self.api.preupload_lfs_files,
+            self.repo_id,
+            additions=adds,
+            repo_type="dataset",
+            revision=revision,
+            create_pr=create_pr,
+        )
+        for attempt in range(self.backoff.attempts):
+            try:
+                info = self.api.create_commit(
+                    self.repo_id,
+                    operations=ops,
+                    commit_message=title,
+                    repo_type="dataset",
+                    revision=revision,
+                    create_pr=create_pr,
+                    parent_commit=parent,
+                )
+                return info, info.oid
+            except Exception as exc:
+                kind, retry_after = classify(exc)
+                if kind == "permanent":
+                    raise self._explain(f"commit {len(batch.adds)} file(s)", exc) from exc
+                if attempt + 1 == self.backoff.attempts:
+                    raise HubTransientError(
+                        f"commit to {self.repo_id} failed {self.backoff.attempts} times: {_short(exc)}. "
+                        "Run again: files already committed are skipped."
+                    ) from exc
+                # the commit may have been applied although its answer was lost: look before retrying
+                head = self.head(revision)
+                if head != parent:
+                    remote = self.remote_files(head)
+                    rest = self._applied(batch, local, remote)
+                    if not (rest.adds or rest.deletes or rest.card is not None):
+                        self._progress(f"commit to {self.repo_id}: already applied as {head[:8]}")
+                        return None, head
+                    batch, parent, ops = rest, head, self._operations(rest, local)
+                if kind == "transient":
+                    wait = self.backoff.delay(attempt, retry_after)
+                    self._progress(f"commit to {self.repo_id}: {_short(exc)}; retrying in {wait:.1f} s")
+                    self._sleep(wait)
+                else:
+                    self._progress(f"commit to {self.repo_id}: the branch moved ({_short(exc)}); re-planned")
+        raise AssertionError("unreachable")
+
+    def verify(self, index_table: pa.Table) -> VerifyReport:
+        """Load the published revision back from the Hub (fresh cache) and compare every byte."""
+        return verify_published(self.load_id, index_table, revision=self.load_revision, token=self.api.token)
+
+    def preupload_shard(self, path: Path, index: int, num_shards: int) -> int:
+        """Send one shard's bytes to the repo's LFS storage without a commit; returns the bytes sent.
+
+        The later publish commits the file without sending it again. Nothing is sent when
+        the branch already holds this exact file or an earlier pre-upload sent it.
+        """
+        path = Path(path)
+        name = data_file_name(index, num_shards)
+        if was_uploaded(path, self.url):
+            return 0
+        self.ensure_repo()
+        remote = self.remote_files(self.head())
+        digest = file_digest(path)
+        if any(f.sha256 == digest for f in remote.values()):
+            mark_uploaded(path, self.url)
+            return 0
+        op = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+        op.upload_info.sha256 = bytes.fromhex(digest)
+        self._call(
+            f"pre-upload {name}",
+            self.api.preupload_lfs_files,
+            self.repo_id,
+            additions=[op],
+            repo_type="dataset",
+            revision=self.branch,
+            create_pr=self.options.create_pr,
+        )
+        mark_uploaded(path, self.url)
+        return path.stat().st_size
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = next((line for line in text if line.strip()), type(exc).__name__)
+    status = _status(exc)
+    return first if status is None or str(status) in first else f"HTTP {status}: {first}"
