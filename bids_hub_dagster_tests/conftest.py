@@ -13,6 +13,7 @@ from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.assets import shard_partitions_name
 from bids_hub_dagster.demo import NIBABEL_DATA, write_demo
 from bids_hub_dagster.spec import DatasetSpec, load_spec
+from bids_hub_dagster_tests.hub_server import hub_server  # noqa: F401  (the Hub test server fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 BIDS_EXAMPLES = Path(os.environ.get("BIDS_EXAMPLES", REPO.parent / "shared" / "bids-examples"))

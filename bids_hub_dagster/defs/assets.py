@@ -14,7 +14,7 @@ import pyarrow as pa
 from datasets import Dataset
 
 from ..hf.destinations import DestinationError
-from ..hf.hub import HubRepo
+from ..hf.hub import HubRepo, is_hub_url
 from ..hf.publish import ShardsNotReadyError, publish_shards
 from ..hf.shards import build_shard, plan_for_index, shard_index
 from ..hf.tables import IndexInfo, dataset_from_index, index_to_table
@@ -144,9 +144,10 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             context.log.warning(warning)
         value: object = shard
         uploaded = {}
-        hf_hub: HubResource = getattr(context.resources, HUB_RESOURCE_KEY)
-        destination = hf_hub.destination(spec, progress=context.log.info) if spec.destination else None
-        if spec.hub.upload_shards and isinstance(destination, HubRepo):
+        if spec.hub.upload_shards and spec.destination and is_hub_url(spec.destination):
+            hf_hub: HubResource = getattr(context.resources, HUB_RESOURCE_KEY)
+            destination = hf_hub.destination(spec, progress=context.log.info)
+            assert isinstance(destination, HubRepo)
             # store the file now, so its bytes can go to the Hub before the run ends
             value = getattr(context.resources, IO_MANAGER_KEY).store_shard(
                 context.asset_key, context.partition_key, shard

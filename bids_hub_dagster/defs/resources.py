@@ -6,6 +6,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from ..hf.destinations import Destination
+from ..hf.hub import Backoff
 from ..hf.publish import parse_destination
 from ..spec import DatasetSpec
 
@@ -23,13 +24,20 @@ class HubResource(dg.ConfigurableResource):
 
     token: str | None = None
     endpoint: str | None = None
+    retry_attempts: int = Backoff.attempts  # tries of each Hub call on 429, 5xx and dropped connections
+    retry_base_seconds: float = Backoff.base  # first wait; doubles each try, or the server's Retry-After
 
     def destination(self, spec: DatasetSpec, progress: Callable[[str], None] | None = None) -> Destination:
         """The spec's destination; Hub ones are opened with this resource's token and endpoint."""
         if not spec.destination:
             raise ValueError(f"dataset {spec.name!r} has no destination: set `destination:` in its spec.")
         return parse_destination(
-            spec.destination, hub=spec.hub, token=self.token, endpoint=self.endpoint, progress=progress
+            spec.destination,
+            hub=spec.hub,
+            token=self.token,
+            endpoint=self.endpoint,
+            backoff=Backoff(attempts=self.retry_attempts, base=self.retry_base_seconds),
+            progress=progress,
         )
 
 

@@ -113,6 +113,10 @@ class Backoff:
     base: float = 2.0
     cap: float = 120.0
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base < 0 or self.cap < 0:
+            raise ValueError(f"retries need attempts >= 1 and waits >= 0, not {self}.")
+
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         wait = min(self.cap, self.base * 2**attempt)
         return max(wait, retry_after) if retry_after is not None else wait
@@ -198,6 +202,25 @@ class _Batch:
     adds: list[str]
     deletes: list[str] = field(default_factory=list)
     card: bytes | None = None
+
+
+def plan_batches(adds: list[str], deletes: list[str], card: bytes | None, size: int) -> list[_Batch]:
+    """Commits of at most ``size`` files each; the last one carries the card and the deletions.
+
+    Deletions carry no data and ride with the card, so that the remote switches from the
+    old plan to the new one in one commit. The card gets a commit of its own only when
+    the last batch of files is full. No change at all gives no commit.
+    """
+    if not adds and not deletes and card is None:
+        return []
+    card_slots = 1 if card is not None else 0
+    tail = len(adds) % size or (size if adds else 0)  # files in the last batch
+    if tail + card_slots > size:
+        tail = 0
+    head = adds[: len(adds) - tail]
+    batches = [_Batch(head[i : i + size]) for i in range(0, len(head), size)]
+    batches.append(_Batch(adds[len(adds) - tail :], list(deletes), card))
+    return batches
 
 
 class HubRepo:
@@ -360,17 +383,9 @@ class HubRepo:
         )
         readme = remote.get("README.md")
         card_changed = readme is None or readme.blob_id != git_blob_id(card)
-        if not adds and not deletes and not card_changed:
-            return [], skipped
-        size = self.options.files_per_commit
-        # the card (and deletions, which carry no data) ride with the last batch of files
-        last = adds[len(adds) - (len(adds) % size or size) :] if adds else []
-        if len(last) + 1 > size:
-            last = []
-        head = adds[: len(adds) - len(last)]
-        batches = [_Batch(head[i : i + size]) for i in range(0, len(head), size)]
-        batches.append(_Batch(last, deletes, card))
-        return batches, skipped
+        return plan_batches(
+            adds, deletes, card if card_changed else None, self.options.files_per_commit
+        ), skipped
 
     def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult:
         if not shard_files:
@@ -392,7 +407,9 @@ class HubRepo:
         for k, batch in enumerate(batches, 1):
             last = k == len(batches)
             title = self._message(
-                f"Publish {self.repo_id}" if last else f"Publish {self.repo_id}: shards, commit {k}/{len(batches)}"
+                f"Publish {self.repo_id}"
+                if last
+                else f"Publish {self.repo_id}: shards, commit {k}/{len(batches)}"
             )
             for name in batch.adds:
                 path = local[name]
@@ -510,11 +527,17 @@ class HubRepo:
         name = data_file_name(index, num_shards)
         if was_uploaded(path, self.url):
             return 0
-        self.ensure_repo()
-        remote = self.remote_files(self.head())
         digest = file_digest(path)
-        if any(f.sha256 == digest for f in remote.values()):
-            mark_uploaded(path, self.url)
+        infos = self._call(
+            f"look up {name}",
+            self.api.get_paths_info,
+            self.repo_id,
+            [name],
+            repo_type="dataset",
+            revision=self.branch,
+        )
+        if any(isinstance(i, RepoFile) and i.lfs is not None and i.lfs.sha256 == digest for i in infos):
+            mark_uploaded(path, self.url)  # a rerun: the branch already holds this exact file
             return 0
         op = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
         op.upload_info.sha256 = bytes.fromhex(digest)

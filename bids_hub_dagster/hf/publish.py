@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from .card import CardFacts, render_card
 from .destinations import Destination, DestinationError, LocalFolder, PublishResult
-from .hub import HubOptions, HubRepo, is_hub_url
+from .hub import Backoff, HubOptions, HubRepo, is_hub_url
 from .shards import ShardPlan, read_shard_record, shard_rows
 from .tables import IndexInfo
 
@@ -23,6 +23,7 @@ def parse_destination(
     hub: HubOptions | None = None,
     token: str | None = None,
     endpoint: str | None = None,
+    backoff: Backoff | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Destination:
     """A destination from its spec string: a local folder path, or ``hf://datasets/ORG/NAME[@branch]``.
@@ -31,7 +32,9 @@ def parse_destination(
     to ``huggingface_hub``'s own lookup (``HF_TOKEN``, then the saved login).
     """
     if is_hub_url(value):
-        return HubRepo.from_url(value, hub or HubOptions(), token=token, endpoint=endpoint, progress=progress)
+        return HubRepo.from_url(
+            value, hub or HubOptions(), token=token, endpoint=endpoint, backoff=backoff or Backoff(), progress=progress
+        )
     if "://" in value:
         raise DestinationError(f"{value}: destinations are a local folder or hf://datasets/ORG/NAME.")
     return LocalFolder(value)

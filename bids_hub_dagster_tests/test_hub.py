@@ -1,0 +1,409 @@
+"""Publishing to the Hub, against the Hub test server, through the real huggingface_hub client.
+
+Each fault test ends with the remote repo complete (every file byte-equal to its shard),
+no file lost or duplicated, and no more commits than the batches need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+from datasets import List, Nifti, load_dataset
+from huggingface_hub import HfApi
+
+from bids_hub_dagster.defs import build_definitions, job_names
+from bids_hub_dagster.defs.assets import shard_partitions_name
+from bids_hub_dagster.hf.card import render_card
+from bids_hub_dagster.hf.destinations import PublishResult
+from bids_hub_dagster.hf.hub import (
+    Backoff,
+    HubAccessError,
+    HubOptions,
+    HubRepo,
+    HubTransientError,
+    plan_batches,
+)
+from bids_hub_dagster.hf.publish import card_facts, publish_shards, shard_file_stats
+from bids_hub_dagster.hf.shards import ShardPlan, plan_for_index
+from bids_hub_dagster.spec import DatasetSpec
+from bids_hub_dagster_tests.conftest import materialize_all
+
+REPO_ID = "lab/demo"
+DEST = f"hf://datasets/{REPO_ID}"
+FAST = Backoff(attempts=4, base=0.01, cap=0.05)
+COMMIT = r"^/api/datasets/lab/demo/commit/"
+LFS_PUT = r"^/lfs-upload/"  # the upload href the server hands out in LFS batch answers
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclasses.dataclass
+class Built:
+    """The demo's shards, built through Dagster, ready to publish with the core publisher."""
+
+    spec: DatasetSpec
+    files: dict[str, Path]
+    storage: Path
+    server: object
+
+    @property
+    def table(self):
+        return pq.read_table(self.storage / "demo" / "bids_index.parquet")
+
+    @property
+    def plan(self) -> ShardPlan:
+        return plan_for_index(self.table, self.spec.max_shard_size, self.spec.num_shards)
+
+    def repo(self, **options) -> HubRepo:
+        return HubRepo(
+            REPO_ID,
+            token=self.server.token,
+            endpoint=self.server.endpoint,
+            options=dataclasses.replace(self.spec.hub, **options),
+            backoff=FAST,
+        )
+
+    def publish(self, **options) -> PublishResult:
+        return publish_shards(self.spec.name, self.table, self.plan, self.files, self.repo(**options))
+
+    def data_commits(self, revision: str = "main") -> list:
+        """Commits after the repo's initial ``.gitattributes`` commit."""
+        return self.server.commits(REPO_ID, revision)[1:]
+
+    def assert_complete(self, revision: str = "main") -> None:
+        """The remote holds exactly the shards (byte-equal, in order) and the card."""
+        remote = self.server.files(REPO_ID, revision)
+        n = len(self.files)
+        expected = {
+            f"data/train-{i:05d}-of-{n:05d}.parquet": self.files[k] for i, k in enumerate(sorted(self.files))
+        }
+        assert sorted(p for p in remote if p.startswith("data/")) == sorted(expected)
+        for name, path in expected.items():
+            assert sha256(remote[name]) == sha256(path.read_bytes()), name
+        assert "README.md" in remote and b"configs:" in remote["README.md"]
+
+
+def hub_spec(demo_spec: DatasetSpec, **hub) -> DatasetSpec:
+    return demo_spec.with_overrides(
+        destination=DEST, num_shards=4, hub=HubOptions(files_per_commit=2, **hub).to_mapping()
+    )
+
+
+@pytest.fixture
+def built(hub_server, demo_spec, tmp_path) -> Built:
+    spec = hub_spec(demo_spec)
+    storage = tmp_path / "storage"
+    with dg.instance_for_test() as instance:
+        defs = build_definitions([spec], storage_dir=str(storage))
+        jobs = job_names(spec)
+        assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
+        keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
+        for key in keys:
+            job = defs.resolve_job_def(jobs.shards)
+            assert job.execute_in_process(instance=instance, partition_key=key).success
+    files = {k: storage / "demo" / "hub_shards" / f"{k}.parquet" for k in keys}
+    return Built(spec, files, storage, hub_server)
+
+
+# -- through Dagster ------------------------------------------------------------------------
+
+
+def test_dagster_publishes_to_the_hub_and_load_dataset_reads_it_back(hub_server, demo_spec, tmp_path):
+    spec = hub_spec(demo_spec)
+    with dg.instance_for_test() as instance:
+        materialize_all(spec, tmp_path / "storage", instance)
+        event = instance.get_latest_materialization_event(dg.AssetKey(["demo", "hub_upload"]))
+        meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    assert meta["destination"] == f"{hub_server.endpoint}/datasets/{REPO_ID}"
+    assert meta["files_written"] == 5 and meta["files_skipped"] == 0  # 4 shards + card
+    assert meta["num_commits"] == 3  # 2 + 2 files, then the card (a third file would exceed 2)
+    assert meta["commits"].count(f"{hub_server.endpoint}/datasets/{REPO_ID}/commit/") == 3
+    assert meta["verification"].startswith("OK: 4/4 rows, 12 files")
+    shard_bytes = sum(
+        p.stat().st_size for p in (tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet")
+    )
+    assert meta["bytes_written"] == shard_bytes
+    assert sum(size for _, size in hub_server.lfs_uploads()) == shard_bytes
+
+    # a fresh datasets cache reads every row with the NIfTI bytes of the source files
+    ds = load_dataset(REPO_ID, split="train", cache_dir=str(tmp_path / "fresh-cache"))
+    assert ds.features["t1w"] == Nifti() and ds.features["bold"] == List(Nifti())
+    ds = ds.cast_column("t1w", Nifti(decode=False)).cast_column("bold", List(Nifti(decode=False)))
+    rows = list(ds)
+    assert len(rows) == 4
+    root = spec.bids_root
+    sources = {p.name: p for p in root.rglob("*.nii*")}
+    for row in rows:
+        assert row["t1w"]["bytes"] == sources[row["t1w"]["path"]].read_bytes()
+        for cell in row["bold"]:
+            assert cell["bytes"] == sources[cell["path"]].read_bytes()
+
+
+def test_rerun_with_nothing_changed_makes_no_commit_and_sends_nothing(hub_server, demo_spec, tmp_path):
+    spec = hub_spec(demo_spec)
+    with dg.instance_for_test() as instance:
+        materialize_all(spec, tmp_path / "storage", instance)
+        commits = len(hub_server.commits(REPO_ID))
+        puts = len(hub_server.lfs_uploads())
+        defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
+        assert defs.resolve_job_def(job_names(spec).upload).execute_in_process(instance=instance).success
+        event = instance.get_latest_materialization_event(dg.AssetKey(["demo", "hub_upload"]))
+        meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    assert len(hub_server.commits(REPO_ID)) == commits
+    assert len(hub_server.lfs_uploads()) == puts
+    assert meta["files_written"] == 0 and meta["files_skipped"] == 4 and meta["bytes_written"] == 0
+    assert meta["num_commits"] == 0 and "no commit" in meta["commits"]
+
+
+def test_per_shard_upload_sends_bytes_while_shards_build(hub_server, demo_spec, tmp_path):
+    spec = hub_spec(demo_spec, upload_shards=True)
+    with dg.instance_for_test() as instance:
+        defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
+        jobs = job_names(spec)
+        assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
+        keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
+        sent = 0
+        for key in keys:
+            result = defs.resolve_job_def(jobs.shards).execute_in_process(
+                instance=instance, partition_key=key
+            )
+            assert result.success
+            meta = result.get_asset_materialization_events()[0].materialization.metadata
+            sent += meta["hub_bytes_sent"].value
+            assert meta["file_bytes"].value == meta["hub_bytes_sent"].value
+        assert (
+            len(hub_server.lfs_uploads()) == 4 and len(hub_server.commits(REPO_ID)) == 1
+        )  # bytes, no commit
+        # the upload commits them without sending any byte again
+        assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
+        event = instance.get_latest_materialization_event(dg.AssetKey(["demo", "hub_upload"]))
+        assert event.asset_materialization.metadata["bytes_written"].value == 0
+        assert len(hub_server.lfs_uploads()) == 4
+        # a backfill of one shard, rebuilt identical, sends nothing either
+        assert (
+            defs.resolve_job_def(jobs.shards)
+            .execute_in_process(instance=instance, partition_key=keys[1])
+            .success
+        )
+        assert len(hub_server.lfs_uploads()) == 4
+    assert sent == sum(size for _, size in hub_server.lfs_uploads())
+
+
+def test_the_token_never_appears_in_logs_output_or_metadata(hub_server, demo_spec, tmp_path, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    spec = hub_spec(demo_spec)
+    token = hub_server.token
+    with dg.instance_for_test() as instance:
+        materialize_all(spec, tmp_path / "storage", instance)
+        # a shard went missing remotely: the rerun must commit, meets one retried fault, then a refusal
+        HfApi().delete_file("data/train-00000-of-00004.parquet", REPO_ID, repo_type="dataset")
+        hub_server.inject("POST", COMMIT, status=500)
+        hub_server.inject("POST", COMMIT, status=401)
+        spec2 = spec.with_overrides(hub={"commit_message": "second"})
+        defs = build_definitions([spec2], storage_dir=str(tmp_path / "storage"))
+        assert (
+            not defs.resolve_job_def(job_names(spec2).upload)
+            .execute_in_process(instance=instance, raise_on_error=False)
+            .success
+        )
+        records = instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.STEP_FAILURE))
+        assert records and "Set HF_TOKEN" in str(records[-1].event_log_entry)
+        assert "retrying in" in caplog.text + capfd.readouterr().err  # the retry was logged, the token not
+        everything = [str(entry) for run in instance.get_runs() for entry in instance.all_logs(run.run_id)]
+        everything += [str(run.run_config) for run in instance.get_runs()]
+    captured = capfd.readouterr()
+    everything += [captured.out, captured.err, caplog.text]
+    assert all(token not in text for text in everything)
+
+
+def test_a_bad_token_fails_before_any_shard_is_built_and_says_what_to_do(
+    hub_server, demo_spec, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    spec = hub_spec(demo_spec)
+    with dg.instance_for_test() as instance:
+        defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
+        result = defs.resolve_job_def(job_names(spec).prepare).execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        message = failure.step_failure_data.error.message
+    assert "HTTP 401" in message and "Set HF_TOKEN" in message
+    assert "hf_wrong" not in message
+    creates = [r.status for r in hub_server.requests if r.path == "/api/repos/create"]
+    assert creates and set(creates) == {401}  # refused: no repo was created
+
+
+# -- the core publisher, under faults --------------------------------------------------------
+
+
+def test_batches_respect_the_file_limit_and_the_card_comes_last(built):
+    result = built.publish(files_per_commit=3)
+    commits = built.data_commits()
+    assert [len(c.added) for c in commits] == [3, 2]  # 3 shards, then 1 shard + card
+    assert "README.md" in commits[-1].added and all("README.md" not in c.added for c in commits[:-1])
+    assert len(result.commit_urls) == 2 and result.files_skipped == []
+    built.assert_complete()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(dict(method="POST", path_pattern=COMMIT, status=429, retry_after=0.05), id="commit-429"),
+        pytest.param(dict(method="POST", path_pattern=COMMIT, status=500, times=2), id="commit-500"),
+        pytest.param(dict(method="POST", path_pattern=COMMIT, drop=True), id="commit-dropped"),
+        pytest.param(
+            dict(method="POST", path_pattern=COMMIT, drop_after_body=True, skip=1),
+            id="commit-applied-unanswered",
+        ),
+        pytest.param(dict(method="POST", path_pattern=COMMIT, status=412), id="commit-412"),
+        pytest.param(dict(method="POST", path_pattern=COMMIT, status=409, skip=1), id="commit-409"),
+        pytest.param(dict(method="GET", path_pattern=r"/revision/", status=503), id="revision-503"),
+        pytest.param(dict(method="GET", path_pattern=r"/tree/", status=500), id="tree-500"),
+        pytest.param(
+            dict(method="POST", path_pattern=r"/preupload/", status=429, retry_after=0.05), id="preupload-429"
+        ),
+        pytest.param(
+            dict(method="PUT", path_pattern=LFS_PUT, drop=True, skip=1), id="lfs-put-dropped-mid-body"
+        ),
+    ],
+)
+def test_transient_faults_and_conflicts_are_retried_to_a_complete_repo(built, fault):
+    injected = built.server.inject(**fault)
+    result = built.publish()
+    assert injected.fired >= 1
+    built.assert_complete()
+    commits = built.data_commits()
+    assert len(commits) == 3  # never a duplicate commit: 2 + 2 shards, then the card
+    added = [p for c in commits for p in c.added]
+    assert len(added) == len(set(added)) == 5
+    assert len(result.files_written) == 5
+    # every LFS object arrived once (a retried PUT re-sends only the interrupted file)
+    oids = [oid for oid, _ in built.server.lfs_uploads()]
+    assert sorted(set(oids)) == sorted(sha256(p.read_bytes()) for p in built.files.values())
+
+
+def test_a_concurrent_writer_is_detected_and_its_file_kept(built):
+    """Another client commits between two batches: the next commit gets 412, re-reads the head, retries."""
+    api = HfApi(endpoint=built.server.endpoint, token=built.server.token)
+    repo = built.repo()
+    original = api.create_commit
+
+    def commit_then_someone_else_writes(*args, **kwargs):
+        info = original(*args, **kwargs)
+        if len(built.data_commits()) == 1:
+            api.upload_file(
+                path_or_fileobj=b"notes", path_in_repo="NOTES.md", repo_id=REPO_ID, repo_type="dataset"
+            )
+        return info
+
+    repo.api.create_commit = commit_then_someone_else_writes
+    publish_shards(built.spec.name, built.table, built.plan, built.files, repo)
+    statuses = [r.status for r in built.server.requests if r.method == "POST" and "/commit/" in r.path]
+    assert 412 in statuses
+    built.assert_complete()
+    assert built.server.files(REPO_ID)["NOTES.md"] == b"notes"
+
+
+@pytest.mark.parametrize(
+    ("status", "advice"),
+    [
+        (401, "Set HF_TOKEN"),
+        (403, "write access"),
+        (404, "was not found"),
+    ],
+)
+def test_permanent_faults_fail_at_once_with_what_to_do(built, status, advice):
+    fault = built.server.inject("POST", COMMIT, status=status, times=100)
+    with pytest.raises(HubAccessError, match=advice) as info:
+        built.publish()
+    assert f"HTTP {status}" in str(info.value)
+    assert built.server.token not in str(info.value)
+    assert fault.fired == 1  # not retried
+
+
+def test_transient_faults_that_never_stop_give_up_with_a_rerun_hint(built):
+    fault = built.server.inject("POST", COMMIT, status=503, times=100)
+    with pytest.raises(HubTransientError, match="Run again"):
+        built.publish()
+    assert fault.fired == FAST.attempts
+
+
+def test_resume_after_a_failure_sends_only_what_is_missing(built):
+    n, k = 4, 2
+    built.server.inject("PUT", LFS_PUT, status=403, skip=k, times=100)  # the upload dies after k shards
+    with pytest.raises(HubAccessError):
+        built.publish(files_per_commit=1)
+    assert len(built.data_commits()) == k
+    sent_before = len(built.server.lfs_uploads())
+    assert sent_before == k
+    built.server.clear_faults()
+
+    result = built.publish(files_per_commit=1)
+    assert len(built.server.lfs_uploads()) - sent_before == n - k  # only the missing shards
+    assert len(result.files_skipped) == k and len(result.files_written) == n - k + 1
+    built.assert_complete()
+    total = len(built.data_commits())
+
+    again = built.publish(files_per_commit=1)  # nothing changed: no commit, nothing sent
+    assert again.commit_urls == [] and len(built.data_commits()) == total
+    assert len(built.server.lfs_uploads()) == n
+
+
+def test_a_smaller_plan_deletes_the_old_shards_in_the_final_commit(built):
+    built.publish()
+    three = [built.files[k] for k in sorted(built.files)[:3]]  # stand-ins for a 3-shard plan's files
+    card = render_card(card_facts("demo", built.table, [shard_file_stats(p) for p in three], REPO_ID))
+    before = len(built.data_commits())
+    result = built.repo().publish(three, card)
+    commits = built.data_commits()
+    assert len(commits) == before + 2  # 2 files, then 1 file + card + deletions
+    last = commits[-1]
+    assert sorted(last.deleted) == [f"data/train-{i:05d}-of-00004.parquet" for i in range(4)]
+    assert "README.md" in last.added and not commits[-2].deleted
+    remote = built.server.files(REPO_ID)
+    assert sorted(p for p in remote if p.startswith("data/")) == [
+        f"data/train-{i:05d}-of-00003.parquet" for i in range(3)
+    ]
+    assert sorted(result.files_removed) == sorted(last.deleted)
+
+
+def test_a_branch_and_a_pull_request_leave_main_alone(built, tmp_path):
+    built.publish(revision="dev")
+    assert (
+        built.server.commits(REPO_ID)[-1].title == "initial commit" or len(built.server.commits(REPO_ID)) == 1
+    )
+    built.assert_complete("dev")
+    repo = built.repo(revision="dev")
+    assert repo.verify(built.table).ok
+
+    result = built.publish(create_pr=True, commit_message="Publish demo for review")
+    assert result.pr_url and "/discussions/" in result.pr_url
+    assert len(built.server.commits(REPO_ID)) == 1  # main untouched
+    pr_ref = next(ref for ref in built.server.refs(REPO_ID) if ref.startswith("refs/pr/"))
+    built.assert_complete(pr_ref)
+    assert all(c.title == "Publish demo for review" for c in built.data_commits(pr_ref))
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"), [(1, [1]), (49, [49]), (50, [50, 0]), (51, [50, 1]), (900, [50] * 18 + [0])]
+)
+def test_batches_hold_at_most_the_limit_and_the_card_rides_last(n, expected):
+    """900 shards in batches of 50: 18 full commits, then the card (19 commits, none over 50 files)."""
+    names = [f"data/train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    batches = plan_batches(names, ["data/old.parquet"], b"card", 50)
+    assert [len(b.adds) for b in batches] == expected
+    assert all(len(b.adds) + (b.card is not None) <= 50 for b in batches)
+    assert [b.card is not None for b in batches] == [False] * (len(batches) - 1) + [True]
+    assert batches[-1].deletes == ["data/old.parquet"] and not any(b.deletes for b in batches[:-1])
+    assert [name for b in batches for name in b.adds] == names
+    assert plan_batches([], [], None, 50) == []  # nothing changed: no commit
