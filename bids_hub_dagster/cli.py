@@ -24,10 +24,22 @@ from .spec import DatasetSpec, SpecError, format_size, load_spec, spec_for_folde
 DEFAULT_HOME = Path.home() / ".bids_hub_dagster" / "dagster_home"
 
 
+INSTANCE_YAML = """\
+# Written by bids-hub-dagster. Dagster's defaults, stored under this folder, and one limit:
+# a step in a concurrency pool runs one at a time, so two uploads never commit to the Hub
+# together (the hub_upload asset is in pool "hf_hub").
+concurrency:
+  pools:
+    default_limit: 1
+"""
+
+
 def _ensure_dagster_home() -> Path:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_HOME))).expanduser()
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()  # an empty one: Dagster's defaults, stored under home
+    config = home / "dagster.yaml"
+    if not config.exists() or not config.read_text(encoding="utf-8").strip():
+        config.write_text(INSTANCE_YAML, encoding="utf-8")  # a user's own dagster.yaml is kept
     return home
 
 

@@ -33,6 +33,7 @@ def test_demo_publishes_and_runs_persist_in_dagster_home(tmp_path):
         jobs = {r.job_name for r in instance.get_runs()}
         assert {"demo_prepare", "demo_shards", "demo_upload"} <= jobs
         assert len(instance.get_runs()) == 5  # prepare, three shards, upload
+        assert instance.event_log_storage.get_concurrency_info("hf_hub").slot_count == 1  # its dagster.yaml
 
 
 def test_zero_config_publish_with_overrides(tmp_path):
@@ -172,3 +173,40 @@ def test_verify_of_a_missing_destination_is_a_clear_failure(demo_spec, tmp_path)
     assert proc.returncode == 1
     assert "FAILED: 0/4 rows" in proc.stdout and "cannot load" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_publish_to_the_hub_with_options_then_rerun_makes_no_commit(hub_server, tmp_path):
+    from huggingface_hub import HfApi
+
+    root = build_demo_bids(tmp_path / "bids")
+    args = [
+        "publish", str(root), "--to", "hf://datasets/lab/cli", "--num-shards", "4", "--files-per-commit", "2",
+        "--private", "--revision", "dev", "--commit-message", "CLI publish", "--no-progress", "--workers", "1",
+    ]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert f"published bids to {hub_server.endpoint}/datasets/lab/cli/tree/dev" in result.output
+    assert "files: 5 written, 0 unchanged, 0 removed" in result.output and "commits: 3" in result.output
+    assert "verified: OK: 4/4 rows" in result.output
+    assert HfApi().repo_info("lab/cli", repo_type="dataset").private
+    assert [c.title for c in hub_server.commits("lab/cli", "dev")[1:]] == ["CLI publish"] * 3
+    assert len(hub_server.commits("lab/cli", "main")) == 1  # main keeps only the initial commit
+
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert "files: 0 written, 4 unchanged" in again.output and "no commit" in again.output
+    assert len(hub_server.commits("lab/cli", "dev")) == 4
+
+    checked = invoke("verify", "hf://datasets/lab/cli@dev", "--bids-root", str(root))
+    assert checked.exit_code == 0 and checked.output.startswith("OK: 4/4 rows")
+    assert hub_server.token not in result.output + again.output + checked.output
+
+
+def test_publish_to_the_hub_with_a_bad_token_says_what_to_do(hub_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_one")
+    root = build_demo_bids(tmp_path / "bids")
+    proc = run_module("publish", str(root), "--to", "hf://datasets/lab/cli", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 1
+    output = proc.stdout + proc.stderr
+    assert "HTTP 401" in output and "Set HF_TOKEN" in output
+    assert "Traceback" not in output and "hf_not_the_right_one" not in output

@@ -407,3 +407,13 @@ def test_batches_hold_at_most_the_limit_and_the_card_rides_last(n, expected):
     assert batches[-1].deletes == ["data/old.parquet"] and not any(b.deletes for b in batches[:-1])
     assert [name for b in batches for name in b.adds] == names
     assert plan_batches([], [], None, 50) == []  # nothing changed: no commit
+
+
+def test_uploads_take_a_slot_of_the_hf_hub_pool(hub_server, demo_spec, tmp_path):
+    spec = hub_spec(demo_spec)
+    defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
+    assert defs.get_assets_def(dg.AssetKey(["demo", "hub_upload"])).op.pool == "hf_hub"
+    with dg.instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        materialize_all(spec, tmp_path / "storage", instance)
+        info = instance.event_log_storage.get_concurrency_info("hf_hub")
+    assert info.slot_count == 1 and info.claimed_slots == []  # claimed during the upload, then freed

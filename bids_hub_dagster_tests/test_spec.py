@@ -11,6 +11,7 @@ import yaml
 from bids_hub_dagster.bids import BidsError, ColumnRule, build_index
 from bids_hub_dagster.bids.columns import ABSENT
 from bids_hub_dagster.demo import DEMO_SPEC, write_demo
+from bids_hub_dagster.hf.hub import HubOptions
 from bids_hub_dagster.spec import (
     DEFAULT_MAX_SHARD_SIZE,
     DatasetSpec,
@@ -432,3 +433,53 @@ def test_zero_padded_labels_stay_strings_in_yaml(tmp_path):
     assert columns["a"].entities["acq"] == ("01",)
     assert columns["b"].entities["acq"] == ("010",)  # not octal 8
     assert columns["c"].entities["run"] == ("2",)
+
+
+# --- hub options -----------------------------------------------------------------------------------------
+
+
+def test_hub_options_load_round_trip_and_override(tmp_path):
+    text = (
+        f"name: a\nbids_root: {tmp_path}\ndestination: hf://datasets/org/arc\n"
+        "hub:\n  private: true\n  revision: dev\n  commit_message: Publish ARC\n  files_per_commit: 20\n"
+    )
+    spec = load_spec(write(tmp_path / "a.yaml", text))
+    assert spec.hub == HubOptions(private=True, revision="dev", commit_message="Publish ARC", files_per_commit=20)
+    again = load_spec(write(tmp_path / "b.yaml", spec.to_yaml()))
+    assert again.hub == spec.hub
+    changed = spec.with_overrides(hub={"files_per_commit": 5, "upload_shards": True})
+    assert changed.hub == dataclasses.replace(spec.hub, files_per_commit=5, upload_shards=True)
+    assert "hub" not in DatasetSpec(name="x", bids_root=tmp_path).to_mapping()  # defaults are not written
+
+
+@pytest.mark.parametrize(
+    ("hub", "message"),
+    [
+        ("{files_per_commit: 0}", "from 1 to 100"),
+        ("{files_per_commit: 101}", "from 1 to 100"),
+        ("{private: yes please}", "true or false"),
+        ("{branch: dev}", "unknown hub option"),
+        ("{create_pr: true, revision: dev}", "pull request against main"),
+        ("{commit_message: ''}", "must not be empty"),
+        ("[private]", "mapping"),
+    ],
+)
+def test_bad_hub_options_are_spec_errors(tmp_path, hub, message):
+    path = write(tmp_path / "a.yaml", f"bids_root: {tmp_path}\ndestination: hf://datasets/o/n\nhub: {hub}\n")
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("destination", "message"),
+    [
+        ("hf://datasets/arc", "hf://datasets/ORG/NAME"),
+        ("hf://models/org/arc", "hf://datasets/ORG/NAME"),
+        ("hf://datasets/org/a b", "hf://datasets/ORG/NAME"),
+        ("hf://datasets/org/arc@main", "names branch 'main' but hub.revision is 'dev'"),
+    ],
+)
+def test_hub_destinations_are_checked_when_the_spec_loads(tmp_path, destination, message):
+    path = write(tmp_path / "a.yaml", f"bids_root: {tmp_path}\ndestination: {destination}\nhub: {{revision: dev}}\n")
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
