@@ -211,6 +211,10 @@ def run_publish(
         raise click.UsageError("no destination: pass --to DEST or set `destination:` in the spec.")
     # a malformed destination fails now; the token and repo are checked by the first run
     parse_destination(spec.destination, hub=spec.hub)
+    if log_level == "CRITICAL":
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # one progress bar, ours; -v shows huggingface_hub's upload bars
     _ensure_dagster_home()
     defs = build_definitions([spec])
     jobs = job_names(spec)

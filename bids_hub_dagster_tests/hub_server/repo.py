@@ -260,8 +260,13 @@ class HubStore:
         """Move an uploaded (and verified) file into the LFS store and make it part of ``repo``."""
         os.replace(temp, self.root / "blobs" / "lfs" / sha256)
         with self.lock:
-            repo.lfs_oids.add(sha256)
-            self._save(repo)
+            if sha256 not in repo.lfs_oids:
+                repo.lfs_oids.add(sha256)
+                # appended, not saved with the commits: a save per object grows with the repo
+                lfs_list = self._repo_file(repo.repo_type, repo.repo_id).with_suffix(".lfs")
+                lfs_list.parent.mkdir(parents=True, exist_ok=True)
+                with open(lfs_list, "a", encoding="ascii") as out:
+                    out.write(sha256 + "\n")
 
     def lfs_size(self, sha256: str) -> int | None:
         path = self.root / "blobs" / "lfs" / sha256
@@ -448,7 +453,6 @@ class HubStore:
             "private": repo.private,
             "created_at": repo.created_at,
             "refs": repo.refs,
-            "lfs_oids": sorted(repo.lfs_oids),
             "commits": [
                 {
                     **{
@@ -470,7 +474,8 @@ class HubStore:
     def _load(path: Path) -> Repo:
         data = json.loads(path.read_text())
         repo = Repo(data["repo_type"], data["repo_id"], data["private"], data["created_at"], data["refs"])
-        repo.lfs_oids = set(data["lfs_oids"])
+        lfs_list = path.with_suffix(".lfs")
+        repo.lfs_oids = set(lfs_list.read_text(encoding="ascii").split()) if lfs_list.is_file() else set()
         for c in data["commits"]:
             files = {p: FileEntry(*e) for p, e in c.pop("files").items()}
             for key in ("parents", "added", "deleted"):
