@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
@@ -27,12 +28,15 @@ from bids_hub_dagster.hf.hub import (
     HubOptions,
     HubRepo,
     HubTransientError,
+    _short,
+    classify,
     plan_batches,
 )
 from bids_hub_dagster.hf.publish import card_facts, publish_shards, shard_file_stats
 from bids_hub_dagster.hf.shards import ShardPlan, plan_for_index
 from bids_hub_dagster.spec import DatasetSpec
 from bids_hub_dagster_tests.conftest import materialize_all
+from bids_hub_dagster_tests.hub_server import READ_TOKEN
 
 REPO_ID = "lab/demo"
 DEST = f"hf://datasets/{REPO_ID}"
@@ -117,7 +121,7 @@ def built(hub_server, demo_spec, tmp_path) -> Built:
 
 
 def test_dagster_publishes_to_the_hub_and_load_dataset_reads_it_back(hub_server, demo_spec, tmp_path):
-    spec = hub_spec(demo_spec)
+    spec = hub_spec(demo_spec, verify_download=True)
     with dg.instance_for_test() as instance:
         materialize_all(spec, tmp_path / "storage", instance)
         event = instance.get_latest_materialization_event(dg.AssetKey(["demo", "hub_upload"]))
@@ -216,11 +220,12 @@ def test_the_token_never_appears_in_logs_output_or_metadata(hub_server, demo_spe
         )
         records = instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.STEP_FAILURE))
         assert records and "Set HF_TOKEN" in str(records[-1].event_log_entry)
-        assert "retrying in" in caplog.text + capfd.readouterr().err  # the retry was logged, the token not
+        first = capfd.readouterr()
+        assert "retrying in" in caplog.text + first.err  # the retry was logged (and the token not)
         everything = [str(entry) for run in instance.get_runs() for entry in instance.all_logs(run.run_id)]
         everything += [str(run.run_config) for run in instance.get_runs()]
     captured = capfd.readouterr()
-    everything += [captured.out, captured.err, caplog.text]
+    everything += [first.out, first.err, captured.out, captured.err, caplog.text]
     assert all(token not in text for text in everything)
 
 
@@ -239,8 +244,8 @@ def test_a_bad_token_fails_before_any_shard_is_built_and_says_what_to_do(
         message = failure.step_failure_data.error.message
     assert "HTTP 401" in message and "Set HF_TOKEN" in message
     assert "hf_wrong" not in message
-    creates = [r.status for r in hub_server.requests if r.path == "/api/repos/create"]
-    assert creates and set(creates) == {401}  # refused: no repo was created
+    assert [r.status for r in hub_server.requests if r.path == "/api/whoami-v2"] == [401]
+    assert not any(r.path == "/api/repos/create" for r in hub_server.requests)  # no repo was created
 
 
 # -- the core publisher, under faults --------------------------------------------------------
@@ -287,9 +292,9 @@ def test_transient_faults_and_conflicts_are_retried_to_a_complete_repo(built, fa
     added = [p for c in commits for p in c.added]
     assert len(added) == len(set(added)) == 5
     assert len(result.files_written) == 5
-    # every LFS object arrived once (a retried PUT re-sends only the interrupted file)
-    oids = [oid for oid, _ in built.server.lfs_uploads()]
-    assert sorted(set(oids)) == sorted(sha256(p.read_bytes()) for p in built.files.values())
+    # every LFS object arrived exactly once (a retried PUT re-sends only the interrupted file)
+    oids = Counter(oid for oid, _ in built.server.lfs_uploads())
+    assert oids == Counter(sha256(p.read_bytes()) for p in built.files.values())
 
 
 def test_a_concurrent_writer_is_detected_and_its_file_kept(built):
@@ -340,7 +345,8 @@ def test_transient_faults_that_never_stop_give_up_with_a_rerun_hint(built):
 
 def test_resume_after_a_failure_sends_only_what_is_missing(built):
     n, k = 4, 2
-    built.server.inject("PUT", LFS_PUT, status=403, skip=k, times=100)  # the upload dies after k shards
+    # the upload dies after k shards: the Hub refuses the (k+1)th file's LFS batch request
+    built.server.inject("POST", r"/info/lfs/objects/batch$", status=403, skip=k, times=100)
     with pytest.raises(HubAccessError):
         built.publish(files_per_commit=1)
     assert len(built.data_commits()) == k
@@ -365,16 +371,17 @@ def test_a_smaller_plan_deletes_the_old_shards_in_the_final_commit(built):
     card = render_card(card_facts("demo", built.table, [shard_file_stats(p) for p in three], REPO_ID))
     before = len(built.data_commits())
     result = built.repo().publish(three, card)
-    commits = built.data_commits()
-    assert len(commits) == before + 2  # 2 files, then 1 file + card + deletions
-    last = commits[-1]
-    assert sorted(last.deleted) == [f"data/train-{i:05d}-of-00004.parquet" for i in range(4)]
-    assert "README.md" in last.added and not commits[-2].deleted
+    commits = built.data_commits()[before:]
+    # 3 new names, 4 old ones and the card, 2 files a commit: additions first, the card last
+    assert [(len(c.added), len(c.deleted)) for c in commits] == [(2, 0), (1, 1), (0, 2), (1, 1)]
+    assert "README.md" in commits[-1].added
+    deleted = [p for c in commits for p in c.deleted]
+    assert sorted(deleted) == [f"data/train-{i:05d}-of-00004.parquet" for i in range(4)]
     remote = built.server.files(REPO_ID)
     assert sorted(p for p in remote if p.startswith("data/")) == [
         f"data/train-{i:05d}-of-00003.parquet" for i in range(3)
     ]
-    assert sorted(result.files_removed) == sorted(last.deleted)
+    assert sorted(result.files_removed) == sorted(deleted)
 
 
 def test_a_branch_and_a_pull_request_leave_main_alone(built, tmp_path):
@@ -395,25 +402,143 @@ def test_a_branch_and_a_pull_request_leave_main_alone(built, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("n", "expected"), [(1, [1]), (49, [49]), (50, [50, 0]), (51, [50, 1]), (900, [50] * 18 + [0])]
+    ("adds", "deletes", "expected"),
+    [
+        (1, 0, [(1, 0, True)]),
+        (49, 0, [(49, 0, True)]),
+        (50, 0, [(50, 0, False), (0, 0, True)]),
+        (51, 0, [(50, 0, False), (1, 0, True)]),
+        (900, 0, [(50, 0, False)] * 18 + [(0, 0, True)]),  # 900 shards: 19 commits, none over 50 files
+        (3, 900, [(3, 47, False)] + [(0, 50, False)] * 17 + [(0, 3, True)]),  # a plan shrank: old names go
+        (0, 0, [(0, 0, True)]),  # only the card changed
+    ],
 )
-def test_batches_hold_at_most_the_limit_and_the_card_rides_last(n, expected):
-    """900 shards in batches of 50: 18 full commits, then the card (19 commits, none over 50 files)."""
-    names = [f"data/train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
-    batches = plan_batches(names, ["data/old.parquet"], b"card", 50)
-    assert [len(b.adds) for b in batches] == expected
-    assert all(len(b.adds) + (b.card is not None) <= 50 for b in batches)
-    assert [b.card is not None for b in batches] == [False] * (len(batches) - 1) + [True]
-    assert batches[-1].deletes == ["data/old.parquet"] and not any(b.deletes for b in batches[:-1])
-    assert [name for b in batches for name in b.adds] == names
-    assert plan_batches([], [], None, 50) == []  # nothing changed: no commit
+def test_commits_hold_at_most_the_limit_deletions_after_additions_card_last(adds, deletes, expected):
+    names = [f"data/train-{i:05d}-of-{adds:05d}.parquet" for i in range(adds)]
+    old = [f"data/train-{i:05d}-of-99999.parquet" for i in range(deletes)]
+    batches = plan_batches(names, old, b"card", 50)
+    assert [(len(b.adds), len(b.deletes), b.card is not None) for b in batches] == expected
+    assert all(len(b.adds) + len(b.deletes) + (b.card is not None) <= 50 for b in batches)
+    assert [n for b in batches for n in b.adds] == names and [p for b in batches for p in b.deletes] == old
+    first_delete = next((k for k, b in enumerate(batches) if b.deletes), len(batches))
+    assert not any(b.adds for b in batches[first_delete + 1 :])  # nothing is deleted before all files are in
 
 
-def test_uploads_take_a_slot_of_the_hf_hub_pool(hub_server, demo_spec, tmp_path):
+def test_nothing_to_change_plans_no_commit():
+    assert plan_batches([], [], None, 50) == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (RuntimeError("Data processing error: CAS service error : Reqwest Error"), "transient"),  # Xet
+        (ConnectionResetError(), "transient"),
+        (TypeError("a bug"), "permanent"),
+        (ValueError("LFS batch API returned errors"), "permanent"),
+    ],
+)
+def test_errors_without_an_http_status_are_classified(exc, kind):
+    assert classify(exc)[0] == kind
+
+
+def http_error(status: int, url: str, headers: dict | None = None):
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = httpx2.Response(status, headers=headers or {}, request=httpx2.Request("PUT", url))
+    return HfHubHTTPError(f"{status} error for url: {url}", response=response)
+
+
+def test_a_storage_refusal_is_retried_but_an_api_refusal_is_not():
+    expired = http_error(403, "https://storage.example/bucket/obj?X-Amz-Signature=secret")
+    try:
+        raise RuntimeError("Error while uploading 'data/x.parquet' to the Hub.") from expired
+    except RuntimeError as wrapped:
+        assert classify(wrapped)[0] == "transient"
+    assert classify(http_error(403, "https://huggingface.co/api/datasets/o/n/commit/main"))[0] == "permanent"
+    assert "secret" not in _short(expired) and "https://storage.example/bucket/obj" in _short(expired)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("7", 7.0), ("0", 0.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("later", None), (None, None)],
+)
+def test_retry_after_is_read_in_seconds_or_as_a_date_and_never_crashes(header, seconds):
+    headers = {"Retry-After": header} if header is not None else {}
+    assert classify(http_error(429, "http://h/x", headers)) == ("transient", seconds)
+
+
+def test_a_read_only_token_fails_the_index_step_with_what_to_do(hub_server, demo_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
     spec = hub_spec(demo_spec)
-    defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
-    assert defs.get_assets_def(dg.AssetKey(["demo", "hub_upload"])).op.pool == "hf_hub"
-    with dg.instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
-        materialize_all(spec, tmp_path / "storage", instance)
-        info = instance.event_log_storage.get_concurrency_info("hf_hub")
-    assert info.slot_count == 1 and info.claimed_slots == []  # claimed during the upload, then freed
+    with dg.instance_for_test() as instance:
+        defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
+        result = defs.resolve_job_def(job_names(spec).prepare).execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+    assert not result.success
+    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "read-only" in message and "write role" in message
+
+
+def test_a_lost_answer_to_the_commit_that_opens_a_pull_request_opens_only_one(built):
+    fault = built.server.inject("POST", COMMIT, drop_after_body=True)  # applied, but the client never hears
+    result = built.publish(create_pr=True, files_per_commit=50)
+    assert fault.fired == 1
+    prs = [ref for ref in built.server.refs(REPO_ID) if ref.startswith("refs/pr/")]
+    assert prs == ["refs/pr/1"] and result.pr_url.endswith("/discussions/1")
+    built.assert_complete("refs/pr/1")
+    assert len(built.server.commits(REPO_ID)) == 1  # main untouched
+
+
+def test_a_conflict_on_an_unmoved_head_waits_before_retrying(built):
+    waits: list[float] = []
+    repo = built.repo()
+    repo._sleep = waits.append
+    built.server.inject("POST", COMMIT, status=409, times=2)
+    publish_shards(built.spec.name, built.table, built.plan, built.files, repo)
+    assert len(waits) == 2 and all(w > 0 for w in waits)
+    built.assert_complete()
+
+
+def test_a_visibility_that_differs_from_private_is_reported(built):
+    messages: list[str] = []
+    HfApi().create_repo(REPO_ID, repo_type="dataset", private=False, exist_ok=True)
+    repo = built.repo(private=True)
+    repo._progress = messages.append
+    publish_shards(built.spec.name, built.table, built.plan, built.files, repo)
+    assert any("is public, but hub.private is True" in m for m in messages)
+
+
+def test_the_default_verification_compares_published_files_and_catches_a_replaced_one(built):
+    repo = built.repo()
+    result = publish_shards(built.spec.name, built.table, built.plan, built.files, repo)
+    report = repo.verify_files(result.shard_files, result.card, built.table)
+    assert report.ok and report.summary().startswith("OK: 4/4 rows, 5 published files")
+
+    HfApi().upload_file(
+        path_or_fileobj=b"not a shard", path_in_repo="data/train-00001-of-00004.parquet", repo_id=REPO_ID,
+        repo_type="dataset",
+    )  # fmt: skip
+    later = built.repo()
+    later.published_head = built.server.head(REPO_ID)
+    report = later.verify_files(result.shard_files, result.card, built.table)
+    assert not report.ok and "data/train-00001-of-00004.parquet differs" in report.summary()
+
+
+def test_a_failed_pre_upload_does_not_fail_the_shard(hub_server, demo_spec, tmp_path):
+    spec = hub_spec(demo_spec, upload_shards=True)
+    with dg.instance_for_test() as instance:
+        defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
+        jobs = job_names(spec)
+        assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
+        hub_server.inject("POST", r"/info/lfs/objects/batch$", status=403, times=100)
+        result = defs.resolve_job_def(jobs.shards).execute_in_process(instance=instance, partition_key="shard-00000")
+        assert result.success
+        meta = result.get_asset_materialization_events()[0].materialization.metadata
+        assert meta["hub_bytes_sent"].value == 0
+        hub_server.clear_faults()
+        for key in ("shard-00001", "shard-00002", "shard-00003"):
+            assert defs.resolve_job_def(jobs.shards).execute_in_process(instance=instance, partition_key=key).success
+        assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
+    assert len(hub_server.lfs_uploads()) == 4  # the refused shard went up with the upload

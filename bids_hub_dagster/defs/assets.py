@@ -14,7 +14,7 @@ import pyarrow as pa
 from datasets import Dataset
 
 from ..hf.destinations import DestinationError
-from ..hf.hub import HubRepo, is_hub_url
+from ..hf.hub import HubRepo, HubTransientError, is_hub_url
 from ..hf.publish import ShardsNotReadyError, publish_shards
 from ..hf.shards import build_shard, plan_for_index, shard_index
 from ..hf.tables import IndexInfo, dataset_from_index, index_to_table
@@ -23,7 +23,9 @@ from .resources import HUB_POOL, HUB_RESOURCE_KEY, HubResource
 
 IO_MANAGER_KEY = "bids_hub_io_manager"
 # transient Hub faults are retried inside the upload; this retries the whole step after an outage
-UPLOAD_RETRY = dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+UPLOAD_RETRY = dg.RetryPolicy(
+    max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 
 
 def shard_partitions_name(spec: DatasetSpec) -> str:
@@ -152,8 +154,14 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             value = getattr(context.resources, IO_MANAGER_KEY).store_shard(
                 context.asset_key, context.partition_key, shard
             )
-            sent = destination.preupload_shard(value.path, shard_index(context.partition_key), plan.num_shards)
-            uploaded = {"hub_bytes_sent": sent, "hub_repo": dg.MetadataValue.url(destination.url)}
+            try:
+                sent = destination.preupload_shard(
+                    value.path, shard_index(context.partition_key), plan.num_shards
+                )
+            except (DestinationError, HubTransientError) as exc:  # the upload sends it later anyway
+                context.log.warning(f"pre-upload to {destination.url} failed; hub_upload will send it: {exc}")
+                sent = 0
+            uploaded = {"hub_bytes_sent": sent, "hub_repo": dg.MetadataValue.url(destination.repo_url)}
         return dg.Output(
             value,
             metadata=uploaded
@@ -181,7 +189,10 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         retry_policy=UPLOAD_RETRY,
     )
     def hub_upload(
-        context: dg.AssetExecutionContext, hub_shards: dict[str, Path], bids_index: pa.Table, hf_hub: HubResource
+        context: dg.AssetExecutionContext,
+        hub_shards: dict[str, Path],
+        bids_index: pa.Table,
+        hf_hub: HubResource,
     ) -> dg.MaterializeResult:
         plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
         started = time.monotonic()
@@ -190,17 +201,23 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             result = publish_shards(spec.name, bids_index, plan, hub_shards, destination)
         except (DestinationError, ShardsNotReadyError, ValueError) as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None  # retrying cannot fix these
-        report = destination.verify(bids_index)
+        if isinstance(destination, HubRepo) and not spec.hub.verify_download:
+            report = destination.verify_files(result.shard_files, result.card, bids_index)
+        else:
+            report = destination.verify(bids_index)
         context.log.info(report.summary())
         if not report.ok:
             raise dg.Failure(
-                f"published copy at {destination.url} does not verify: {report.summary()}", allow_retries=False
+                f"published copy at {destination.url} does not verify: {report.summary()}",
+                allow_retries=False,
             )
         hub = isinstance(destination, HubRepo)
         commits = "\n".join(f"- {url}" for url in result.commit_urls) or "no commit: nothing had changed"
         return dg.MaterializeResult(
             metadata={
-                "destination": dg.MetadataValue.url(destination.url) if hub else dg.MetadataValue.path(destination.url),
+                "destination": dg.MetadataValue.url(destination.url)
+                if hub
+                else dg.MetadataValue.path(destination.url),
                 "dagster/row_count": report.rows_found,
                 "files_written": len(result.files_written),
                 "files_skipped": len(result.files_skipped),

@@ -40,6 +40,8 @@ class PublishResult:
     bytes_written: int = 0  # bytes copied or sent over the network
     commit_urls: list[str] = field(default_factory=list)  # Hub only
     pr_url: str | None = None  # Hub only, with create_pr
+    shard_files: list[Path] = field(default_factory=list)  # what was published, in order
+    card: DatasetCard | None = None
 
 
 class Destination(Protocol):

@@ -33,11 +33,13 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
 import pyarrow as pa
+import pyarrow.parquet as pq
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi, constants
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
@@ -74,8 +76,17 @@ class HubOptions:
     commit_message: str | None = None
     files_per_commit: int = DEFAULT_FILES_PER_COMMIT
     upload_shards: bool = False  # each shard partition pre-uploads its file as soon as it is built
+    verify_download: bool = False  # after publishing, download it all and compare every NIfTI file
 
-    KEYS = ("private", "revision", "create_pr", "commit_message", "files_per_commit", "upload_shards")
+    KEYS = (
+        "private",
+        "revision",
+        "create_pr",
+        "commit_message",
+        "files_per_commit",
+        "upload_shards",
+        "verify_download",
+    )
 
     def __post_init__(self) -> None:
         n = self.files_per_commit
@@ -83,7 +94,7 @@ class HubOptions:
             raise ValueError(
                 f"hub.files_per_commit must be an integer from 1 to {MAX_FILES_PER_COMMIT}, not {n!r}."
             )
-        for key in ("private", "create_pr", "upload_shards"):
+        for key in ("private", "create_pr", "upload_shards", "verify_download"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"hub.{key} must be true or false, not {value!r}.")
@@ -156,6 +167,7 @@ def _status(exc: BaseException) -> int | None:
 
 
 def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked to wait (``Retry-After``: seconds or an HTTP date), if it said."""
     response = getattr(exc, "response", None)
     value = response.headers.get("Retry-After") if response is not None else None
     if not value:
@@ -163,8 +175,14 @@ def _retry_after(exc: BaseException) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -176,23 +194,48 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _is_storage_upload(exc: BaseException) -> bool:
+    """Whether the error came from sending bytes to the storage (LFS PUT or Xet), not from the Hub API."""
+    return any(
+        isinstance(c, RuntimeError) and str(c).startswith("Error while uploading") for c in _causes(exc)
+    )
+
+
 def classify(exc: BaseException) -> tuple[str, float | None]:
     """``("transient" | "conflict" | "permanent", retry_after)`` of an error from a Hub call.
 
     The chain of causes is searched, because ``huggingface_hub`` wraps upload errors in
-    a ``RuntimeError`` naming the file.
+    a ``RuntimeError`` naming the file. Permanent: the Hub API refused (4xx other than
+    408/409/412/429), or a bug (``TypeError``…). Everything else is retried: 429, 5xx,
+    dropped connections, a storage PUT refused (its presigned URL may have expired: the
+    retry asks for fresh ones), and unknown runtime errors (Xet reports network faults
+    as a bare ``RuntimeError``).
     """
+    storage = _is_storage_upload(exc)
     for cause in _causes(exc):
         status = _status(cause)
         if status is not None:
-            if status == 429 or status == 408 or status >= 500:
+            if status in (408, 429) or status >= 500:
                 return "transient", _retry_after(cause)
             if status in (409, 412):
                 return "conflict", None
-            return "permanent", None
+            return ("transient" if storage else "permanent"), None
         if isinstance(cause, (httpx2.TransportError, ConnectionError, TimeoutError)):
             return "transient", None
+    if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, NotImplementedError):
+        return "transient", None
     return "permanent", None
+
+
+_QUERY = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an error, without URL query strings (presigned upload URLs carry signatures)."""
+    text = str(exc).strip().splitlines()
+    first = _QUERY.sub(r"\1?…", next((line for line in text if line.strip()), type(exc).__name__))
+    status = _status(exc)
+    return first if status is None or str(status) in first else f"HTTP {status}: {first}"
 
 
 @dataclass
@@ -203,24 +246,40 @@ class _Batch:
     deletes: list[str] = field(default_factory=list)
     card: bytes | None = None
 
+    @property
+    def empty(self) -> bool:
+        return not self.adds and not self.deletes and self.card is None
+
 
 def plan_batches(adds: list[str], deletes: list[str], card: bytes | None, size: int) -> list[_Batch]:
-    """Commits of at most ``size`` files each; the last one carries the card and the deletions.
+    """Commits of at most ``size`` files each (additions, deletions and the card all count).
 
-    Deletions carry no data and ride with the card, so that the remote switches from the
-    old plan to the new one in one commit. The card gets a commit of its own only when
-    the last batch of files is full. No change at all gives no commit.
+    Additions come first, deletions of the old plan's files after them, and the card in
+    the last commit, so that no file is deleted before its replacements are in. The card
+    gets a commit of its own only when the last batch is full. No change gives no commit.
     """
-    if not adds and not deletes and card is None:
+    items = [(name, False) for name in adds] + [(path, True) for path in deletes]
+    if not items and card is None:
         return []
-    card_slots = 1 if card is not None else 0
-    tail = len(adds) % size or (size if adds else 0)  # files in the last batch
-    if tail + card_slots > size:
+    card_slot = 1 if card is not None else 0
+    tail = len(items) % size or (size if items else 0)  # items in the last commit
+    if tail + card_slot > size:
         tail = 0
-    head = adds[: len(adds) - tail]
-    batches = [_Batch(head[i : i + size]) for i in range(0, len(head), size)]
-    batches.append(_Batch(adds[len(adds) - tail :], list(deletes), card))
+    cut = len(items) - tail
+    chunks = [items[i : i + size] for i in range(0, cut, size)] + [items[cut:]]
+    batches = [_Batch([n for n, gone in c if not gone], [n for n, gone in c if gone]) for c in chunks]
+    batches[-1].card = card
     return batches
+
+
+@dataclass(frozen=True)
+class _Committed:
+    """A commit made (or found applied) by the publisher."""
+
+    oid: str
+    url: str | None  # None when the commit was found applied after its answer was lost
+    pr_revision: str | None = None
+    pr_url: str | None = None
 
 
 class HubRepo:
@@ -244,11 +303,13 @@ class HubRepo:
         self.backoff = backoff
         self._sleep = sleep
         self._progress = progress or log.info
-        self.url = f"{self.api.endpoint}/datasets/{repo_id}"
+        self.repo_url = f"{self.api.endpoint}/datasets/{repo_id}"
+        self.url = self.repo_url
         if self.branch != constants.DEFAULT_REVISION:
             self.url += f"/tree/{self.branch}"
         self.load_id = repo_id
         self.load_revision: str | None = None if self.branch == constants.DEFAULT_REVISION else self.branch
+        self.published_head: str | None = None  # the commit the last publish left the branch (or PR) at
 
     @classmethod
     def from_url(cls, value: str, options: HubOptions = HubOptions(), **kwargs: Any) -> HubRepo:
@@ -263,21 +324,28 @@ class HubRepo:
 
     # -- calls with retries ------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``, retried on transient faults; permanent ones become HubAccessError."""
-        for attempt in range(self.backoff.attempts):
+    def _call(
+        self, what: str, fn: Callable[..., T], *args: Any, attempts: int | None = None, **kwargs: Any
+    ) -> T:
+        """``fn(*args, **kwargs)``, retried on transient faults; permanent ones become HubAccessError.
+
+        ``attempts`` lowers the number of tries for calls that ``huggingface_hub`` already
+        retries itself (uploads), so that retries do not multiply.
+        """
+        tries = min(attempts or self.backoff.attempts, self.backoff.attempts)
+        for attempt in range(tries):
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
                 kind, retry_after = classify(exc)
                 if kind != "transient":
-                    raise self._explain(what, exc) from exc
-                if attempt + 1 == self.backoff.attempts:
+                    raise self._explain(what, exc) from None
+                if attempt + 1 == tries:
                     raise HubTransientError(
-                        f"{what} on {self.repo_id} failed {self.backoff.attempts} times: {_short(exc)}. "
-                        "The Hub may be overloaded or rate-limiting this repo; run again later: "
+                        f"{what} on {self.repo_id} failed {tries} times: {_short(exc)}. "
+                        "The Hub may be overloaded or rate-limiting this repo. Run again later: "
                         "what is already uploaded is kept."
-                    ) from exc
+                    ) from None
                 wait = self.backoff.delay(attempt, retry_after)
                 self._progress(f"{what}: {_short(exc)}; retrying in {wait:.1f} s")
                 self._sleep(wait)
@@ -285,7 +353,7 @@ class HubRepo:
 
     def _explain(self, what: str, exc: BaseException) -> Exception:
         status = next((s for c in _causes(exc) if (s := _status(c)) is not None), None)
-        repo = f"{self.api.endpoint}/datasets/{self.repo_id}"
+        repo = self.repo_url
         if status == 401:
             return HubAccessError(
                 f"{what}: the Hub rejected the credentials for {repo} (HTTP 401). Set HF_TOKEN to a "
@@ -310,11 +378,22 @@ class HubRepo:
     # -- reading the remote ------------------------------------------------------------
 
     def check(self) -> None:
-        """Refuse what cannot work before any shard is built: a bad token or a foreign namespace."""
+        """Refuse what cannot work before any shard is built: a bad or read-only token, a foreign namespace.
+
+        Creates the repo (and branch) when missing. ``create_repo(exist_ok=True)`` accepts an
+        existing repo even for a token that may not write to it, so the token's role is read too.
+        """
+        who = self._call("check the token", self.api.whoami)
+        role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
+        if role == "read":
+            raise HubAccessError(
+                f"the token in use is read-only: it cannot publish to {self.repo_url}. Set HF_TOKEN to a "
+                "token with the write role (https://huggingface.co/settings/tokens)."
+            )
         self.ensure_repo()
 
     def ensure_repo(self) -> None:
-        """Create the repo (and the branch) when missing; no-op when both exist."""
+        """Create the repo (and the branch) when missing; say so when its visibility differs from ``private``."""
         self._call(
             "create the dataset repo",
             self.api.create_repo,
@@ -323,6 +402,14 @@ class HubRepo:
             private=self.options.private,
             exist_ok=True,
         )
+        if self.options.private is not None:
+            info = self._call("read the repo", self.api.repo_info, self.repo_id, repo_type="dataset")
+            if bool(info.private) != self.options.private:
+                self._progress(
+                    f"warning: {self.repo_url} is {'private' if info.private else 'public'}, but hub.private "
+                    f"is {self.options.private}: it applies when the repo is created; change it in the "
+                    "repo's settings."
+                )
         if self.branch != constants.DEFAULT_REVISION:
             self._call(
                 f"create branch {self.branch!r}",
@@ -359,6 +446,17 @@ class HubRepo:
                 files[entry.path] = RemoteFile(entry.path, entry.size, entry.blob_id, sha)
         return files
 
+    def _pull_requests(self) -> dict[str, str]:
+        """``{"refs/pr/N": head commit}`` of the repo's pull requests."""
+        refs = self._call(
+            "list pull requests",
+            self.api.list_repo_refs,
+            self.repo_id,
+            repo_type="dataset",
+            include_pull_requests=True,
+        )
+        return {r.ref: r.target_commit for r in refs.pull_requests or []}
+
     # -- publishing --------------------------------------------------------------------
 
     def _message(self, default: str) -> str:
@@ -373,7 +471,7 @@ class HubRepo:
         for i, path in enumerate(shard_files):
             name = data_file_name(i, n)
             there = remote.get(name)
-            if there is not None and there.sha256 == file_digest(path) and there.size == path.stat().st_size:
+            if there is not None and there.size == path.stat().st_size and there.sha256 == file_digest(path):
                 skipped.append(name)
             else:
                 adds.append(name)
@@ -399,6 +497,7 @@ class HubRepo:
         parent = self.head()
         remote = self.remote_files(parent)
         batches, result.files_skipped = self.plan(shard_files, content, remote)
+        self.published_head = parent
         if not batches:
             self._progress(f"{self.url}: all {n} shard(s) and the card are already published; no commit")
             return result
@@ -413,15 +512,15 @@ class HubRepo:
             )
             for name in batch.adds:
                 path = local[name]
-                if file_digest(path) not in present and not was_uploaded(path, self.url):
+                if file_digest(path) not in present and not was_uploaded(path, self.repo_url):
                     result.bytes_written += path.stat().st_size
-            info, parent = self._commit_batch(batch, local, title, parent, pr_revision)
-            if info is not None:
-                result.commit_urls.append(info.commit_url)
-                if self.options.create_pr and pr_revision is None:
-                    pr_revision = info.pr_revision
-                    result.pr_url = info.pr_url
-                    self.load_revision = pr_revision
+            done = self._commit_batch(batch, local, title, parent, pr_revision)
+            parent = done.oid
+            if done.url is not None:
+                result.commit_urls.append(done.url)
+            if self.options.create_pr and pr_revision is None:
+                pr_revision, result.pr_url = done.pr_revision, done.pr_url
+                self.load_revision = pr_revision
             result.files_written += batch.adds + (["README.md"] if batch.card is not None else [])
             result.files_removed += batch.deletes
             present |= {file_digest(local[name]) for name in batch.adds}
@@ -431,6 +530,7 @@ class HubRepo:
                 + (", card" if batch.card is not None else "")
                 + ")"
             )
+        self.published_head = parent
         return result
 
     def _operations(self, batch: _Batch, local: Mapping[str, Path]) -> list:
@@ -453,28 +553,36 @@ class HubRepo:
             card = None
         return _Batch(adds, deletes, card)
 
+    def _found_pull_request(self, before: Mapping[str, str], title: str) -> _Committed | None:
+        """The pull request a lost ``create_pr`` commit opened, if it was applied."""
+        for ref, oid in self._pull_requests().items():
+            if ref in before:
+                continue
+            commits = self._call("read a pull request", self.api.list_repo_commits, self.repo_id,
+                                 repo_type="dataset", revision=ref)  # fmt: skip
+            if commits and commits[0].title == title:
+                num = ref.rsplit("/", 1)[-1]
+                return _Committed(oid, None, ref, f"{self.repo_url}/discussions/{num}")
+        return None
+
     def _commit_batch(
-        self,
-        batch: _Batch,
-        local: Mapping[str, Path],
-        title: str,
-        parent: str,
-        pr_revision: str | None,
-    ) -> tuple[Any, str]:
-        """Upload and commit one batch; returns (its commit info, or None if it was already applied; new head)."""
+        self, batch: _Batch, local: Mapping[str, Path], title: str, parent: str, pr_revision: str | None
+    ) -> _Committed:
+        """Upload and commit one batch, retried until the remote holds it."""
         revision = pr_revision or self.branch
-        create_pr = self.options.create_pr and pr_revision is None
+        opens_pr = self.options.create_pr and pr_revision is None
         ops = self._operations(batch, local)
-        adds = [op for op in ops if isinstance(op, CommitOperationAdd)]
         self._call(
             "upload shard files",
             self.api.preupload_lfs_files,
             self.repo_id,
-            additions=adds,
+            additions=[op for op in ops if isinstance(op, CommitOperationAdd)],
             repo_type="dataset",
             revision=revision,
-            create_pr=create_pr,
+            create_pr=opens_pr,
+            attempts=3,  # huggingface_hub already retries each upload 5 times
         )
+        prs_before = self._pull_requests() if opens_pr else {}
         for attempt in range(self.backoff.attempts):
             try:
                 info = self.api.create_commit(
@@ -483,49 +591,96 @@ class HubRepo:
                     commit_message=title,
                     repo_type="dataset",
                     revision=revision,
-                    create_pr=create_pr,
+                    create_pr=opens_pr,
                     parent_commit=parent,
                 )
-                return info, info.oid
+                if info.oid == parent:  # huggingface_hub found nothing to change: no commit was made
+                    return _Committed(parent, None)
+                return _Committed(info.oid, info.commit_url, info.pr_revision, info.pr_url)
             except Exception as exc:
                 kind, retry_after = classify(exc)
                 if kind == "permanent":
-                    raise self._explain(f"commit {len(batch.adds)} file(s)", exc) from exc
+                    raise self._explain(f"commit {len(batch.adds)} file(s)", exc) from None
                 if attempt + 1 == self.backoff.attempts:
                     raise HubTransientError(
                         f"commit to {self.repo_id} failed {self.backoff.attempts} times: {_short(exc)}. "
                         "Run again: files already committed are skipped."
-                    ) from exc
+                    ) from None
                 # the commit may have been applied although its answer was lost: look before retrying
+                if opens_pr and (found := self._found_pull_request(prs_before, title)) is not None:
+                    self._progress(f"commit to {self.repo_id}: already applied as {found.pr_revision}")
+                    return found
                 head = self.head(revision)
                 if head != parent:
                     remote = self.remote_files(head)
                     rest = self._applied(batch, local, remote)
-                    if not (rest.adds or rest.deletes or rest.card is not None):
+                    if rest.empty:
                         self._progress(f"commit to {self.repo_id}: already applied as {head[:8]}")
-                        return None, head
+                        return _Committed(head, None)
                     batch, parent, ops = rest, head, self._operations(rest, local)
-                if kind == "transient":
-                    wait = self.backoff.delay(attempt, retry_after)
-                    self._progress(f"commit to {self.repo_id}: {_short(exc)}; retrying in {wait:.1f} s")
-                    self._sleep(wait)
-                else:
-                    self._progress(f"commit to {self.repo_id}: the branch moved ({_short(exc)}); re-planned")
+                    if kind == "conflict":
+                        self._progress(
+                            f"commit to {self.repo_id}: the branch moved ({_short(exc)}); re-planned"
+                        )
+                        continue  # a new head to commit on: no reason to wait
+                wait = self.backoff.delay(attempt, retry_after)
+                self._progress(f"commit to {self.repo_id}: {_short(exc)}; retrying in {wait:.1f} s")
+                self._sleep(wait)
         raise AssertionError("unreachable")
 
     def verify(self, index_table: pa.Table) -> VerifyReport:
         """Load the published revision back from the Hub (fresh cache) and compare every byte."""
         return verify_published(self.load_id, index_table, revision=self.load_revision, token=self.api.token)
 
+    def verify_files(
+        self, shard_files: Sequence[Path], card: DatasetCard, index_table: pa.Table
+    ) -> VerifyReport:
+        """Compare each published file with its local source by sha256 (LFS oid) and size, without downloading.
+
+        Reads the commit the last publish left (``published_head``), so a later writer
+        cannot make it pass or fail. The shard files were checked against their sources
+        when they were built; a full read-back is :meth:`verify`.
+        """
+        shard_files = [Path(p) for p in shard_files]
+        n = len(shard_files)
+        report = VerifyReport(rows_expected=index_table.num_rows, unit="published files")
+        remote = self.remote_files(self.published_head or self.head(self.load_revision))
+        for i, path in enumerate(shard_files):
+            name = data_file_name(i, n)
+            there = remote.get(name)
+            if there is None:
+                report.problems.append(f"{name} is missing from {self.url}")
+            elif there.sha256 != file_digest(path) or there.size != path.stat().st_size:
+                report.problems.append(
+                    f"{name} differs from {path} (sha256 {there.sha256}, size {there.size})"
+                )
+            else:
+                report.files_checked += 1
+                report.bytes_checked += there.size
+                report.rows_found += pq.ParquetFile(path).metadata.num_rows
+        extra = sorted(
+            p for p in remote if p.startswith("data/") and p not in {data_file_name(i, n) for i in range(n)}
+        )
+        report.problems += [f"{p} is not a shard of this publication" for p in extra]
+        readme = remote.get("README.md")
+        if readme is None or readme.blob_id != git_blob_id(str(card).encode("utf-8")):
+            report.problems.append(f"README.md of {self.url} is not the card of this publication")
+        else:
+            report.files_checked += 1
+            report.bytes_checked += readme.size
+        return report
+
     def preupload_shard(self, path: Path, index: int, num_shards: int) -> int:
-        """Send one shard's bytes to the repo's LFS storage without a commit; returns the bytes sent.
+        """Send one shard's bytes to the repo's storage without a commit; returns the bytes handed over.
 
         The later publish commits the file without sending it again. Nothing is sent when
-        the branch already holds this exact file or an earlier pre-upload sent it.
+        the branch already holds this exact file or an earlier pre-upload sent it. (When
+        the storage already holds the same bytes under another name, the client skips
+        the transfer but the count still includes them.)
         """
         path = Path(path)
         name = data_file_name(index, num_shards)
-        if was_uploaded(path, self.url):
+        if was_uploaded(path, self.repo_url):
             return 0
         digest = file_digest(path)
         infos = self._call(
@@ -537,7 +692,7 @@ class HubRepo:
             revision=self.branch,
         )
         if any(isinstance(i, RepoFile) and i.lfs is not None and i.lfs.sha256 == digest for i in infos):
-            mark_uploaded(path, self.url)  # a rerun: the branch already holds this exact file
+            mark_uploaded(path, self.repo_url)  # a rerun: the branch already holds this exact file
             return 0
         op = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
         op.upload_info.sha256 = bytes.fromhex(digest)
@@ -549,13 +704,7 @@ class HubRepo:
             repo_type="dataset",
             revision=self.branch,
             create_pr=self.options.create_pr,
+            attempts=3,
         )
-        mark_uploaded(path, self.url)
+        mark_uploaded(path, self.repo_url)
         return path.stat().st_size
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = next((line for line in text if line.strip()), type(exc).__name__)
-    status = _status(exc)
-    return first if status is None or str(status) in first else f"HTTP {status}: {first}"

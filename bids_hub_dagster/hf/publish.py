@@ -132,4 +132,6 @@ def publish_shards(
     ordered = ordered_shard_files(plan, files, index_table)
     stats = [shard_file_stats(p) for p in ordered]
     card = render_card(card_facts(name, index_table, stats, destination.load_id))
-    return destination.publish(ordered, card)
+    result = destination.publish(ordered, card)
+    result.shard_files, result.card = ordered, card
+    return result

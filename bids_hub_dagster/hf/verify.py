@@ -24,6 +24,7 @@ class VerifyReport:
     files_checked: int = 0
     bytes_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    unit: str = "files"  # what files_checked counts: the NIfTI files, or the published files
 
     @property
     def ok(self) -> bool:
@@ -32,7 +33,7 @@ class VerifyReport:
     def summary(self) -> str:
         head = (
             f"{'OK' if self.ok else 'FAILED'}: {self.rows_found}/{self.rows_expected} rows, "
-            f"{self.files_checked} files, {self.bytes_checked} bytes compared by sha256"
+            f"{self.files_checked} {self.unit}, {self.bytes_checked} bytes compared by sha256"
         )
         if not self.problems:
             return head

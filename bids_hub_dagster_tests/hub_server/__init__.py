@@ -29,8 +29,11 @@ import pytest
 from .repo import Commit, FileEntry
 from .server import DEFAULT_TOKEN, Fault, HubServer, RequestRecord
 
+READ_TOKEN = "hf_test_read_only_token"  # the fixture's server accepts it for reads; writes get 403
+
 __all__ = [
     "DEFAULT_TOKEN",
+    "READ_TOKEN",
     "Commit",
     "Fault",
     "FileEntry",
@@ -116,7 +119,7 @@ def hub_server(
     from huggingface_hub import HfFileSystem
     from huggingface_hub.utils import close_session
 
-    with HubServer(tmp_path_factory.mktemp("hub-server")) as server:
+    with HubServer(tmp_path_factory.mktemp("hub-server"), read_token=READ_TOKEN) as server:
         use_hub_server(server, monkeypatch, tmp_path_factory.mktemp("hf-home"))
         try:
             yield server

@@ -174,6 +174,7 @@ class _Request:
     headers: Message
     body: _Body
     authenticated: bool = False
+    read_only: bool = False  # authenticated with the server's read token
 
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -309,9 +310,17 @@ class HubServer:
     ``/datasets/user/ds/resolve/main/data/x.parquet``.
     """
 
-    def __init__(self, root: Path, token: str = DEFAULT_TOKEN, *, username: str = "test-user") -> None:
+    def __init__(
+        self,
+        root: Path,
+        token: str = DEFAULT_TOKEN,
+        *,
+        username: str = "test-user",
+        read_token: str | None = None,
+    ) -> None:
         self.root = Path(root)
         self.token = token
+        self.read_token = read_token  # a valid token with the "read" role: every write answers 403
         self.username = username
         self.store = HubStore(self.root)
         self._secret = secrets.token_bytes(16)  # signs the LFS upload URLs (they carry no Authorization)
@@ -491,9 +500,12 @@ class HubServer:
             authorization = request.headers.get("Authorization")
             if authorization is not None:
                 scheme, _, token = authorization.partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), self.token):
+                token = token.strip()
+                read_only = self.read_token is not None and hmac.compare_digest(token, self.read_token)
+                if scheme.lower() != "bearer" or not (read_only or hmac.compare_digest(token, self.token)):
                     raise HubError(401, INVALID_TOKEN)
                 request.authenticated = True
+                request.read_only = read_only
             for methods, pattern, handler in self._routes:
                 match = pattern.fullmatch(request.raw_path)
                 if match is not None and request.method in methods:
@@ -541,6 +553,8 @@ class HubServer:
         """The repository of the URL, if the request may read (or ``write``) it; else the Hub's 401/404."""
         if write and not request.authenticated:
             raise HubError(401, AUTH_REQUIRED)
+        if write and request.read_only:
+            raise HubError(403, "You don't have the rights to write to this repository (the token is read-only)")
         repo = self.store.get(_URL_TYPES[groups.get("type")], f"{groups['ns']}/{groups['name']}")
         if repo is None or (repo.private and not request.authenticated):
             # Like the Hub: 401 to anonymous requests (private and missing repos look the same), else 404
@@ -572,13 +586,18 @@ class HubServer:
                 "emailVerified": True,
                 "isPro": False,
                 "orgs": [],
-                "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+                "auth": {
+                    "type": "access_token",
+                    "accessToken": {"displayName": "test", "role": "read" if request.read_only else "write"},
+                },
             }
         )
 
     def _create_repo(self, request: _Request, groups: dict[str, str]) -> _Response:
         if not request.authenticated:
             raise HubError(401, AUTH_REQUIRED)
+        if request.read_only:
+            raise HubError(403, "You don't have the rights to create a repository (the token is read-only)")
         payload = request.json()
         repo_type = payload.get("type") or "model"
         repo_id = f"{payload.get('organization') or self.username}/{payload.get('name')}"
