@@ -24,14 +24,7 @@ from .spec import DatasetSpec, SpecError, format_size, load_spec, spec_for_folde
 DEFAULT_HOME = Path.home() / ".bids_hub_dagster" / "dagster_home"
 
 
-INSTANCE_YAML = """\
-# Written by bids-hub-dagster. Dagster's defaults, stored under this folder, and one limit:
-# a step in a concurrency pool runs one at a time, so two uploads never commit to the Hub
-# together (the hub_upload asset is in pool "hf_hub").
-concurrency:
-  pools:
-    default_limit: 1
-"""
+INSTANCE_YAML = Path(__file__).with_name("dagster.yaml")  # pools, run limits, retries, monitoring
 
 
 def _ensure_dagster_home() -> Path:
@@ -39,7 +32,7 @@ def _ensure_dagster_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists() or not config.read_text(encoding="utf-8").strip():
-        config.write_text(INSTANCE_YAML, encoding="utf-8")  # a user's own dagster.yaml is kept
+        config.write_text(INSTANCE_YAML.read_text(encoding="utf-8"), encoding="utf-8")  # a user's own is kept
     return home
 
 
