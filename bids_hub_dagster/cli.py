@@ -51,20 +51,9 @@ def _resolve_spec(
 
 
 def _failure_message(result) -> str:
-    """The user's error of a failed in-process run (the innermost cause of each failed step)."""
-    messages = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error is not None and error.cause is not None:
-                error = error.cause
-            if error is not None:
-                message = error.message.strip()
-                head, sep, rest = message.partition(": ")
-                if sep and error.cls_name and head.rsplit(".", 1)[-1] == error.cls_name:
-                    message = rest  # "pkg.mod.ShardFilesError: shard-00001: …" → "shard-00001: …"
-                messages.append(message)
-    return "\n".join(messages) or "the run failed (see the Dagster UI for its logs)"
+    from .defs.outcomes import failure_message
+
+    return failure_message(result.all_events)
 
 
 def _hub_options(func):

@@ -21,6 +21,8 @@ from .hf.parquet import CODECS
 from .hf.shards import DEFAULT_ROW_GROUP_BYTES as DEFAULT_ROW_GROUP_SIZE
 
 DEFAULT_MAX_SHARD_SIZE = 500 * 10**6  # the same default as datasets' push_to_hub
+DEFAULT_SCHEDULE = "0 3 * * 1"  # weekly, Monday 03:00
+DEFAULT_WATCH_INTERVAL = 600
 SHARD_STRATEGIES = tuple(STRATEGIES)
 SPEC_KEYS = frozenset(
     {
@@ -36,9 +38,14 @@ SPEC_KEYS = frozenset(
         "compression",
         "row_group_size",
         "hub",
+        "owners",
+        "schedule",
+        "watch_interval",
     }
 )
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CRON_FIELD = r"[\w*/,?-]+"
+_CRON = re.compile(rf"^\s*(@(hourly|daily|weekly|monthly)|{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}})\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -121,6 +128,9 @@ class DatasetSpec:
     compression: str = "auto"  # codec of NIfTI bytes columns; auto: zstd for .nii, none for .nii.gz
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE  # bytes of files embedded and written at a time
     hub: HubOptions = field(default_factory=HubOptions)  # Hub destinations only: branch, privacy, commits
+    owners: tuple[str, ...] = ()  # shown on the assets in the UI: emails or "team:name"
+    schedule: str = DEFAULT_SCHEDULE  # cron of the scheduled refresh (stopped until turned on)
+    watch_interval: int = DEFAULT_WATCH_INTERVAL  # seconds between two scans of the BIDS folder by the sensor
     source: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
     def __post_init__(self) -> None:
@@ -138,6 +148,22 @@ class DatasetSpec:
             )
         if self.compression not in CODECS:
             raise SpecError(f"compression must be one of {', '.join(CODECS)}, not {self.compression!r}.")
+        if not all(isinstance(o, str) and o for o in self.owners):
+            raise SpecError(
+                f"owners must be a list of emails or team:name strings, not {list(self.owners)!r}."
+            )
+        if not _CRON.match(self.schedule):
+            raise SpecError(
+                f"schedule {self.schedule!r} is not a cron expression, e.g. '0 3 * * 1' (weekly)."
+            )
+        if (
+            isinstance(self.watch_interval, bool)
+            or not isinstance(self.watch_interval, int)
+            or self.watch_interval < 30
+        ):
+            raise SpecError(
+                f"watch_interval must be a number of seconds, at least 30, not {self.watch_interval!r}."
+            )
         if self.destination and is_hub_url(self.destination):
             try:
                 _, revision = parse_hub_url(self.destination)
@@ -186,6 +212,12 @@ class DatasetSpec:
             out["max_shard_size"] = exact_size(self.max_shard_size)
         if self.hub.to_mapping():
             out["hub"] = self.hub.to_mapping()
+        if self.owners:
+            out["owners"] = list(self.owners)
+        if self.schedule != DEFAULT_SCHEDULE:
+            out["schedule"] = self.schedule
+        if self.watch_interval != DEFAULT_WATCH_INTERVAL:
+            out["watch_interval"] = self.watch_interval
         return out
 
     def build_index(self) -> BidsIndex:
@@ -199,6 +231,16 @@ class DatasetSpec:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_mapping(), sort_keys=False, default_flow_style=None)
+
+
+def _owners(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise SpecError(f"owners must be a list of emails or team:name strings{where}.")
+    return tuple(str(o) for o in raw)
 
 
 def hub_options(raw: Any, where: str = "") -> HubOptions:
@@ -261,6 +303,9 @@ def spec_from_mapping(raw: Mapping[str, Any], base: Path, source: Path | None = 
         compression=str(raw.get("compression", "auto")),
         row_group_size=parse_size(raw.get("row_group_size") or DEFAULT_ROW_GROUP_SIZE),
         hub=hub_options(raw.get("hub"), where),
+        owners=_owners(raw.get("owners"), where),
+        schedule=str(raw.get("schedule") or DEFAULT_SCHEDULE),
+        watch_interval=raw.get("watch_interval") or DEFAULT_WATCH_INTERVAL,
         source=source,
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from bids_hub_dagster.bids.errors import BidsError
 from bids_hub_dagster.bids.index import build_index
 from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.assets import shard_partitions_name
+from bids_hub_dagster.defs.outcomes import failed_check_problems
 from bids_hub_dagster.hf.nifti import NiftiFileError, check_nifti
 from bids_hub_dagster.spec import DatasetSpec, spec_for_folder
 
@@ -47,7 +49,7 @@ def error_text(result: dg.ExecuteInProcessResult) -> str:
                 continue
             parts.append(f"{err.cls_name}: {err.message}")
             stack += [err.cause, err.context]
-    return "\n".join(parts)
+    return "\n".join(parts + failed_check_problems(result.all_events))
 
 
 class Pipeline:
@@ -193,8 +195,8 @@ def test_bad_files_fail_their_shard_only_and_block_upload_until_fixed(
         upload = pipe.upload()
         assert not upload.success
         text = error_text(upload)
-        assert "1 shard(s) not built yet: shard-00001" in text
-        assert "Materialize those hub_shards partitions" in text
+        assert "shards_hold_every_row_once: shard-00001: not built yet" in text
+        assert "materialize this hub_shards partition" in text
         assert "shard-00000" not in text and "shard-00002" not in text
         assert [p for p in files_under(dest) if p.endswith((".parquet", ".tmp", ".md"))] == []
 
@@ -403,7 +405,7 @@ def test_replanning_to_fewer_shards_leaves_no_stale_data_files(
         refused = second.upload()
         assert not refused.success
         text = error_text(refused)
-        assert "1 shard(s) were built from an older index or plan: shard-00001" in text
+        assert re.search(r"shard-00001: built for rows \d–\d, the plan now gives it rows 1–3", text)
         assert files_under(dest) == ["README.md", *published_3]  # the old publish is untouched
 
         assert second.shard("shard-00001").success

@@ -26,7 +26,13 @@ def asset_keys(defs: dg.Definitions) -> set[str]:
 
 def test_default_is_the_demo_dataset():
     keys = asset_keys(load_definitions())
-    assert keys == {"demo/bids_index", "demo/hf_dataset", "demo/hub_shards", "demo/hub_upload"}
+    assert keys == {
+        "demo/bids_files",
+        "demo/bids_index",
+        "demo/hf_dataset",
+        "demo/hub_shards",
+        "demo/hub_upload",
+    }
     assert (Path(os.environ["DAGSTER_HOME"]) / "demo" / "bids" / "dataset_description.json").is_file()
 
 
@@ -39,7 +45,7 @@ def test_specs_folder_gives_one_group_per_spec(tmp_path, monkeypatch):
     monkeypatch.setenv("BIDS_HUB_SPECS", str(specs))
     defs = load_definitions()
     keys = asset_keys(defs)
-    assert {"alpha/hub_shards", "beta/hub_upload"} <= keys and len(keys) == 8
+    assert {"alpha/hub_shards", "beta/hub_upload"} <= keys and len(keys) == 10
     groups = {n.group_name for n in defs.resolve_asset_graph().asset_nodes}
     assert groups == {"alpha", "beta"}
     shards = defs.resolve_assets_def(dg.AssetKey(["alpha", "hub_shards"]))
@@ -47,7 +53,7 @@ def test_specs_folder_gives_one_group_per_spec(tmp_path, monkeypatch):
     # a single spec file works too
     monkeypatch.setenv("BIDS_HUB_SPECS", str(specs / "a.yaml"))
     assert asset_keys(load_definitions()) == {
-        f"alpha/{n}" for n in ("bids_index", "hf_dataset", "hub_shards", "hub_upload")
+        f"alpha/{n}" for n in ("bids_files", "bids_index", "hf_dataset", "hub_shards", "hub_upload")
     }
 
 
@@ -116,6 +122,12 @@ def test_webserver_shows_the_asset_graph(webserver):
             pytest.fail("the webserver did not serve the code location within 120 s")
         time.sleep(1)
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
-    assert set(by_key) == {"demo/bids_index", "demo/hf_dataset", "demo/hub_shards", "demo/hub_upload"}
+    assert set(by_key) == {
+        "demo/bids_files",
+        "demo/bids_index",
+        "demo/hf_dataset",
+        "demo/hub_shards",
+        "demo/hub_upload",
+    }
     assert by_key["demo/hub_shards"]["isPartitioned"] is True
     assert {n["groupName"] for n in nodes} == {"demo"}

@@ -13,6 +13,7 @@ from datasets import Features, List, Nifti, load_dataset
 from bids_hub_dagster.bids import AmbiguousColumnError
 from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.assets import shard_partitions_name
+from bids_hub_dagster.defs.outcomes import failure_message
 from bids_hub_dagster.hf.shards import read_shard_record
 from bids_hub_dagster.spec import spec_for_folder
 from bids_hub_dagster_tests.conftest import materialize_all
@@ -126,9 +127,9 @@ def test_upload_refuses_shards_built_for_another_plan(demo_spec, tmp_path):
         assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
         result = defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance, raise_on_error=False)
         assert not result.success
-        failure = next(e for e in result.all_events if e.is_step_failure)
-        text = str(failure.step_failure_data.error.to_string())
-        assert "built from an older index or plan" in text and "shard-00000" in text
+        text = failure_message(result.all_events)
+        assert "shards_hold_every_row_once: shard-00000: built for rows 0–0, the plan now gives it rows 0–1" in text
+        assert not result.get_asset_materialization_events()  # the blocking check stopped the upload
     # the earlier, complete publication is untouched
     assert len(list((Path(demo_spec.destination) / "data").iterdir())) == 3
 

@@ -1,9 +1,11 @@
-"""The asset factory: one group of four assets per dataset spec.
+"""The asset factory: one group of assets per dataset spec.
 
+    bids_files[shard-…] (observed) ─┐
     bids_index ──► hf_dataset ──► hub_shards[shard-00000 …] ──► hub_upload
 
 Each body is wiring: read inputs, call one core function, return the value with its
-metadata. The logic lives in ``bids_hub_dagster.bids`` and ``bids_hub_dagster.hf``.
+metadata and data version. The logic lives in ``bids_hub_dagster.bids`` and
+``bids_hub_dagster.hf``; the versions are those of ``hf.versions``.
 """
 
 import time
@@ -18,6 +20,13 @@ from ..hf.hub import HubRepo, HubTransientError, is_hub_url
 from ..hf.publish import ShardsNotReadyError, publish_shards
 from ..hf.shards import build_shard, plan_for_index, shard_index
 from ..hf.tables import IndexInfo, dataset_from_index, index_to_table
+from ..hf.versions import (
+    dataset_version,
+    index_fingerprint,
+    layout_version,
+    publication_version,
+    shard_versions,
+)
 from ..spec import DatasetSpec, format_size
 from .resources import HUB_POOL, HUB_RESOURCE_KEY, HubResource
 
@@ -26,6 +35,10 @@ IO_MANAGER_KEY = "bids_hub_io_manager"
 UPLOAD_RETRY = dg.RetryPolicy(
     max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
+# a shard step that died of something passing (a full disk being cleaned, an NFS hiccup); bad
+# files fail for good (dg.Failure without retries)
+SHARD_RETRY = dg.RetryPolicy(max_retries=1, delay=30, backoff=dg.Backoff.EXPONENTIAL)
+CARD_PREVIEW_CHARS = 4000
 
 
 def shard_partitions_name(spec: DatasetSpec) -> str:
@@ -44,11 +57,32 @@ def _markdown_table(rows: list[dict], limit: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _column_schema(schema: pa.Schema, descriptions: dict[str, str]) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[dg.TableColumn(f.name, str(f.type), description=descriptions.get(f.name)) for f in schema]
+    )
+
+
 def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
-    """The four assets of one dataset, keyed ``[spec.name, ...]`` in group ``spec.name``."""
+    """The assets of one dataset, keyed ``[spec.name, ...]`` in group ``spec.name``."""
     prefix = spec.name
     shards_def = dg.DynamicPartitionsDefinition(name=shard_partitions_name(spec))
-    common = {"group_name": spec.name, "io_manager_key": IO_MANAGER_KEY}
+    common = {"group_name": spec.name, "io_manager_key": IO_MANAGER_KEY, "owners": list(spec.owners)}
+    destination_text = spec.destination or "(no destination set)"
+
+    @dg.observable_source_asset(
+        key=[prefix, "bids_files"],
+        partitions_def=shards_def,
+        group_name=spec.name,
+        description=f"The source files of each shard, under {spec.bids_root}: observing them records a "
+        "data version per shard (paths, sizes, mtimes), so a changed file marks its shard stale.",
+    )
+    def bids_files(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
+        table = index_to_table(spec.build_index())
+        plan = plan_for_index(table, spec.max_shard_size, spec.num_shards)
+        versions = shard_versions(table, plan)
+        known = set(context.instance.get_dynamic_partitions(shards_def.name))
+        return dg.DataVersionsByPartition({k: dg.DataVersion(v) for k, v in versions.items() if k in known})
 
     @dg.asset(
         key=[prefix, "bids_index"],
@@ -57,6 +91,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         **common,
     )
     def bids_index(context: dg.AssetExecutionContext, hf_hub: HubResource) -> dg.Output[pa.Table]:
+        started = time.monotonic()
         if spec.destination:  # refuse an unusable destination (or token) before any shard is built
             try:
                 hf_hub.destination(spec, progress=context.log.info).check()
@@ -71,50 +106,61 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             | {c: len(files) for c, files in r.cells.items()}
             for r in index.rows
         ]
+        phenotype = IndexInfo.of(table).phenotype_descriptions
         return dg.Output(
             table,
+            data_version=dg.DataVersion(layout_version(table)),
             metadata={
                 "dagster/row_count": len(index.rows),
+                "dagster/column_schema": _column_schema(table.schema, phenotype),
+                "bids_root": dg.MetadataValue.path(str(spec.bids_root)),
+                "subjects": len(index.subjects),
                 "columns": ", ".join(f"{c.name}{' (many)' if c.many else ''}" for c in index.columns),
                 "files_per_column": index.files_per_column(),
                 "bytes_per_column": index.bytes_per_column(),
                 "total_bytes": sum(index.bytes_per_column().values()),
+                "index_fingerprint": index_fingerprint(table),
                 "warnings": "\n".join(index.warnings) or "none",
                 "preview": dg.MetadataValue.md(_markdown_table(preview)),
+                "duration_s": round(time.monotonic() - started, 2),
             },
         )
 
     @dg.asset(
         key=[prefix, "hf_dataset"],
         ins={"bids_index": dg.AssetIn(key=[prefix, "bids_index"])},
-        description="The typed Hugging Face dataset: Nifti()/List(Nifti()) columns holding file paths.",
+        description="The typed Hugging Face dataset: Nifti()/List(Nifti()) columns holding file paths. "
+        "Materializing it plans the shards and registers one hub_shards partition per shard.",
         kinds={"huggingface", "parquet"},
         required_resource_keys={IO_MANAGER_KEY},
         **common,
     )
     def hf_dataset(context: dg.AssetExecutionContext, bids_index: pa.Table) -> dg.Output[Dataset]:
+        started = time.monotonic()
         ds = dataset_from_index(bids_index)
         plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
         name = shards_def.name
         wanted = plan.keys()
         existing = context.instance.get_dynamic_partitions(name)
-        stale = sorted(set(existing) - set(wanted))
-        for key in stale:
+        for key in sorted(set(existing) - set(wanted)):
             context.instance.delete_dynamic_partition(name, key)
         # their shard files go too: a smaller plan must not leave old shards on disk
-        removed = getattr(context.resources, IO_MANAGER_KEY).delete_partitions(
-            dg.AssetKey([prefix, "hub_shards"]), stale
+        removed = getattr(context.resources, IO_MANAGER_KEY).delete_partitions_except(
+            dg.AssetKey([prefix, "hub_shards"]), wanted
         )
         if removed:
             context.log.info(f"removed {len(removed)} shard file(s) of partitions no longer planned")
         context.instance.add_dynamic_partitions(name, [k for k in wanted if k not in existing])
         return dg.Output(
             ds,
+            data_version=dg.DataVersion(dataset_version(bids_index, plan)),
             metadata={
                 "dagster/row_count": len(ds),
+                "dagster/column_schema": _column_schema(ds.features.arrow_schema, {}),
                 "features": dg.MetadataValue.json(ds.features.to_dict()),
                 "num_shards": plan.num_shards,
                 "shard_sizes": ", ".join(format_size(s) for s in plan.sizes),
+                "duration_s": round(time.monotonic() - started, 2),
             },
         )
 
@@ -124,24 +170,31 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             "hf_dataset": dg.AssetIn(key=[prefix, "hf_dataset"]),
             "bids_index": dg.AssetIn(key=[prefix, "bids_index"]),
         },
+        deps=[bids_files],
         partitions_def=shards_def,
         description="One parquet shard per partition, NIfTI bytes embedded, written row group by row group"
         + (f"; pre-uploaded to {spec.destination} once built." if spec.hub.upload_shards else "."),
         kinds={"parquet"},
         required_resource_keys={IO_MANAGER_KEY, HUB_RESOURCE_KEY},
+        retry_policy=SHARD_RETRY,
         **common,
     )
     def hub_shards(context: dg.AssetExecutionContext, hf_dataset: Dataset, bids_index: pa.Table) -> dg.Output:
+        started = time.monotonic()
+        key = context.partition_key
         plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
-        shard = build_shard(
-            hf_dataset,
-            bids_index,
-            plan,
-            context.partition_key,
-            row_group_bytes=spec.row_group_size,
-            strategy=spec.shard_strategy,
-            compression=spec.compression,
-        )
+        try:
+            shard = build_shard(
+                hf_dataset,
+                bids_index,
+                plan,
+                key,
+                row_group_bytes=spec.row_group_size,
+                strategy=spec.shard_strategy,
+                compression=spec.compression,
+            )
+        except (ValueError, KeyError) as exc:  # bad files, a stale plan: a retry would fail the same way
+            raise dg.Failure(str(exc).strip("'\""), allow_retries=False) from exc
         for warning in shard.warnings:
             context.log.warning(warning)
         value: object = shard
@@ -151,19 +204,20 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             destination = hf_hub.destination(spec, progress=context.log.info)
             assert isinstance(destination, HubRepo)
             # store the file now, so its bytes can go to the Hub before the run ends
-            value = getattr(context.resources, IO_MANAGER_KEY).store_shard(
-                context.asset_key, context.partition_key, shard
-            )
+            value = getattr(context.resources, IO_MANAGER_KEY).store_shard(context.asset_key, key, shard)
             try:
-                sent = destination.preupload_shard(
-                    value.path, shard_index(context.partition_key), plan.num_shards
-                )
+                sent = destination.preupload_shard(value.path, shard_index(key), plan.num_shards)
             except (DestinationError, HubTransientError) as exc:  # the upload sends it later anyway
                 context.log.warning(f"pre-upload to {destination.url} failed; hub_upload will send it: {exc}")
                 sent = 0
             uploaded = {"hub_bytes_sent": sent, "hub_repo": dg.MetadataValue.url(destination.repo_url)}
+        files_per_column: dict[str, int] = {}
+        for row in shard.rows.files:
+            for f in row:
+                files_per_column[f["column"]] = files_per_column.get(f["column"], 0) + 1
         return dg.Output(
             value,
+            data_version=dg.DataVersion(shard_versions(bids_index, plan)[key]),
             metadata=uploaded
             | {
                 "dagster/row_count": shard.num_rows,
@@ -171,8 +225,10 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 "first_row": shard.rows.labels[0],
                 "last_row": shard.rows.labels[-1],
                 "files": shard.rows.num_files,
+                "files_per_column": files_per_column,
                 "nifti_bytes": shard.nbytes,
                 "warnings": "\n".join(shard.warnings) or "none",
+                "duration_s": round(time.monotonic() - started, 2),
             },
         )
 
@@ -182,11 +238,20 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             "hub_shards": dg.AssetIn(key=[prefix, "hub_shards"]),
             "bids_index": dg.AssetIn(key=[prefix, "bids_index"]),
         },
-        description=f"The published dataset at {spec.destination or '(no destination set)'}, verified by sha256.",
+        description=f"The published dataset at {destination_text}, verified by sha256.",
         kinds={"huggingface"},
         group_name=spec.name,
+        owners=list(spec.owners),
         pool=HUB_POOL,  # two uploads never commit to the Hub at once
         retry_policy=UPLOAD_RETRY,
+        check_specs=[
+            dg.AssetCheckSpec(
+                "published_copy_verifies",
+                asset=dg.AssetKey([prefix, "hub_upload"]),
+                blocking=True,
+                description="Every published file matches its source by sha256 (see `verify`).",
+            )
+        ],
     )
     def hub_upload(
         context: dg.AssetExecutionContext,
@@ -206,14 +271,13 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         else:
             report = destination.verify(bids_index)
         context.log.info(report.summary())
-        if not report.ok:
-            raise dg.Failure(
-                f"published copy at {destination.url} does not verify: {report.summary()}",
-                allow_retries=False,
-            )
         hub = isinstance(destination, HubRepo)
         commits = "\n".join(f"- {url}" for url in result.commit_urls) or "no commit: nothing had changed"
+        card = str(result.card)
         return dg.MaterializeResult(
+            data_version=dg.DataVersion(
+                publication_version(shard_versions(bids_index, plan), spec.destination or "")
+            ),
             metadata={
                 "destination": dg.MetadataValue.url(destination.url)
                 if hub
@@ -228,13 +292,28 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 "verification": report.summary(),
                 "duration_s": round(time.monotonic() - started, 2),
                 "columns": ", ".join(IndexInfo.of(bids_index).columns),
+                "card": dg.MetadataValue.md(
+                    card if len(card) <= CARD_PREVIEW_CHARS else card[:CARD_PREVIEW_CHARS] + "\n\n…"
+                ),
             }
             | (
                 {"commits": dg.MetadataValue.md(commits), "num_commits": len(result.commit_urls)}
                 | ({"pull_request": dg.MetadataValue.url(result.pr_url)} if result.pr_url else {})
                 if hub
                 else {}
-            )
+            ),
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="published_copy_verifies",
+                    passed=report.ok,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    metadata={
+                        "files_checked": report.files_checked,
+                        "bytes_checked": report.bytes_checked,
+                        "summary": report.summary(),
+                    },
+                )
+            ],
         )
 
-    return [bids_index, hf_dataset, hub_shards, hub_upload]
+    return [bids_files, bids_index, hf_dataset, hub_shards, hub_upload]

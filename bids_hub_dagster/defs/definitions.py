@@ -1,4 +1,4 @@
-"""Definitions for a list of dataset specs: assets, jobs and the parquet IO manager."""
+"""Definitions for a list of dataset specs: assets, checks, jobs, schedules, sensors and resources."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import dagster as dg
 
 from ..spec import DatasetSpec
 from .assets import IO_MANAGER_KEY, build_dataset_assets
+from .automation import build_automation
+from .checks import build_shard_checks
 from .io_managers import BidsHubParquetIOManager, default_storage_dir
 from .resources import HUB_RESOURCE_KEY, hub_resource
 
@@ -29,14 +31,19 @@ def job_names(spec: DatasetSpec) -> JobNames:
 
 
 def build_definitions(specs: Sequence[DatasetSpec], storage_dir: str | None = None) -> dg.Definitions:
-    """One asset group and three jobs per spec, sharing one parquet IO manager and the Hub resource."""
-    assets: list[dg.AssetsDefinition] = []
+    """Per spec: an asset group, its checks, three jobs, a schedule and two sensors; shared resources."""
+    assets: list = []
+    checks: list[dg.AssetChecksDefinition] = []
     jobs = []
+    sensors: list[dg.SensorDefinition] = []
+    schedules: list[dg.ScheduleDefinition] = []
     for spec in specs:
-        index, dataset, shards, upload = build_dataset_assets(spec)
-        assets += [index, dataset, shards, upload]
+        files, index, dataset, shards, upload = build_dataset_assets(spec)
+        nifti, row_count, coverage = build_shard_checks(spec, shards)
+        assets += [files, index, dataset, shards, upload]
+        checks += [nifti, row_count, coverage]
         names = job_names(spec)
-        jobs += [
+        dataset_jobs = [
             dg.define_asset_job(
                 names.prepare,
                 selection=dg.AssetSelection.assets(index, dataset),
@@ -44,19 +51,27 @@ def build_definitions(specs: Sequence[DatasetSpec], storage_dir: str | None = No
             ),
             dg.define_asset_job(
                 names.shards,
-                selection=dg.AssetSelection.assets(shards),
+                selection=dg.AssetSelection.assets(shards).without_checks()
+                | dg.AssetSelection.checks(nifti, row_count),
                 partitions_def=shards.partitions_def,
-                description="Build one shard partition (embed its NIfTI bytes).",
+                description="Build one shard partition (embed its NIfTI bytes), then check it.",
             ),
             dg.define_asset_job(
                 names.upload,
-                selection=dg.AssetSelection.assets(upload),
-                description="Publish every shard and the card, then verify the published copy.",
+                selection=dg.AssetSelection.assets(upload) | dg.AssetSelection.checks(coverage),
+                description="Check that the shards hold every row once, publish them and the card, verify.",
             ),
         ]
+        jobs += dataset_jobs
+        dataset_sensors, dataset_schedules = build_automation(spec, dataset_jobs)
+        sensors += dataset_sensors
+        schedules += dataset_schedules
     return dg.Definitions(
         assets=assets,
+        asset_checks=checks,
         jobs=jobs,
+        sensors=sensors,
+        schedules=schedules,
         resources={
             IO_MANAGER_KEY: BidsHubParquetIOManager(base_dir=storage_dir or default_storage_dir()),
             HUB_RESOURCE_KEY: hub_resource(),

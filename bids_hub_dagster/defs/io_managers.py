@@ -42,13 +42,22 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         folder = Path(self.base_dir, *prefix)
         return folder / name / f"{partition}.parquet" if partition else folder / f"{name}.parquet"
 
-    def delete_partitions(self, key: dg.AssetKey, partitions: list[str]) -> list[Path]:
-        """Remove the stored files of partitions that left the plan; returns those removed."""
+    def asset_path(self, key: dg.AssetKey) -> Path:
+        """Where an unpartitioned asset (the index, the dataset) is stored."""
+        return self._path(key)
+
+    def partition_path(self, key: dg.AssetKey, partition: str) -> Path:
+        """Where the file of one partition (a shard) is stored."""
+        return self._path(key, partition)
+
+    def delete_partitions_except(self, key: dg.AssetKey, keep: list[str]) -> list[Path]:
+        """Remove the stored files of every partition not in ``keep`` (a plan that shrank); returns them."""
+        folder = self._path(key, "x").parent
+        kept = {f"{k}.parquet" for k in keep}
         removed = []
-        for partition in partitions:
-            path = self._path(key, partition)
-            sidecar_path(path).unlink(missing_ok=True)
-            if path.is_file():
+        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+            if path.name not in kept:
+                sidecar_path(path).unlink(missing_ok=True)
                 path.unlink()
                 removed.append(path)
         return removed

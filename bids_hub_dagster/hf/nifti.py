@@ -160,3 +160,24 @@ def inspect_nifti(path: Path | str) -> NiftiInfo:
     if compressed:
         _check_gzip_complete(path, data_end, version)
     return NiftiInfo(size=size, version=version)
+
+
+def nifti_bytes_problem(data: bytes | None, name: str) -> str | None:
+    """What is wrong with an embedded NIfTI cell (missing, empty, no NIfTI-1/2 header), or None.
+
+    A cheap check of the bytes as they sit in a shard: the header is read (after gunzip
+    for ``.gz`` names); the voxel data is not decoded.
+    """
+    if data is None:
+        return "no bytes embedded"
+    if not data:
+        return "zero-byte cell"
+    header = data[:544]
+    if name.lower().endswith(".gz"):
+        try:
+            header = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:65536], 544)
+        except zlib.error as exc:
+            return f"not a valid gzip stream ({exc})"
+    if _expected_data_end(header) is None:
+        return "not a NIfTI-1/2 image (no valid header)"
+    return None

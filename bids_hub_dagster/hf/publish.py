@@ -33,7 +33,12 @@ def parse_destination(
     """
     if is_hub_url(value):
         return HubRepo.from_url(
-            value, hub or HubOptions(), token=token, endpoint=endpoint, backoff=backoff or Backoff(), progress=progress
+            value,
+            hub or HubOptions(),
+            token=token,
+            endpoint=endpoint,
+            backoff=backoff or Backoff(),
+            progress=progress,
         )
     if "://" in value:
         raise DestinationError(f"{value}: destinations are a local folder or hf://datasets/ORG/NAME.")

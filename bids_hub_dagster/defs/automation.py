@@ -1,0 +1,192 @@
+"""Keeping a published dataset current: a schedule, a watch sensor and a chaining sensor per dataset.
+
+All three ask ``hf.refresh.plan_refresh`` what the next step is — re-index, rebuild the
+stale shards, or publish — and request the runs for it:
+
+- ``<name>_watch`` scans the BIDS folder every ``watch_interval`` seconds (cursor: the
+  index fingerprint). When files changed it records a data version per shard on
+  ``bids_files`` (so the UI marks exactly those shards stale), adds or removes shard
+  partitions when the plan changed, and requests the next step.
+- ``<name>_refresh`` does the same on a cron (weekly by default); stopped by default.
+- ``<name>_refresh_chain`` continues a refresh started by either of them: when one of
+  its runs succeeds, it requests the following step, until the dataset is published.
+
+Runs carry a run key made of the step and the versions it builds, so a step is never
+requested twice for the same data: a shard that failed on a bad file is requested again
+only once its files change.
+"""
+
+import dagster as dg
+
+from ..bids.errors import BidsError
+from ..hf.refresh import BuiltState, RefreshPlan, plan_refresh
+from ..hf.shards import plan_for_index
+from ..hf.tables import index_to_table
+from ..spec import DatasetSpec
+from .assets import shard_partitions_name
+
+REFRESH_TAG = "bids_hub/refresh"  # on the runs a refresh requests: how it was started
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+def _key(spec: DatasetSpec, name: str) -> dg.AssetKey:
+    return dg.AssetKey([spec.name, name])
+
+
+def _data_version(event: dg.EventLogEntry | None) -> str | None:
+    if event is None or event.asset_materialization is None:
+        return None
+    return event.asset_materialization.tags.get(DATA_VERSION_TAG)
+
+
+def read_built_state(instance: dg.DagsterInstance, spec: DatasetSpec) -> BuiltState:
+    """What the instance's last materializations of this dataset recorded."""
+    index_event = instance.get_latest_materialization_event(_key(spec, "bids_index"))
+    fingerprint = None
+    if index_event is not None and index_event.asset_materialization is not None:
+        value = index_event.asset_materialization.metadata.get("index_fingerprint")
+        fingerprint = value.value if value is not None else None
+    partitions = instance.get_dynamic_partitions(shard_partitions_name(spec))
+    versions: dict[str, str] = {}
+    if partitions:
+        cursor = None
+        while len(versions) < len(partitions):  # newest first: the first record of a partition is its latest
+            page = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=_key(spec, "hub_shards"), asset_partitions=partitions),
+                limit=1000,
+                cursor=cursor,
+            )
+            for record in page.records:
+                key = record.partition_key
+                if key is not None and key not in versions:
+                    versions[key] = _data_version(record.event_log_entry) or ""
+            if not page.has_more:
+                break
+            cursor = page.cursor
+    upload = instance.get_latest_materialization_event(_key(spec, "hub_upload"))
+    return BuiltState(fingerprint, partitions, versions, _data_version(upload))
+
+
+def next_step(spec: DatasetSpec, instance: dg.DagsterInstance) -> RefreshPlan:
+    """Index the BIDS folder now and compare with what was built."""
+    table = index_to_table(spec.build_index())
+    plan = plan_for_index(table, spec.max_shard_size, spec.num_shards)
+    return plan_refresh(table, plan, spec.destination, read_built_state(instance, spec))
+
+
+def run_requests(
+    spec: DatasetSpec, refresh: RefreshPlan, started_by: str, reindex: bool = True
+) -> list[dg.RunRequest]:
+    """The runs of the next step; run keys name the step and the versions it builds."""
+    tags = {REFRESH_TAG: started_by}
+    if refresh.reindex:
+        if not reindex:
+            return []
+        return [
+            dg.RunRequest(
+                run_key=f"prepare:{refresh.fingerprint}", job_name=f"{spec.name}_prepare", tags=tags
+            )
+        ]
+    if refresh.stale_shards:
+        return [
+            dg.RunRequest(
+                run_key=f"{key}:{refresh.shard_versions[key]}",
+                job_name=f"{spec.name}_shards",
+                partition_key=key,
+                tags=tags,
+            )
+            for key in refresh.stale_shards
+        ]
+    if refresh.publish:
+        return [
+            dg.RunRequest(run_key=f"upload:{refresh.publication}", job_name=f"{spec.name}_upload", tags=tags)
+        ]
+    return []
+
+
+def build_automation(
+    spec: DatasetSpec, jobs: list
+) -> tuple[list[dg.SensorDefinition], list[dg.ScheduleDefinition]]:
+    """The watch sensor, the chaining sensor and the refresh schedule of one dataset."""
+    prepare, shards, upload = jobs
+    partitions = shard_partitions_name(spec)
+    bids_files = _key(spec, "bids_files")
+
+    @dg.sensor(
+        name=f"{spec.name}_watch",
+        jobs=jobs,
+        minimum_interval_seconds=spec.watch_interval,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Scans {spec.bids_root} for new, changed or removed files and requests the runs that "
+        "bring the published dataset up to date (re-index, stale shards only, publish).",
+    )
+    def watch(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        try:
+            refresh = next_step(spec, context.instance)
+        except (BidsError, OSError) as exc:
+            return dg.SkipReason(f"cannot index {spec.bids_root}: {exc}")
+        changed = refresh.fingerprint != context.cursor
+        requests = []
+        if refresh.add_partitions:
+            requests.append(dg.AddDynamicPartitionsRequest(partitions, refresh.add_partitions))
+        if refresh.remove_partitions:
+            requests.append(dg.DeleteDynamicPartitionsRequest(partitions, refresh.remove_partitions))
+        known = set(context.instance.get_dynamic_partitions(partitions)) - set(refresh.remove_partitions)
+        observations = [
+            dg.AssetObservation(asset_key=bids_files, partition=key, tags={DATA_VERSION_TAG: version})
+            for key, version in refresh.shard_versions.items()
+            if changed and key in known
+        ]
+        runs = run_requests(spec, refresh, "watch")
+        if not (runs or requests or observations):
+            return dg.SkipReason(f"{spec.name}: {refresh.summary()}")
+        context.log.info(f"{spec.name}: {refresh.summary()}")
+        return dg.SensorResult(
+            run_requests=runs,
+            dynamic_partitions_requests=requests,
+            asset_events=observations,
+            cursor=refresh.fingerprint,
+        )
+
+    @dg.run_status_sensor(
+        name=f"{spec.name}_refresh_chain",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[prepare, shards],
+        request_jobs=[shards, upload],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="When a run started by the watch sensor or the refresh schedule succeeds, requests "
+        "the next step (stale shards after the index, the upload after the last shard).",
+    )
+    def refresh_chain(context: dg.RunStatusSensorContext):
+        started_by = context.dagster_run.tags.get(REFRESH_TAG)
+        if started_by is None:
+            return dg.SkipReason("not a run of a refresh")
+        try:
+            refresh = next_step(spec, context.instance)
+        except (BidsError, OSError) as exc:
+            return dg.SkipReason(f"cannot index {spec.bids_root}: {exc}")
+        # never re-index from here: a folder that keeps changing is the watch sensor's to follow
+        return run_requests(spec, refresh, started_by, reindex=False) or dg.SkipReason(refresh.summary())
+
+    @dg.schedule(
+        name=f"{spec.name}_refresh",
+        cron_schedule=spec.schedule,
+        job=prepare,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Re-indexes {spec.bids_root} ({spec.schedule}); the refresh chain then rebuilds only "
+        "the stale shards and uploads.",
+    )
+    def refresh_schedule(context: dg.ScheduleEvaluationContext):
+        try:
+            refresh = next_step(spec, context.instance)
+        except (BidsError, OSError) as exc:
+            return dg.SkipReason(f"cannot index {spec.bids_root}: {exc}")
+        if refresh.up_to_date:
+            return dg.SkipReason(f"{spec.name}: up to date")
+        # the schedule starts with the index (current or not: it is cheap); the chain takes it from there
+        return dg.RunRequest(
+            run_key=f"{context.scheduled_execution_time}:{refresh.fingerprint}",
+            tags={REFRESH_TAG: "schedule"},
+        )
+
+    return [watch, refresh_chain], [refresh_schedule]

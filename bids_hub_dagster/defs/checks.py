@@ -1,0 +1,89 @@
+"""Asset checks of the shards, read back from the stored files (see ``hf.audit``).
+
+Per shard partition (run with each shard, blocking): the NIfTI cells hold NIfTI bytes,
+and the shard holds exactly its planned rows. Over all shards (run by the upload job
+before ``hub_upload``, blocking, so a failure stops the upload): every row of the
+dataset is in exactly one shard. The published copy's check lives on ``hub_upload``.
+"""
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from ..hf.audit import audit_shard_file, coverage_problems, row_count_problems
+from ..hf.shards import plan_for_index
+from ..spec import DatasetSpec
+from .assets import IO_MANAGER_KEY
+
+
+def _result(problems: list[str], **metadata: object) -> dg.AssetCheckResult:
+    shown = "\n".join(f"- {p}" for p in problems[:50]) + (
+        f"\n- … {len(problems) - 50} more" if len(problems) > 50 else ""
+    )
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={**metadata, "problems": dg.MetadataValue.md(shown or "none")},
+    )
+
+
+def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
+    """The checks of one dataset's ``hub_shards``: two per partition, one over all of them."""
+    key = shards.key
+    index_key = dg.AssetKey([spec.name, "bids_index"])
+
+    def stored(context: dg.AssetCheckExecutionContext):
+        return getattr(context.resources, IO_MANAGER_KEY)
+
+    def index_table(context: dg.AssetCheckExecutionContext):
+        return pq.read_table(stored(context).asset_path(index_key))
+
+    @dg.asset_check(
+        asset=key,
+        name="shard_files_are_nifti",
+        partitions_def=shards.partitions_def,
+        blocking=True,
+        required_resource_keys={IO_MANAGER_KEY},
+        description="Every NIfTI cell of the shard holds bytes with a NIfTI-1/2 header: "
+        "no zero-byte, missing or foreign (HTML, text) file.",
+    )
+    def shard_files_are_nifti(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        audit = audit_shard_file(stored(context).partition_path(key, context.partition_key))
+        return _result(audit.problems, cells_checked=audit.cells, rows=audit.num_rows)
+
+    @dg.asset_check(
+        asset=key,
+        name="shard_row_count_matches_plan",
+        partitions_def=shards.partitions_def,
+        blocking=True,
+        required_resource_keys={IO_MANAGER_KEY},
+        description="The shard holds exactly the rows the current plan gives it.",
+    )
+    def shard_row_count_matches_plan(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        table = index_table(context)
+        plan = plan_for_index(table, spec.max_shard_size, spec.num_shards)
+        audit = audit_shard_file(
+            stored(context).partition_path(key, context.partition_key), check_cells=False
+        )
+        problems = audit.problems or row_count_problems(
+            audit, context.partition_key, plan.range_of(context.partition_key)
+        )
+        return _result(problems, rows=audit.num_rows)
+
+    @dg.asset_check(
+        asset=key,
+        name="shards_hold_every_row_once",
+        blocking=True,
+        required_resource_keys={IO_MANAGER_KEY},
+        description="Taken together, the shards of the current plan hold every row of the dataset exactly once.",
+    )
+    def shards_hold_every_row_once(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        table = index_table(context)
+        plan = plan_for_index(table, spec.max_shard_size, spec.num_shards)
+        audits = {
+            k: audit_shard_file(stored(context).partition_path(key, k), check_cells=False)
+            for k in plan.keys()
+        }
+        problems = coverage_problems(audits, table.num_rows, dict(zip(plan.keys(), plan.ranges, strict=True)))
+        return _result(problems, rows=table.num_rows, shards=plan.num_shards)
+
+    return [shard_files_are_nifti, shard_row_count_matches_plan, shards_hold_every_row_once]

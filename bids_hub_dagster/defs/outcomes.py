@@ -1,0 +1,41 @@
+"""What a failed run says to a user: its step errors and the problems of its failed checks."""
+
+from collections.abc import Iterable
+
+import dagster as dg
+
+
+def failed_check_problems(events: Iterable[dg.DagsterEvent]) -> list[str]:
+    """``check: problem`` lines of every failed asset check among ``events``."""
+    lines = []
+    for event in events:
+        if event.event_type != dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            continue
+        evaluation = event.event_specific_data
+        if evaluation.passed:
+            continue
+        problems = evaluation.metadata.get("problems")
+        text = problems.value if problems is not None else "failed"
+        for line in str(text).splitlines():
+            lines.append(f"{evaluation.check_name}: {line.removeprefix('- ')}")
+    return lines
+
+
+def failure_message(events: Iterable[dg.DagsterEvent]) -> str:
+    """The user's errors of a failed run: the innermost cause of each failed step, then failed checks."""
+    events = list(events)
+    messages = []
+    for event in events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None and error.cause is not None:
+                error = error.cause
+            if error is None or error.cls_name == "DagsterAssetCheckFailedError":
+                continue  # said better by the checks' own problems, below
+            message = error.message.strip()
+            head, sep, rest = message.partition(": ")
+            if sep and error.cls_name and head.rsplit(".", 1)[-1] == error.cls_name:
+                message = rest  # "pkg.mod.ShardFilesError: shard-00001: …" → "shard-00001: …"
+            messages.append(message)
+    messages += failed_check_problems(events)
+    return "\n".join(messages) or "the run failed (see the Dagster UI for its logs)"

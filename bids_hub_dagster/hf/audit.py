@@ -1,0 +1,121 @@
+"""Checks of built shard files, read back from disk: what Dagster's asset checks run.
+
+- every NIfTI cell holds bytes with a NIfTI-1/2 header (no zero-byte or foreign file);
+- a shard holds exactly the rows its plan gives it;
+- the shards together hold every row of the dataset exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from datasets import Features, List, Nifti
+
+from .nifti import nifti_bytes_problem
+from .shards import read_shard_record
+
+_BATCH_ROWS = 8  # rows read at a time: a row can hold hundreds of MB of images
+
+
+@dataclass
+class ShardAudit:
+    path: Path
+    num_rows: int = 0
+    cells: int = 0  # NIfTI cells looked at
+    record: dict | None = None  # key, start, stop, fingerprint written with the shard
+    problems: list[str] = field(default_factory=list)
+
+
+def _nifti_columns(features: Features) -> dict[str, bool]:
+    """NIfTI columns of a dataset: name -> many (a list of images)."""
+    out = {}
+    for name, feature in features.items():
+        if isinstance(feature, Nifti):
+            out[name] = False
+        elif isinstance(feature, List) and isinstance(feature.feature, Nifti):
+            out[name] = True
+    return out
+
+
+def audit_shard_file(path: Path | str, check_cells: bool = True) -> ShardAudit:
+    """Read a shard file back and list what is wrong with it (empty list: nothing)."""
+    audit = ShardAudit(Path(path))
+    if not audit.path.is_file():
+        audit.problems.append(f"{audit.path} does not exist")
+        return audit
+    parquet = pq.ParquetFile(audit.path)
+    audit.num_rows = parquet.metadata.num_rows
+    audit.record = read_shard_record(parquet.schema_arrow)
+    if audit.record is None:
+        audit.problems.append(f"{audit.path.name} has no shard record: it was not written by this tool")
+    if not check_cells:
+        return audit
+    columns = _nifti_columns(Features.from_arrow_schema(parquet.schema_arrow))
+    row = 0
+    for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=list(columns)):
+        for values in zip(*(batch.column(c).to_pylist() for c in columns), strict=True):
+            for (name, many), value in zip(columns.items(), values, strict=True):
+                cells = (value or []) if many else ([] if value is None else [value])
+                for cell in cells:
+                    audit.cells += 1
+                    label = cell.get("path") or "?"
+                    problem = nifti_bytes_problem(cell.get("bytes"), label)
+                    if problem:
+                        audit.problems.append(f"row {row} {name}: {label}: {problem}")
+            row += 1
+    return audit
+
+
+def row_count_problems(audit: ShardAudit, key: str, planned: tuple[int, int]) -> list[str]:
+    """A shard must hold exactly the planned rows ``[start, stop)``, as its record says too."""
+    start, stop = planned
+    problems = []
+    if audit.num_rows != stop - start:
+        problems.append(
+            f"{key} holds {audit.num_rows} rows; the plan gives it {stop - start} (rows {start}–{stop - 1})"
+        )
+    if audit.record and (audit.record.get("start"), audit.record.get("stop")) != (start, stop):
+        problems.append(
+            f"{key} was built for rows {audit.record.get('start')}–{audit.record.get('stop', 0) - 1}; "
+            f"the plan now gives it rows {start}–{stop - 1}: rebuild it"
+        )
+    return problems
+
+
+def coverage_problems(
+    audits: Mapping[str, ShardAudit], num_rows: int, planned: Mapping[str, tuple[int, int]]
+) -> list[str]:
+    """Every row ``0 … num_rows-1`` in exactly one shard, each shard holding its ``planned`` rows."""
+    problems = []
+    owner: list[list[str]] = [[] for _ in range(num_rows)]
+    for key, audit in sorted(audits.items()):
+        if audit.record is None:
+            what = "not built yet" if not audit.path.is_file() else "not a shard of this tool (no record)"
+            problems.append(f"{key}: {what}; materialize this hub_shards partition")
+            continue
+        start, stop = audit.record["start"], audit.record["stop"]
+        if key in planned and (start, stop) != planned[key]:
+            want = planned[key]
+            problems.append(
+                f"{key}: built for rows {start}–{stop - 1}, the plan now gives it rows {want[0]}–{want[1] - 1}; "
+                "materialize this hub_shards partition again"
+            )
+        if stop - start != audit.num_rows:
+            problems.append(f"{key}: records rows {start}–{stop - 1} but holds {audit.num_rows}")
+        for i in range(max(start, 0), min(stop, num_rows)):
+            owner[i].append(key)
+        if stop > num_rows:
+            problems.append(
+                f"{key}: rows {max(start, num_rows)}–{stop - 1} are beyond the dataset's {num_rows}"
+            )
+    missing = [i for i, keys in enumerate(owner) if not keys]
+    twice = [(i, keys) for i, keys in enumerate(owner) if len(keys) > 1]
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" …" if len(missing) > 20 else "")
+        problems.append(f"{len(missing)} row(s) in no shard: {shown}")
+    for i, keys in twice[:20]:
+        problems.append(f"row {i} is in {len(keys)} shards: {', '.join(keys)}")
+    return problems

@@ -1,0 +1,75 @@
+"""Data versions: what each stage of a dataset was built from, as short stable hashes.
+
+Dagster compares these to tell what is stale, and the refresh logic compares them to
+decide what to rebuild:
+
+- the *layout* of an index: rows, files per column, entities, sidecars, phenotype —
+  everything except file sizes and mtimes. It changes when a file is added, removed or
+  renamed, or when metadata changes; it is the data version of ``bids_index`` and (with
+  the shard plan) of ``hf_dataset``, so that editing one file does not make every shard
+  look stale;
+- each *shard*: the layout of its rows and its files' sizes and mtimes; the data
+  version of a ``hub_shards`` partition;
+- the *fingerprint* of the whole index: layout and every file's size and mtime; it
+  changes whenever anything the dataset is built from changes;
+- a *publication*: the shard versions in order, plus the destination.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+
+import pyarrow as pa
+
+from .shards import ShardPlan, shard_rows
+from .tables import FILES_COLUMN
+
+_STATS = ("size", "mtime_ns")
+
+
+def _digest(*parts: object) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def layout_version(index_table: pa.Table) -> str:
+    """The index without file sizes and mtimes (see the module docstring)."""
+    rows = index_table.drop_columns([FILES_COLUMN]).to_pylist()
+    files = [
+        [{k: v for k, v in f.items() if k not in _STATS} for f in row]
+        for row in index_table.column(FILES_COLUMN).to_pylist()
+    ]
+    meta = (index_table.schema.metadata or {}).items()
+    return _digest(rows, files, sorted((k.decode(), v.decode()) for k, v in meta))
+
+
+def index_fingerprint(index_table: pa.Table) -> str:
+    """The layout and every file's size and mtime: changes whenever a source changes."""
+    stats = [[[f[k] for k in _STATS] for f in row] for row in index_table.column(FILES_COLUMN).to_pylist()]
+    return _digest(layout_version(index_table), stats)
+
+
+def dataset_version(index_table: pa.Table, plan: ShardPlan) -> str:
+    """The typed dataset and its shard plan: the layout and the planned row ranges."""
+    return _digest(layout_version(index_table), plan.ranges)
+
+
+def shard_versions(index_table: pa.Table, plan: ShardPlan) -> dict[str, str]:
+    """``{partition key: data version}`` of every planned shard."""
+    return {
+        key: _digest(
+            shard_rows(index_table, start, stop).fingerprint(),
+            layout_version(index_table.slice(start, stop - start)),
+        )
+        for key, (start, stop) in zip(plan.keys(), plan.ranges, strict=True)
+    }
+
+
+def publication_version(shards: Mapping[str, str], destination: str) -> str:
+    """What a publication holds: the shard versions in order, and where it went."""
+    return _digest(sorted(shards.items()), destination)
