@@ -39,6 +39,7 @@ UPLOAD_RETRY = dg.RetryPolicy(
 # files fail for good (dg.Failure without retries)
 SHARD_RETRY = dg.RetryPolicy(max_retries=1, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 CARD_PREVIEW_CHARS = 4000
+DATA_VERSION_TAG = "dagster/data_version"
 
 
 def shard_partitions_name(spec: DatasetSpec) -> str:
@@ -151,6 +152,12 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         if removed:
             context.log.info(f"removed {len(removed)} shard file(s) of partitions no longer planned")
         context.instance.add_dynamic_partitions(name, [k for k in wanted if k not in existing])
+        # the source files of each shard as indexed now: shards built next record these versions, and
+        # the UI marks a shard stale when a later observation (the watch sensor) differs
+        for key, version in shard_versions(bids_index, plan).items():
+            context.log_event(
+                dg.AssetObservation(asset_key=bids_files.key, partition=key, tags={DATA_VERSION_TAG: version})
+            )
         return dg.Output(
             ds,
             data_version=dg.DataVersion(dataset_version(bids_index, plan)),
@@ -183,6 +190,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         started = time.monotonic()
         key = context.partition_key
         plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
+        version = shard_versions(bids_index, plan)[key]
         try:
             shard = build_shard(
                 hf_dataset,
@@ -217,7 +225,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 files_per_column[f["column"]] = files_per_column.get(f["column"], 0) + 1
         return dg.Output(
             value,
-            data_version=dg.DataVersion(shard_versions(bids_index, plan)[key]),
+            data_version=dg.DataVersion(version),
             metadata=uploaded
             | {
                 "dagster/row_count": shard.num_rows,

@@ -23,10 +23,9 @@ from ..hf.refresh import BuiltState, RefreshPlan, plan_refresh
 from ..hf.shards import plan_for_index
 from ..hf.tables import index_to_table
 from ..spec import DatasetSpec
-from .assets import shard_partitions_name
+from .assets import DATA_VERSION_TAG, shard_partitions_name
 
 REFRESH_TAG = "bids_hub/refresh"  # on the runs a refresh requests: how it was started
-DATA_VERSION_TAG = "dagster/data_version"
 
 
 def _key(spec: DatasetSpec, name: str) -> dg.AssetKey:

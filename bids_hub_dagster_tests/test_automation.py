@@ -1,0 +1,227 @@
+"""Keeping the dataset current: data versions, staleness, the watch sensor, the chain sensor, the schedule."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+
+from bids_hub_dagster.defs import build_definitions, job_names
+from bids_hub_dagster.defs.automation import REFRESH_TAG, read_built_state
+from bids_hub_dagster.hf.refresh import plan_refresh
+from bids_hub_dagster.hf.shards import plan_for_index
+from bids_hub_dagster.hf.tables import index_to_table
+from bids_hub_dagster_tests.conftest import materialize_all
+
+CHANGED = "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii"  # a file of one row of the demo
+
+
+class Pipeline:
+    """The demo dataset (4 shards, one row each) on one instance, with its sensors and schedule."""
+
+    def __init__(self, spec, storage, instance: dg.DagsterInstance) -> None:
+        self.spec, self.storage, self.instance = spec, storage, instance
+        self.defs = build_definitions([spec], storage_dir=str(storage))
+        self.jobs = job_names(spec)
+
+    def run(self, job: str, partition_key: str | None = None, tags: dict | None = None):
+        result = self.defs.resolve_job_def(job).execute_in_process(
+            instance=self.instance, partition_key=partition_key, tags=tags
+        )
+        assert result.success
+        return result
+
+    def sensor(self, name: str = "watch", cursor: str | None = None):
+        sensor = self.defs.resolve_sensor_def(f"{self.spec.name}_{name}")
+        context = dg.build_sensor_context(instance=self.instance, cursor=cursor, definitions=self.defs)
+        return sensor(context)
+
+    def perform(self, requests: list[dg.RunRequest]) -> list[str]:
+        """Execute the requested runs, in order; returns their job names (with partition keys)."""
+        done = []
+        for request in requests:
+            self.run(request.job_name, request.partition_key, request.tags)
+            done.append(request.job_name + (f"[{request.partition_key}]" if request.partition_key else ""))
+        return done
+
+    def stale(self) -> dict[str, StaleStatus]:
+        # what the UI's staleStatus reads (an internal API: the public one is GraphQL, see test_ui_backfill)
+        resolver = CachingStaleStatusResolver(
+            self.instance, self.defs.resolve_asset_graph(), LoadingContextForTest(self.instance)
+        )
+        key = dg.AssetKey([self.spec.name, "hub_shards"])
+        return {p: resolver.get_status(key, p) for p in self.instance.get_dynamic_partitions("demo_shards")}
+
+
+@pytest.fixture
+def pipeline(demo_spec, tmp_path):
+    spec = demo_spec.with_overrides(num_shards=4)
+    with dg.instance_for_test() as instance:
+        materialize_all(spec, tmp_path / "storage", instance)
+        yield Pipeline(spec, tmp_path / "storage", instance)
+
+
+def touch(path) -> None:
+    """Rewrite a file with the same bytes: only its mtime changes (a re-copied file)."""
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+def changed_shard(pipeline: Pipeline) -> str:
+    table = index_to_table(pipeline.spec.build_index())
+    sessions = list(
+        zip(table.column("subject_id").to_pylist(), table.column("session_id").to_pylist(), strict=True)
+    )
+    return f"shard-{sessions.index(('sub-02', 'ses-1')):05d}"
+
+
+def test_everything_built_is_up_to_date(pipeline):
+    state = read_built_state(pipeline.instance, pipeline.spec)
+    table = index_to_table(pipeline.spec.build_index())
+    plan = plan_for_index(table, pipeline.spec.max_shard_size, pipeline.spec.num_shards)
+    refresh = plan_refresh(table, plan, pipeline.spec.destination, state)
+    assert refresh.up_to_date, refresh.summary()
+    assert sorted(state.shard_versions) == plan.keys() and all(state.shard_versions.values())
+    result = pipeline.sensor(cursor=refresh.fingerprint)
+    assert isinstance(result, dg.SkipReason) and "up to date" in result.skip_message
+
+
+def test_a_changed_file_rebuilds_only_its_shard_then_publishes(pipeline):
+    first = pipeline.sensor()  # no cursor yet: records the shards' versions, nothing to run
+    assert first.run_requests == [] and len(first.asset_events) == 4
+    touch(pipeline.spec.bids_root / CHANGED)
+    shard = changed_shard(pipeline)
+
+    # the watch sensor sees the change: it re-indexes first and marks exactly that shard stale
+    step1 = pipeline.sensor(cursor=first.cursor)
+    assert [r.job_name for r in step1.run_requests] == ["demo_prepare"]
+    for event in step1.asset_events:
+        pipeline.instance.report_runless_asset_event(event)
+    stale = pipeline.stale()
+    assert {p for p, s in stale.items() if s == StaleStatus.STALE} == {shard}
+    assert pipeline.perform(step1.run_requests) == ["demo_prepare"]
+    # re-indexing changed no layout: the other shards stay fresh
+    assert {p for p, s in pipeline.stale().items() if s == StaleStatus.STALE} == {shard}
+
+    step2 = pipeline.sensor(cursor=step1.cursor)
+    assert pipeline.perform(step2.run_requests) == [f"demo_shards[{shard}]"]
+    assert all(s == StaleStatus.FRESH for s in pipeline.stale().values())
+    step3 = pipeline.sensor(cursor=step2.cursor)
+    assert pipeline.perform(step3.run_requests) == ["demo_upload"]
+    assert isinstance(pipeline.sensor(cursor=step3.cursor), dg.SkipReason)
+
+    # every run key names the data it builds, so a repeat of the same request is deduplicated
+    keys = [r.run_key for r in step1.run_requests + step2.run_requests + step3.run_requests]
+    assert (
+        len(set(keys)) == 3
+        and keys[1] == f"{shard}:{read_built_state(pipeline.instance, pipeline.spec).shard_versions[shard]}"
+    )
+
+
+def test_a_new_session_adds_a_partition_and_a_removed_one_drops_it(pipeline):
+    root = pipeline.spec.bids_root
+    shutil.copytree(root / "sub-03" / "ses-1", root / "sub-03" / "ses-2")
+    for path in (root / "sub-03" / "ses-2").rglob("*ses-1*"):
+        path.rename(path.with_name(path.name.replace("ses-1", "ses-2")))
+    spec = pipeline.spec.with_overrides(num_shards=5)
+    grown = Pipeline(spec, pipeline.storage, pipeline.instance)
+    result = grown.sensor()
+    assert result.dynamic_partitions_requests == [
+        dg.AddDynamicPartitionsRequest("demo_shards", ["shard-00004"])
+    ]
+    assert [r.job_name for r in result.run_requests] == ["demo_prepare"]
+
+    shutil.rmtree(root / "sub-03" / "ses-2")
+    shrunk = Pipeline(pipeline.spec.with_overrides(num_shards=3), pipeline.storage, pipeline.instance)
+    result = shrunk.sensor()
+    assert result.dynamic_partitions_requests == [
+        dg.DeleteDynamicPartitionsRequest("demo_shards", ["shard-00003"])
+    ]
+
+
+def test_the_schedule_starts_a_refresh_that_the_chain_sensor_finishes(pipeline):
+    schedule = pipeline.defs.resolve_schedule_def("demo_refresh")
+    assert (
+        schedule.default_status == dg.DefaultScheduleStatus.STOPPED and schedule.cron_schedule == "0 3 * * 1"
+    )
+    when = datetime(2026, 11, 30, 3, tzinfo=UTC)
+    assert isinstance(
+        schedule(dg.build_schedule_context(pipeline.instance, scheduled_execution_time=when)), dg.SkipReason
+    )
+
+    touch(pipeline.spec.bids_root / CHANGED)
+    request = schedule(dg.build_schedule_context(pipeline.instance, scheduled_execution_time=when))
+    assert request.tags[REFRESH_TAG] == "schedule"
+    prepared = pipeline.run(pipeline.jobs.prepare, tags=request.tags)
+
+    chain = pipeline.defs.resolve_sensor_def("demo_refresh_chain")
+    assert chain.default_status == dg.DefaultSensorStatus.RUNNING
+
+    def chain_after(result):
+        success = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
+        context = dg.build_run_status_sensor_context(
+            "demo_refresh_chain", success, pipeline.instance, result.dagster_run
+        )
+        return chain(context)
+
+    def after(result) -> list[dg.RunRequest]:
+        requests = chain_after(result)
+        assert isinstance(requests, list), requests
+        return requests
+
+    shards = after(prepared)
+    assert [(r.job_name, r.partition_key) for r in shards] == [("demo_shards", changed_shard(pipeline))]
+    rebuilt = pipeline.run(shards[0].job_name, shards[0].partition_key, shards[0].tags)
+    upload = after(rebuilt)
+    assert [r.job_name for r in upload] == ["demo_upload"]
+    pipeline.perform(upload)
+
+    # runs not started by a refresh are left alone
+    assert isinstance(chain_after(pipeline.run(pipeline.jobs.prepare)), dg.SkipReason)
+
+
+def test_shard_checks_run_with_each_shard_and_coverage_with_the_upload(pipeline):
+    key = "shard-00001"
+    result = pipeline.run(pipeline.jobs.shards, key)
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"shard_files_are_nifti": True, "shard_row_count_matches_plan": True}
+    upload = pipeline.run(pipeline.jobs.upload)
+    assert {e.check_name: e.passed for e in upload.get_asset_check_evaluations()} == {
+        "shards_hold_every_row_once": True,
+        "published_copy_verifies": True,
+    }
+
+
+def test_materializations_carry_schema_counts_previews_and_versions(pipeline):
+    def meta(name: str, partition: str | None = None):
+        key = dg.AssetKey(["demo", name])
+        records = pipeline.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
+        ).records
+        event = records[0].asset_materialization
+        return event.metadata, event.tags
+
+    index, index_tags = meta("bids_index")
+    assert index["dagster/row_count"].value == 4
+    assert [c.name for c in index["dagster/column_schema"].value.columns][:3] == [
+        "subject_id",
+        "session_id",
+        "t1w",
+    ]
+    assert "| subject_id |" in index["preview"].value and index["duration_s"].value >= 0
+    assert index_tags["dagster/data_version"]
+    dataset, _ = meta("hf_dataset")
+    assert {c.name for c in dataset["dagster/column_schema"].value.columns} >= {"t1w", "bold"}
+    shard, shard_tags = meta("hub_shards", "shard-00000")
+    assert shard["first_row"].value == "sub-01/ses-1" and shard["files_per_column"].value
+    assert (
+        shard_tags["dagster/data_version"]
+        == read_built_state(pipeline.instance, pipeline.spec).shard_versions["shard-00000"]
+    )
+    upload, _ = meta("hub_upload")
+    assert "configs:" in upload["card"].value and upload["destination"].value == pipeline.spec.destination
