@@ -173,6 +173,26 @@ def default_workers(num_shards: int) -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
+def _shards_to_build(spec: DatasetSpec, keys: list[str], instance) -> list[str]:
+    """The shard partitions whose data version differs from their last build (or whose file is gone)."""
+    import dagster as dg
+    import pyarrow.parquet as pq
+
+    from .defs.automation import read_built_state
+    from .defs.io_managers import BidsHubParquetIOManager, default_storage_dir
+    from .hf.shards import plan_for_index
+    from .hf.versions import shard_versions
+
+    storage = BidsHubParquetIOManager(base_dir=default_storage_dir())
+    table = pq.read_table(storage.asset_path(dg.AssetKey([spec.name, "bids_index"])))
+    current = shard_versions(table, plan_for_index(table, spec.max_shard_size, spec.num_shards))
+    built = read_built_state(instance, spec).shard_versions
+    shards = dg.AssetKey([spec.name, "hub_shards"])
+    return [
+        k for k in keys if built.get(k) != current.get(k) or not storage.partition_path(shards, k).is_file()
+    ]
+
+
 def run_publish(
     spec: DatasetSpec, progress: bool = True, log_level: str = "CRITICAL", workers: int | None = None
 ) -> int:
@@ -216,9 +236,15 @@ def run_publish(
             for line in index_warnings.splitlines():
                 tqdm.write(f"warning: {line}", file=sys.stderr)
         keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
-        bar.total = len(keys) + 2
+        todo = _shards_to_build(spec, keys, instance)
+        if len(todo) < len(keys):
+            tqdm.write(
+                f"{len(keys) - len(todo)} of {len(keys)} shard(s) unchanged since built: kept",
+                file=sys.stderr,
+            )
+        bar.total = len(todo) + 2
         bar.update(1)
-        failures = _run_shards(spec, keys, workers or default_workers(len(keys)), log_level, bar, instance)
+        failures = _run_shards(spec, todo, workers or default_workers(len(todo)), log_level, bar, instance)
         if failures:
             bar.close()
             click.echo(

@@ -210,3 +210,19 @@ def test_publish_to_the_hub_with_a_bad_token_says_what_to_do(hub_server, tmp_pat
     output = proc.stdout + proc.stderr
     assert "HTTP 401" in output and "Set HF_TOKEN" in output
     assert "Traceback" not in output and "hf_not_the_right_one" not in output
+
+
+def test_publishing_again_rebuilds_only_the_shards_whose_files_changed(demo_spec, tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(demo_spec.with_overrides(num_shards=4).to_yaml())
+    assert invoke("publish", "--spec", str(spec_file), "--no-progress", "--workers", "1").exit_code == 0
+    again = invoke("publish", "--spec", str(spec_file), "--no-progress", "--workers", "1")
+    assert again.exit_code == 0 and "4 of 4 shard(s) unchanged since built: kept" in again.output
+    changed = demo_spec.bids_root / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    third = invoke("publish", "--spec", str(spec_file), "--no-progress", "--workers", "1")
+    assert third.exit_code == 0 and "3 of 4 shard(s) unchanged since built: kept" in third.output
+    assert "verified: OK: 4/4 rows" in third.output
+    with dg.DagsterInstance.get() as instance:
+        shard_runs = [r for r in instance.get_runs() if r.job_name == "demo_shards"]
+    assert len(shard_runs) == 4 + 0 + 1

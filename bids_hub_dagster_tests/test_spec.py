@@ -483,3 +483,23 @@ def test_hub_destinations_are_checked_when_the_spec_loads(tmp_path, destination,
     path = write(tmp_path / "a.yaml", f"bids_root: {tmp_path}\ndestination: {destination}\nhub: {{revision: dev}}\n")
     with pytest.raises(SpecError, match=message):
         load_spec(path)
+
+
+def test_operations_keys_load_round_trip_and_validate(tmp_path):
+    text = (
+        f"name: a\nbids_root: {tmp_path}\nowners: [team:neuro, ana@example.org]\n"
+        "schedule: '30 2 * * *'\nwatch_interval: 120\n"
+    )
+    spec = load_spec(write(tmp_path / "a.yaml", text))
+    assert spec.owners == ("team:neuro", "ana@example.org")
+    assert (spec.schedule, spec.watch_interval) == ("30 2 * * *", 120)
+    assert load_spec(write(tmp_path / "b.yaml", spec.to_yaml())) == spec
+    default = DatasetSpec(name="x", bids_root=tmp_path)
+    assert (default.schedule, default.watch_interval, default.owners) == ("0 3 * * 1", 600, ())
+    for bad, message in (
+        ("schedule: every monday", "not a cron expression"),
+        ("watch_interval: 5", "at least 30"),
+        ("owners: {a: b}", "owners must be a list"),
+    ):
+        with pytest.raises(SpecError, match=message):
+            load_spec(write(tmp_path / "c.yaml", f"bids_root: {tmp_path}\n{bad}\n"))
