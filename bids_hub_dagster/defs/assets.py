@@ -187,7 +187,6 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         **common,
     )
     def hub_shards(context: dg.AssetExecutionContext, hf_dataset: Dataset, bids_index: pa.Table) -> dg.Output:
-        started = time.monotonic()
         key = context.partition_key
         plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
         version = shard_versions(bids_index, plan)[key]
@@ -236,7 +235,6 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 "files_per_column": files_per_column,
                 "nifti_bytes": shard.nbytes,
                 "warnings": "\n".join(shard.warnings) or "none",
-                "duration_s": round(time.monotonic() - started, 2),
             },
         )
 

@@ -10,6 +10,7 @@ Layout under ``base_dir``::
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -70,6 +71,7 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         return write_row_groups(self._path(key, partition), shard.schema, shard.groups, **shard.write_options)
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        started = time.monotonic()
         partition = context.partition_key if context.has_asset_partitions else None
         path = self._path(context.asset_key, partition)
         if isinstance(obj, EmbeddedShard):
@@ -89,6 +91,8 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
                 "path": dg.MetadataValue.path(str(path)),
                 "file_bytes": written.size,
                 "row_groups": written.num_row_groups,
+                # a shard's embedding happens here, as its row groups are written
+                "write_duration_s": round(time.monotonic() - started, 2),
             }
         )
 
