@@ -101,6 +101,17 @@ def hub_spec(demo_spec: DatasetSpec, **hub) -> DatasetSpec:
     )
 
 
+def failed_prepare_message(spec: DatasetSpec, storage: Path) -> str:
+    """Run the prepare job, which must fail; the message of its failed step."""
+    with dg.instance_for_test() as instance:
+        defs = build_definitions([spec], storage_dir=str(storage))
+        result = defs.resolve_job_def(job_names(spec).prepare).execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+    assert not result.success
+    return next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+
+
 @pytest.fixture
 def built(hub_server, demo_spec, tmp_path) -> Built:
     spec = hub_spec(demo_spec)
@@ -233,15 +244,7 @@ def test_a_bad_token_fails_before_any_shard_is_built_and_says_what_to_do(
     hub_server, demo_spec, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
-    spec = hub_spec(demo_spec)
-    with dg.instance_for_test() as instance:
-        defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
-        result = defs.resolve_job_def(job_names(spec).prepare).execute_in_process(
-            instance=instance, raise_on_error=False
-        )
-        assert not result.success
-        failure = next(e for e in result.all_events if e.is_step_failure)
-        message = failure.step_failure_data.error.message
+    message = failed_prepare_message(hub_spec(demo_spec), tmp_path / "storage")
     assert "HTTP 401" in message and "Set HF_TOKEN" in message
     assert "hf_wrong" not in message
     assert [r.status for r in hub_server.requests if r.path == "/api/whoami-v2"] == [401]
@@ -470,14 +473,7 @@ def test_retry_after_is_read_in_seconds_or_as_a_date_and_never_crashes(header, s
 
 def test_a_read_only_token_fails_the_index_step_with_what_to_do(hub_server, demo_spec, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
-    spec = hub_spec(demo_spec)
-    with dg.instance_for_test() as instance:
-        defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
-        result = defs.resolve_job_def(job_names(spec).prepare).execute_in_process(
-            instance=instance, raise_on_error=False
-        )
-    assert not result.success
-    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    message = failed_prepare_message(hub_spec(demo_spec), tmp_path / "storage")
     assert "read-only" in message and "write role" in message
 
 

@@ -7,10 +7,11 @@ dataset is in exactly one shard. The published copy's check lives on ``hub_uploa
 """
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..hf.audit import audit_shard_file, coverage_problems, row_count_problems
-from ..hf.shards import plan_for_index
+from ..hf.shards import ShardPlan, plan_for_index
 from ..spec import DatasetSpec
 from .assets import IO_MANAGER_KEY
 
@@ -34,8 +35,10 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
     def stored(context: dg.AssetCheckExecutionContext):
         return getattr(context.resources, IO_MANAGER_KEY)
 
-    def index_table(context: dg.AssetCheckExecutionContext):
-        return pq.read_table(stored(context).asset_path(index_key))
+    def current_plan(context: dg.AssetCheckExecutionContext) -> tuple[pa.Table, ShardPlan]:
+        """The stored index and the shard plan it gives."""
+        table = pq.read_table(stored(context).asset_path(index_key))
+        return table, plan_for_index(table, spec.max_shard_size, spec.num_shards)
 
     @dg.asset_check(
         asset=key,
@@ -59,8 +62,7 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
         description="The shard holds exactly the rows the current plan gives it.",
     )
     def shard_row_count_matches_plan(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        table = index_table(context)
-        plan = plan_for_index(table, spec.max_shard_size, spec.num_shards)
+        _, plan = current_plan(context)
         audit = audit_shard_file(
             stored(context).partition_path(key, context.partition_key), check_cells=False
         )
@@ -77,8 +79,7 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
         description="Taken together, the shards of the current plan hold every row of the dataset exactly once.",
     )
     def shards_hold_every_row_once(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        table = index_table(context)
-        plan = plan_for_index(table, spec.max_shard_size, spec.num_shards)
+        table, plan = current_plan(context)
         audits = {
             k: audit_shard_file(stored(context).partition_path(key, k), check_cells=False)
             for k in plan.keys()
