@@ -7,12 +7,14 @@ import shutil
 from datetime import UTC, datetime
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
 from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.automation import REFRESH_TAG, read_built_state
+from bids_hub_dagster.hf.audit import ShardAudit, audit_shard_file, shard_coverage
 from bids_hub_dagster.hf.refresh import plan_refresh
 from bids_hub_dagster.hf.shards import plan_for_index
 from bids_hub_dagster.hf.tables import index_to_table
@@ -225,3 +227,54 @@ def test_materializations_carry_schema_counts_previews_and_versions(pipeline):
     )
     upload, _ = meta("hub_upload")
     assert "configs:" in upload["card"].value and upload["destination"].value == pipeline.spec.destination
+
+
+def test_coverage_tells_gaps_from_errors(tmp_path):
+    def audit(key: str, start: int, stop: int, rows: int | None = None) -> ShardAudit:
+        path = tmp_path / f"{key}.parquet"
+        path.write_bytes(b"stand-in")
+        return ShardAudit(
+            path, num_rows=stop - start if rows is None else rows, record={"start": start, "stop": stop}
+        )
+
+    planned = {"shard-00000": (0, 2), "shard-00001": (2, 4)}
+    ok = shard_coverage(
+        {"shard-00000": audit("shard-00000", 0, 2), "shard-00001": audit("shard-00001", 2, 4)}, 4, planned
+    )
+    assert ok.errors == [] and ok.missing == []
+    gap = shard_coverage(
+        {"shard-00000": audit("shard-00000", 0, 2), "shard-00001": ShardAudit(tmp_path / "none")}, 4, planned
+    )
+    assert gap.errors == [] and gap.missing == [
+        "shard-00001: not built yet; materialize this hub_shards partition"
+    ]
+    overlap = shard_coverage(
+        {"shard-00000": audit("shard-00000", 0, 3), "shard-00001": audit("shard-00001", 2, 4, rows=1)},
+        4,
+        planned,
+    )
+    assert (
+        "shard-00000: built for rows 0–2, the plan now gives it rows 0–1; materialize this hub_shards partition again"
+        in overlap.errors
+    )
+    assert "row 2 is in 2 shards: shard-00000, shard-00001" in overlap.errors
+    assert "shard-00001: records rows 2–3 but holds 1" in overlap.errors
+
+
+def test_a_damaged_cell_in_a_stored_shard_fails_its_check(pipeline):
+    import pyarrow.parquet as pq
+
+    path = pipeline.storage / "demo" / "hub_shards" / "shard-00001.parquet"
+    table = pq.read_table(path)
+    cells = table.column("t1w").to_pylist()
+    cells[0] = {"bytes": b"<html>404</html>", "path": cells[0]["path"]}
+    pq.write_table(
+        table.set_column(
+            table.schema.get_field_index("t1w"), "t1w", pa.array(cells, table.schema.field("t1w").type)
+        ),
+        path,
+    )
+    name = cells[0]["path"]
+    why = "not a valid gzip stream" if name.endswith(".gz") else "not a NIfTI-1/2 image"
+    (problem,) = audit_shard_file(path).problems
+    assert problem.startswith(f"row 0 t1w: {name}: {why}")

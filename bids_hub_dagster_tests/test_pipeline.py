@@ -128,7 +128,9 @@ def test_upload_refuses_shards_built_for_another_plan(demo_spec, tmp_path):
         result = defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance, raise_on_error=False)
         assert not result.success
         text = failure_message(result.all_events)
-        assert "shards_hold_every_row_once: shard-00000: built for rows 0–0, the plan now gives it rows 0–1" in text
+        # re-planning dropped the files built for other rows: both shards must be built again
+        assert "2 shard(s) not built yet: shard-00000, shard-00001" in text
+        assert not (storage / "demo" / "hub_shards" / "shard-00000.parquet").exists()
         assert not result.get_asset_materialization_events()  # the blocking check stopped the upload
     # the earlier, complete publication is untouched
     assert len(list((Path(demo_spec.destination) / "data").iterdir())) == 3

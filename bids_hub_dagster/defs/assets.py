@@ -145,12 +145,14 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         existing = context.instance.get_dynamic_partitions(name)
         for key in sorted(set(existing) - set(wanted)):
             context.instance.delete_dynamic_partition(name, key)
-        # their shard files go too: a smaller plan must not leave old shards on disk
-        removed = getattr(context.resources, IO_MANAGER_KEY).delete_partitions_except(
-            dg.AssetKey([prefix, "hub_shards"]), wanted
+        # shard files of removed partitions, or built for other rows, can never be published: drop them
+        removed = getattr(context.resources, IO_MANAGER_KEY).delete_stale_partitions(
+            dg.AssetKey([prefix, "hub_shards"]), dict(zip(wanted, plan.ranges, strict=True))
         )
         if removed:
-            context.log.info(f"removed {len(removed)} shard file(s) of partitions no longer planned")
+            context.log.info(
+                f"removed {len(removed)} shard file(s) the new plan cannot use: {[p.stem for p in removed]}"
+            )
         context.instance.add_dynamic_partitions(name, [k for k in wanted if k not in existing])
         # the source files of each shard as indexed now: shards built next record these versions, and
         # the UI marks a shard stale when a later observation (the watch sensor) differs

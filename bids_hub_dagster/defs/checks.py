@@ -1,29 +1,35 @@
 """Asset checks of the shards, read back from the stored files (see ``hf.audit``).
 
 Per shard partition (run with each shard, blocking): the NIfTI cells hold NIfTI bytes,
-and the shard holds exactly its planned rows. Over all shards (run by the upload job
-before ``hub_upload``, blocking, so a failure stops the upload): every row of the
-dataset is in exactly one shard. The published copy's check lives on ``hub_upload``.
+and the shard holds exactly its planned rows. Over all shards (run before ``hub_upload``
+by the upload job, and with shard runs too): every row of the dataset is in exactly one
+shard; a row twice or a shard of another plan is an error that blocks the upload, shards
+not built yet only warn. The published copy's check lives on ``hub_upload``.
 """
+
+from collections.abc import Sequence
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..hf.audit import audit_shard_file, coverage_problems, row_count_problems
+from ..hf.audit import audit_shard_file, row_count_problems, shard_coverage
 from ..hf.shards import ShardPlan, plan_for_index
 from ..spec import DatasetSpec
 from .assets import IO_MANAGER_KEY
 
 
-def _result(problems: list[str], **metadata: object) -> dg.AssetCheckResult:
-    shown = "\n".join(f"- {p}" for p in problems[:50]) + (
-        f"\n- … {len(problems) - 50} more" if len(problems) > 50 else ""
-    )
+def _shown(problems: list[str]) -> str:
+    more = f"\n- … {len(problems) - 50} more" if len(problems) > 50 else ""
+    return "\n".join(f"- {p}" for p in problems[:50]) + more
+
+
+def _result(problems: list[str], warnings: Sequence[str] = (), **metadata: object) -> dg.AssetCheckResult:
+    """Failed with ERROR on problems (blocking), with WARN on warnings only (not blocking)."""
     return dg.AssetCheckResult(
-        passed=not problems,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={**metadata, "problems": dg.MetadataValue.md(shown or "none")},
+        passed=not problems and not warnings,
+        severity=dg.AssetCheckSeverity.ERROR if problems else dg.AssetCheckSeverity.WARN,
+        metadata={**metadata, "problems": dg.MetadataValue.md(_shown([*problems, *warnings]) or "none")},
     )
 
 
@@ -84,7 +90,9 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
             k: audit_shard_file(stored(context).partition_path(key, k), check_cells=False)
             for k in plan.keys()
         }
-        problems = coverage_problems(audits, table.num_rows, dict(zip(plan.keys(), plan.ranges, strict=True)))
-        return _result(problems, rows=table.num_rows, shards=plan.num_shards)
+        coverage = shard_coverage(audits, table.num_rows, dict(zip(plan.keys(), plan.ranges, strict=True)))
+        # shards not built yet only warn: they are normal while a backfill runs, and the upload
+        # refuses them itself, naming them
+        return _result(coverage.errors, coverage.missing, rows=table.num_rows, shards=plan.num_shards)
 
     return [shard_files_are_nifti, shard_row_count_matches_plan, shards_hold_every_row_once]

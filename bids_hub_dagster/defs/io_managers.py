@@ -21,7 +21,7 @@ from datasets.table import InMemoryTable
 
 from ..hf.digests import sidecar_path
 from ..hf.parquet import WrittenFile, write_row_groups, write_table
-from ..hf.shards import EmbeddedShard
+from ..hf.shards import EmbeddedShard, read_shard_record
 
 
 def default_storage_dir() -> str:
@@ -51,16 +51,23 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         """Where the file of one partition (a shard) is stored."""
         return self._path(key, partition)
 
-    def delete_partitions_except(self, key: dg.AssetKey, keep: list[str]) -> list[Path]:
-        """Remove the stored files of every partition not in ``keep`` (a plan that shrank); returns them."""
+    def delete_stale_partitions(self, key: dg.AssetKey, planned: dict[str, tuple[int, int]]) -> list[Path]:
+        """Remove stored shard files that the plan no longer has, or that hold other rows than planned.
+
+        A plan that shrank leaves files of removed partitions; a plan that moved its row
+        ranges leaves files built for other rows. Neither can be published, so neither is kept.
+        """
         folder = self._path(key, "x").parent
-        kept = {f"{k}.parquet" for k in keep}
         removed = []
         for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-            if path.name not in kept:
-                sidecar_path(path).unlink(missing_ok=True)
-                path.unlink()
-                removed.append(path)
+            wanted = planned.get(path.stem)
+            if wanted is not None:
+                record = read_shard_record(pq.read_schema(path))
+                if record and (record.get("start"), record.get("stop")) == wanted:
+                    continue
+            sidecar_path(path).unlink(missing_ok=True)
+            path.unlink()
+            removed.append(path)
         return removed
 
     def store_shard(self, key: dg.AssetKey, partition: str, shard: EmbeddedShard) -> WrittenFile:

@@ -85,37 +85,47 @@ def row_count_problems(audit: ShardAudit, key: str, planned: tuple[int, int]) ->
     return problems
 
 
-def coverage_problems(
+@dataclass
+class Coverage:
+    """How the shards cover the dataset's rows: errors (a row twice, a shard of another plan) and gaps."""
+
+    errors: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # shards not built yet: normal while a backfill runs
+
+
+def shard_coverage(
     audits: Mapping[str, ShardAudit], num_rows: int, planned: Mapping[str, tuple[int, int]]
-) -> list[str]:
+) -> Coverage:
     """Every row ``0 … num_rows-1`` in exactly one shard, each shard holding its ``planned`` rows."""
-    problems = []
+    coverage = Coverage()
     owner: list[list[str]] = [[] for _ in range(num_rows)]
     for key, audit in sorted(audits.items()):
         if audit.record is None:
-            what = "not built yet" if not audit.path.is_file() else "not a shard of this tool (no record)"
-            problems.append(f"{key}: {what}; materialize this hub_shards partition")
+            if audit.path.is_file():
+                coverage.errors.append(f"{key}: not a shard of this tool (no record); materialize it again")
+            else:
+                coverage.missing.append(f"{key}: not built yet; materialize this hub_shards partition")
             continue
         start, stop = audit.record["start"], audit.record["stop"]
         if key in planned and (start, stop) != planned[key]:
             want = planned[key]
-            problems.append(
+            coverage.errors.append(
                 f"{key}: built for rows {start}–{stop - 1}, the plan now gives it rows {want[0]}–{want[1] - 1}; "
                 "materialize this hub_shards partition again"
             )
         if stop - start != audit.num_rows:
-            problems.append(f"{key}: records rows {start}–{stop - 1} but holds {audit.num_rows}")
+            coverage.errors.append(f"{key}: records rows {start}–{stop - 1} but holds {audit.num_rows}")
         for i in range(max(start, 0), min(stop, num_rows)):
             owner[i].append(key)
         if stop > num_rows:
-            problems.append(
+            coverage.errors.append(
                 f"{key}: rows {max(start, num_rows)}–{stop - 1} are beyond the dataset's {num_rows}"
             )
-    missing = [i for i, keys in enumerate(owner) if not keys]
-    twice = [(i, keys) for i, keys in enumerate(owner) if len(keys) > 1]
-    if missing:
-        shown = ", ".join(map(str, missing[:20])) + (" …" if len(missing) > 20 else "")
-        problems.append(f"{len(missing)} row(s) in no shard: {shown}")
-    for i, keys in twice[:20]:
-        problems.append(f"row {i} is in {len(keys)} shards: {', '.join(keys)}")
-    return problems
+    for i, keys in enumerate(owner):
+        if len(keys) > 1:
+            coverage.errors.append(f"row {i} is in {len(keys)} shards: {', '.join(keys)}")
+    uncovered = [i for i, keys in enumerate(owner) if not keys]
+    if uncovered and not coverage.missing:  # rows no planned shard covers: the plan itself is wrong
+        shown = ", ".join(map(str, uncovered[:20])) + (" …" if len(uncovered) > 20 else "")
+        coverage.errors.append(f"{len(uncovered)} row(s) in no shard: {shown}")
+    return coverage
