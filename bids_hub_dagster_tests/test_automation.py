@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -117,12 +118,13 @@ def test_a_changed_file_rebuilds_only_its_shard_then_publishes(pipeline):
     assert pipeline.perform(step3.run_requests) == ["demo_upload"]
     assert isinstance(pipeline.sensor(cursor=step3.cursor), dg.SkipReason)
 
-    # every run key names the data it builds, so a repeat of the same request is deduplicated
+    # run keys name the step, the versions it builds and the round: repeats are deduplicated, and a
+    # step that failed is tried again only in a later round (files changed, next scheduled tick)
     keys = [r.run_key for r in step1.run_requests + step2.run_requests + step3.run_requests]
-    assert (
-        len(set(keys)) == 3
-        and keys[1] == f"{shard}:{read_built_state(pipeline.instance, pipeline.spec).shard_versions[shard]}"
-    )
+    version = read_built_state(pipeline.instance, pipeline.spec).shard_versions[shard]
+    round_id = step1.run_requests[0].tags[REFRESH_TAG]
+    assert round_id.startswith("watch-") and all(k.endswith(f":{round_id}") for k in keys)
+    assert keys[1] == f"{shard}:{version}:{round_id}"
 
 
 def test_a_new_session_adds_a_partition_and_a_removed_one_drops_it(pipeline):
@@ -158,7 +160,7 @@ def test_the_schedule_starts_a_refresh_that_the_chain_sensor_finishes(pipeline):
 
     touch(pipeline.spec.bids_root / CHANGED)
     request = schedule(dg.build_schedule_context(pipeline.instance, scheduled_execution_time=when))
-    assert request.tags[REFRESH_TAG] == "schedule"
+    assert request.tags[REFRESH_TAG] == "schedule-20261130T0300"
     prepared = pipeline.run(pipeline.jobs.prepare, tags=request.tags)
 
     chain = pipeline.defs.resolve_sensor_def("demo_refresh_chain")
@@ -278,3 +280,51 @@ def test_a_damaged_cell_in_a_stored_shard_fails_its_check(pipeline):
     why = "not a valid gzip stream" if name.endswith(".gz") else "not a NIfTI-1/2 image"
     (problem,) = audit_shard_file(path).problems
     assert problem.startswith(f"row 0 t1w: {name}: {why}")
+
+
+def test_a_file_added_to_one_session_leaves_the_other_shards_fresh(pipeline):
+    shard = changed_shard(pipeline)
+    func = pipeline.spec.bids_root / "sub-02/ses-1/func"  # this session had no bold run: it gains one
+    func.mkdir()
+    shutil.copyfile(pipeline.spec.bids_root / CHANGED, func / "sub-02_ses-1_task-rest_run-1_bold.nii")
+    steps = []
+    cursor = None
+    for _ in range(4):
+        result = pipeline.sensor(cursor=cursor)
+        if isinstance(result, dg.SkipReason):
+            break
+        for event in result.asset_events:
+            pipeline.instance.report_runless_asset_event(event)
+        steps += pipeline.perform(result.run_requests)
+        cursor = result.cursor
+    assert steps == ["demo_prepare", f"demo_shards[{shard}]", "demo_upload"]
+    assert all(s == StaleStatus.FRESH for s in pipeline.stale().values())
+
+
+def test_the_sensors_wait_while_runs_of_the_dataset_are_in_flight(pipeline):
+    touch(pipeline.spec.bids_root / CHANGED)
+    job = pipeline.defs.resolve_job_def(pipeline.jobs.prepare)
+    pipeline.instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)
+    result = pipeline.sensor()
+    assert isinstance(result, dg.SkipReason) and "in flight" in result.skip_message
+
+
+def test_a_publication_that_failed_verification_is_not_counted(pipeline, monkeypatch):
+    from bids_hub_dagster.hf import destinations, verify
+
+    published = pipeline.spec.destination
+    (Path(published) / "data" / "train-00001-of-00004.parquet").unlink()  # the copy is damaged…
+    monkeypatch.setattr(destinations, "verify_published", lambda *a, **k: verify.VerifyReport(rows_expected=4))
+    touch(pipeline.spec.bids_root / CHANGED)  # …and a refresh republishes, but its verification fails
+    for _ in range(3):
+        result = pipeline.sensor()
+        if isinstance(result, dg.SkipReason):
+            break
+        for request in result.run_requests:
+            pipeline.defs.resolve_job_def(request.job_name).execute_in_process(
+                instance=pipeline.instance,
+                partition_key=request.partition_key,
+                tags=request.tags,
+                raise_on_error=False,
+            )
+    assert read_built_state(pipeline.instance, pipeline.spec).publication_version is None  # not up to date

@@ -23,9 +23,9 @@ from ..hf.tables import IndexInfo, dataset_from_index, index_to_table
 from ..hf.versions import (
     dataset_version,
     index_fingerprint,
-    layout_version,
     publication_version,
     shard_versions,
+    structure_version,
 )
 from ..spec import DatasetSpec, format_size
 from .resources import HUB_POOL, HUB_RESOURCE_KEY, HubResource
@@ -110,7 +110,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         phenotype = IndexInfo.of(table).phenotype_descriptions
         return dg.Output(
             table,
-            data_version=dg.DataVersion(layout_version(table)),
+            data_version=dg.DataVersion(structure_version(table)),
             metadata={
                 "dagster/row_count": len(index.rows),
                 "dagster/column_schema": _column_schema(table.schema, phenotype),

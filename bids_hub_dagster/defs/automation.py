@@ -17,6 +17,7 @@ only once its files change.
 """
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from ..bids.errors import BidsError
 from ..hf.refresh import BuiltState, RefreshPlan, plan_refresh
@@ -25,7 +26,14 @@ from ..hf.tables import index_to_table
 from ..spec import DatasetSpec
 from .assets import DATA_VERSION_TAG, shard_partitions_name
 
-REFRESH_TAG = "bids_hub/refresh"  # on the runs a refresh requests: how it was started
+REFRESH_TAG = "bids_hub/refresh"  # on the runs a refresh requests: which round of refresh they belong to
+IN_FLIGHT = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 def _key(spec: DatasetSpec, name: str) -> dg.AssetKey:
@@ -39,31 +47,39 @@ def _data_version(event: dg.EventLogEntry | None) -> str | None:
 
 
 def read_built_state(instance: dg.DagsterInstance, spec: DatasetSpec) -> BuiltState:
-    """What the instance's last materializations of this dataset recorded."""
+    """What the instance's last materializations of this dataset recorded.
+
+    A publication counts only if its ``published_copy_verifies`` check passed: a failed
+    blocking check fails the run but keeps the materialization.
+    """
     index_event = instance.get_latest_materialization_event(_key(spec, "bids_index"))
     fingerprint = None
     if index_event is not None and index_event.asset_materialization is not None:
         value = index_event.asset_materialization.metadata.get("index_fingerprint")
         fingerprint = value.value if value is not None else None
     partitions = instance.get_dynamic_partitions(shard_partitions_name(spec))
-    versions: dict[str, str] = {}
-    if partitions:
-        cursor = None
-        while len(versions) < len(partitions):  # newest first: the first record of a partition is its latest
-            page = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=_key(spec, "hub_shards"), asset_partitions=partitions),
-                limit=1000,
-                cursor=cursor,
-            )
-            for record in page.records:
-                key = record.partition_key
-                if key is not None and key not in versions:
-                    versions[key] = _data_version(record.event_log_entry) or ""
-            if not page.has_more:
-                break
-            cursor = page.cursor
+    tags = instance.event_log_storage.get_latest_tags_by_partition(
+        _key(spec, "hub_shards"), dg.DagsterEventType.ASSET_MATERIALIZATION, [DATA_VERSION_TAG], partitions
+    )
+    versions = {k: t.get(DATA_VERSION_TAG, "") for k, t in tags.items()}
     upload = instance.get_latest_materialization_event(_key(spec, "hub_upload"))
-    return BuiltState(fingerprint, partitions, versions, _data_version(upload))
+    check = dg.AssetCheckKey(_key(spec, "hub_upload"), "published_copy_verifies")
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([check]).get(check)
+    verified = latest is not None and latest.status == AssetCheckExecutionRecordStatus.SUCCEEDED
+    dataset = _data_version(instance.get_latest_materialization_event(_key(spec, "hf_dataset")))
+    return BuiltState(fingerprint, dataset, partitions, versions, _data_version(upload) if verified else None)
+
+
+def runs_in_flight(instance: dg.DagsterInstance, spec: DatasetSpec) -> list[dg.DagsterRun]:
+    """Queued or running runs that touch this dataset's assets, however they were started."""
+    prefix = spec.name
+    flying = instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))
+    return [
+        run
+        for run in flying
+        if run.job_name.startswith(f"{prefix}_")
+        or any(key.path[0] == prefix for key in run.asset_selection or ())
+    ]
 
 
 def next_step(spec: DatasetSpec, instance: dg.DagsterInstance) -> RefreshPlan:
@@ -74,22 +90,27 @@ def next_step(spec: DatasetSpec, instance: dg.DagsterInstance) -> RefreshPlan:
 
 
 def run_requests(
-    spec: DatasetSpec, refresh: RefreshPlan, started_by: str, reindex: bool = True
+    spec: DatasetSpec, refresh: RefreshPlan, round_id: str, reindex: bool = True
 ) -> list[dg.RunRequest]:
-    """The runs of the next step; run keys name the step and the versions it builds."""
-    tags = {REFRESH_TAG: started_by}
+    """The runs of the next step.
+
+    Run keys name the step, the versions it builds and the refresh round: a step that
+    failed is not requested again in the same round (a bad file is not retried in a
+    loop), but a later round (a file changed, the next scheduled tick) tries it again.
+    """
+    tags = {REFRESH_TAG: round_id}
     if refresh.reindex:
         if not reindex:
             return []
         return [
             dg.RunRequest(
-                run_key=f"prepare:{refresh.fingerprint}", job_name=f"{spec.name}_prepare", tags=tags
+                run_key=f"prepare:{refresh.plan_key}:{round_id}", job_name=f"{spec.name}_prepare", tags=tags
             )
         ]
     if refresh.stale_shards:
         return [
             dg.RunRequest(
-                run_key=f"{key}:{refresh.shard_versions[key]}",
+                run_key=f"{key}:{refresh.shard_versions[key]}:{round_id}",
                 job_name=f"{spec.name}_shards",
                 partition_key=key,
                 tags=tags,
@@ -98,7 +119,9 @@ def run_requests(
         ]
     if refresh.publish:
         return [
-            dg.RunRequest(run_key=f"upload:{refresh.publication}", job_name=f"{spec.name}_upload", tags=tags)
+            dg.RunRequest(
+                run_key=f"upload:{refresh.publication}:{round_id}", job_name=f"{spec.name}_upload", tags=tags
+            )
         ]
     return []
 
@@ -120,6 +143,9 @@ def build_automation(
         "bring the published dataset up to date (re-index, stale shards only, publish).",
     )
     def watch(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        flying = runs_in_flight(context.instance, spec)
+        if flying:  # never re-plan under runs that read the current plan; the chain continues them
+            return dg.SkipReason(f"{spec.name}: {len(flying)} run(s) in flight; looking again after them")
         try:
             refresh = next_step(spec, context.instance)
         except (BidsError, OSError) as exc:
@@ -136,7 +162,7 @@ def build_automation(
             for key, version in refresh.shard_versions.items()
             if changed and key in known
         ]
-        runs = run_requests(spec, refresh, "watch")
+        runs = run_requests(spec, refresh, f"watch-{refresh.fingerprint[:16]}")
         if not (runs or requests or observations):
             return dg.SkipReason(f"{spec.name}: {refresh.summary()}")
         context.log.info(f"{spec.name}: {refresh.summary()}")
@@ -157,15 +183,18 @@ def build_automation(
         "the next step (stale shards after the index, the upload after the last shard).",
     )
     def refresh_chain(context: dg.RunStatusSensorContext):
-        started_by = context.dagster_run.tags.get(REFRESH_TAG)
-        if started_by is None:
+        round_id = context.dagster_run.tags.get(REFRESH_TAG)
+        if round_id is None:
             return dg.SkipReason("not a run of a refresh")
+        flying = runs_in_flight(context.instance, spec)
+        if flying:  # the last run of this step to finish requests the next one
+            return dg.SkipReason(f"{len(flying)} run(s) of {spec.name} still in flight")
         try:
             refresh = next_step(spec, context.instance)
         except (BidsError, OSError) as exc:
             return dg.SkipReason(f"cannot index {spec.bids_root}: {exc}")
         # never re-index from here: a folder that keeps changing is the watch sensor's to follow
-        return run_requests(spec, refresh, started_by, reindex=False) or dg.SkipReason(refresh.summary())
+        return run_requests(spec, refresh, round_id, reindex=False) or dg.SkipReason(refresh.summary())
 
     @dg.schedule(
         name=f"{spec.name}_refresh",
@@ -176,6 +205,8 @@ def build_automation(
         "the stale shards and uploads.",
     )
     def refresh_schedule(context: dg.ScheduleEvaluationContext):
+        if runs_in_flight(context.instance, spec):
+            return dg.SkipReason(f"{spec.name}: runs in flight; the next tick will look again")
         try:
             refresh = next_step(spec, context.instance)
         except (BidsError, OSError) as exc:
@@ -183,9 +214,7 @@ def build_automation(
         if refresh.up_to_date:
             return dg.SkipReason(f"{spec.name}: up to date")
         # the schedule starts with the index (current or not: it is cheap); the chain takes it from there
-        return dg.RunRequest(
-            run_key=f"{context.scheduled_execution_time}:{refresh.fingerprint}",
-            tags={REFRESH_TAG: "schedule"},
-        )
+        round_id = f"schedule-{context.scheduled_execution_time:%Y%m%dT%H%M}"
+        return dg.RunRequest(run_key=f"prepare:{refresh.plan_key}:{round_id}", tags={REFRESH_TAG: round_id})
 
     return [watch, refresh_chain], [refresh_schedule]

@@ -4,8 +4,8 @@ Compares a fresh index of the folder with what was last built (the versions of
 ``hf.versions`` that each materialization recorded) and names the next step of the
 pipeline that has work to do. Steps run in order, each on the previous one's output:
 
-1. re-index, when any source file changed (the stored index's fingerprint differs);
-   this also re-plans the shards (partitions added or removed);
+1. re-index, when any source file changed (the stored index's fingerprint differs) or
+   the shard plan did (the spec's shard size); this re-plans the shards;
 2. rebuild the shards whose version differs (or that were never built);
 3. publish, when the publication would differ from the last one.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from .shards import ShardPlan
-from .versions import index_fingerprint, publication_version, shard_versions
+from .versions import dataset_version, index_fingerprint, publication_version, shard_versions
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class BuiltState:
     """What the last materializations recorded."""
 
     index_fingerprint: str | None  # of the stored bids_index
+    dataset_version: str | None  # of the stored hf_dataset: its plan
     partitions: Sequence[str]  # registered shard partitions
     shard_versions: Mapping[str, str]  # data version of each partition's last materialization
     publication_version: str | None  # of the last hub_upload
@@ -36,6 +37,7 @@ class BuiltState:
 @dataclass(frozen=True)
 class RefreshPlan:
     fingerprint: str  # of the fresh index
+    plan_key: str  # the fresh index and its shard plan
     shard_versions: dict[str, str]  # of the fresh plan
     add_partitions: list[str] = field(default_factory=list)
     remove_partitions: list[str] = field(default_factory=list)
@@ -67,12 +69,17 @@ def plan_refresh(
 ) -> RefreshPlan:
     """The next step to take (see the module docstring); ``index_table`` is a fresh index."""
     fingerprint = index_fingerprint(index_table)
+    planned = dataset_version(index_table, plan)
     versions = shard_versions(index_table, plan)
     keys = list(versions)
     add = [k for k in keys if k not in set(built.partitions)]
     remove = [k for k in built.partitions if k not in versions]
-    common = {"fingerprint": fingerprint, "shard_versions": versions}
-    if built.index_fingerprint != fingerprint or add or remove:
+    common = {
+        "fingerprint": fingerprint,
+        "plan_key": f"{fingerprint[:16]}{planned[:16]}",
+        "shard_versions": versions,
+    }
+    if built.index_fingerprint != fingerprint or built.dataset_version != planned or add or remove:
         return RefreshPlan(**common, add_partitions=add, remove_partitions=remove, reindex=True)
     stale = [k for k in keys if built.shard_versions.get(k) != versions[k]]
     if stale:

@@ -3,11 +3,12 @@
 Dagster compares these to tell what is stale, and the refresh logic compares them to
 decide what to rebuild:
 
-- the *layout* of an index: rows, files per column, entities, sidecars, phenotype —
-  everything except file sizes and mtimes. It changes when a file is added, removed or
-  renamed, or when metadata changes; it is the data version of ``bids_index`` and (with
-  the shard plan) of ``hf_dataset``, so that editing one file does not make every shard
-  look stale;
+- the *structure* of an index: its columns, their types, the dataset's metadata and the
+  number of rows. It is the data version of ``bids_index`` and (with the shard plan) of
+  ``hf_dataset``, which every shard reads: what one row holds is left out, so that a
+  file changed, added or removed in one session makes only that session's shard stale;
+- the *layout* of rows: files per column, entities, sidecars, phenotype — everything
+  but file sizes and mtimes;
 - each *shard*: the layout of its rows and its files' sizes and mtimes; the data
   version of a ``hub_shards`` partition;
 - the *fingerprint* of the whole index: layout and every file's size and mtime; it
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 import pyarrow as pa
 
 from .shards import ShardPlan, shard_rows
-from .tables import FILES_COLUMN
+from .tables import FILES_COLUMN, META_KEY
 
 _STATS = ("size", "mtime_ns")
 
@@ -35,6 +36,23 @@ def _digest(*parts: object) -> str:
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
+
+
+def _type_name(t: pa.DataType) -> str:
+    """A type's name without list item names (parquet stores ``list<item>`` as ``list<element>``)."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{_type_name(t.value_type)}>"
+    if pa.types.is_struct(t):
+        return "struct<" + ", ".join(f"{f.name}: {_type_name(f.type)}" for f in t) + ">"
+    return str(t)
+
+
+def structure_version(index_table: pa.Table) -> str:
+    """Columns, types, dataset metadata (without warnings) and row count (see the module docstring)."""
+    meta = json.loads((index_table.schema.metadata or {}).get(META_KEY, b"{}"))
+    meta.pop("warnings", None)
+    fields = [(f.name, _type_name(f.type)) for f in index_table.schema]
+    return _digest(fields, meta, index_table.num_rows)
 
 
 def layout_version(index_table: pa.Table) -> str:
@@ -55,8 +73,8 @@ def index_fingerprint(index_table: pa.Table) -> str:
 
 
 def dataset_version(index_table: pa.Table, plan: ShardPlan) -> str:
-    """The typed dataset and its shard plan: the layout and the planned row ranges."""
-    return _digest(layout_version(index_table), plan.ranges)
+    """The typed dataset and its shard plan: the structure and the planned row ranges."""
+    return _digest(structure_version(index_table), plan.ranges)
 
 
 def shard_versions(index_table: pa.Table, plan: ShardPlan) -> dict[str, str]:
