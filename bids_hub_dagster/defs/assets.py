@@ -21,8 +21,8 @@ from ..hf.publish import ShardsNotReadyError, publish_shards
 from ..hf.shards import build_shard, plan_for_index, shard_index
 from ..hf.tables import IndexInfo, dataset_from_index, index_to_table
 from ..hf.versions import (
-    dataset_version,
     index_fingerprint,
+    plan_version,
     publication_version,
     shard_versions,
     structure_version,
@@ -162,8 +162,9 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             )
         return dg.Output(
             ds,
-            data_version=dg.DataVersion(dataset_version(bids_index, plan)),
+            data_version=dg.DataVersion(structure_version(bids_index)),
             metadata={
+                "plan_version": plan_version(bids_index, plan),
                 "dagster/row_count": len(ds),
                 "dagster/column_schema": _column_schema(ds.features.arrow_schema, {}),
                 "features": dg.MetadataValue.json(ds.features.to_dict()),

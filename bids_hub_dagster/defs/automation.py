@@ -46,6 +46,13 @@ def _data_version(event: dg.EventLogEntry | None) -> str | None:
     return event.asset_materialization.tags.get(DATA_VERSION_TAG)
 
 
+def _metadata(event: dg.EventLogEntry | None, name: str) -> str | None:
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get(name)
+    return None if value is None else str(value.value)
+
+
 def read_built_state(instance: dg.DagsterInstance, spec: DatasetSpec) -> BuiltState:
     """What the instance's last materializations of this dataset recorded.
 
@@ -53,10 +60,6 @@ def read_built_state(instance: dg.DagsterInstance, spec: DatasetSpec) -> BuiltSt
     blocking check fails the run but keeps the materialization.
     """
     index_event = instance.get_latest_materialization_event(_key(spec, "bids_index"))
-    fingerprint = None
-    if index_event is not None and index_event.asset_materialization is not None:
-        value = index_event.asset_materialization.metadata.get("index_fingerprint")
-        fingerprint = value.value if value is not None else None
     partitions = instance.get_dynamic_partitions(shard_partitions_name(spec))
     tags = instance.event_log_storage.get_latest_tags_by_partition(
         _key(spec, "hub_shards"), dg.DagsterEventType.ASSET_MATERIALIZATION, [DATA_VERSION_TAG], partitions
@@ -66,8 +69,13 @@ def read_built_state(instance: dg.DagsterInstance, spec: DatasetSpec) -> BuiltSt
     check = dg.AssetCheckKey(_key(spec, "hub_upload"), "published_copy_verifies")
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([check]).get(check)
     verified = latest is not None and latest.status == AssetCheckExecutionRecordStatus.SUCCEEDED
-    dataset = _data_version(instance.get_latest_materialization_event(_key(spec, "hf_dataset")))
-    return BuiltState(fingerprint, dataset, partitions, versions, _data_version(upload) if verified else None)
+    return BuiltState(
+        _metadata(index_event, "index_fingerprint"),
+        _metadata(instance.get_latest_materialization_event(_key(spec, "hf_dataset")), "plan_version"),
+        partitions,
+        versions,
+        _data_version(upload) if verified else None,
+    )
 
 
 def runs_in_flight(instance: dg.DagsterInstance, spec: DatasetSpec) -> list[dg.DagsterRun]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from .shards import ShardPlan
-from .versions import dataset_version, index_fingerprint, publication_version, shard_versions
+from .versions import index_fingerprint, plan_version, publication_version, shard_versions
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class BuiltState:
     """What the last materializations recorded."""
 
     index_fingerprint: str | None  # of the stored bids_index
-    dataset_version: str | None  # of the stored hf_dataset: its plan
+    plan_version: str | None  # recorded by the last hf_dataset: structure and shard plan
     partitions: Sequence[str]  # registered shard partitions
     shard_versions: Mapping[str, str]  # data version of each partition's last materialization
     publication_version: str | None  # of the last hub_upload
@@ -69,7 +69,7 @@ def plan_refresh(
 ) -> RefreshPlan:
     """The next step to take (see the module docstring); ``index_table`` is a fresh index."""
     fingerprint = index_fingerprint(index_table)
-    planned = dataset_version(index_table, plan)
+    planned = plan_version(index_table, plan)
     versions = shard_versions(index_table, plan)
     keys = list(versions)
     add = [k for k in keys if k not in set(built.partitions)]
@@ -79,7 +79,7 @@ def plan_refresh(
         "plan_key": f"{fingerprint[:16]}{planned[:16]}",
         "shard_versions": versions,
     }
-    if built.index_fingerprint != fingerprint or built.dataset_version != planned or add or remove:
+    if built.index_fingerprint != fingerprint or built.plan_version != planned or add or remove:
         return RefreshPlan(**common, add_partitions=add, remove_partitions=remove, reindex=True)
     stale = [k for k in keys if built.shard_versions.get(k) != versions[k]]
     if stale:

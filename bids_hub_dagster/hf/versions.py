@@ -3,10 +3,12 @@
 Dagster compares these to tell what is stale, and the refresh logic compares them to
 decide what to rebuild:
 
-- the *structure* of an index: its columns, their types, the dataset's metadata and the
-  number of rows. It is the data version of ``bids_index`` and (with the shard plan) of
-  ``hf_dataset``, which every shard reads: what one row holds is left out, so that a
-  file changed, added or removed in one session makes only that session's shard stale;
+- the *structure* of an index: its columns, their types and the dataset's metadata. It
+  is the data version of ``bids_index`` and ``hf_dataset``, which every shard reads: what
+  the rows hold is left out, so that a file changed, added or removed, or a session
+  added, makes only the shards whose rows changed stale;
+- the *plan* of a dataset: its structure and the planned row ranges, recorded with
+  ``hf_dataset`` so a refresh knows when the shard size changed;
 - the *layout* of rows: files per column, entities, sidecars, phenotype — everything
   but file sizes and mtimes;
 - each *shard*: the layout of its rows and its files' sizes and mtimes; the data
@@ -48,11 +50,11 @@ def _type_name(t: pa.DataType) -> str:
 
 
 def structure_version(index_table: pa.Table) -> str:
-    """Columns, types, dataset metadata (without warnings) and row count (see the module docstring)."""
+    """Columns, types and dataset metadata without warnings (see the module docstring)."""
     meta = json.loads((index_table.schema.metadata or {}).get(META_KEY, b"{}"))
     meta.pop("warnings", None)
     fields = [(f.name, _type_name(f.type)) for f in index_table.schema]
-    return _digest(fields, meta, index_table.num_rows)
+    return _digest(fields, meta)
 
 
 def layout_version(index_table: pa.Table) -> str:
@@ -72,8 +74,8 @@ def index_fingerprint(index_table: pa.Table) -> str:
     return _digest(layout_version(index_table), stats)
 
 
-def dataset_version(index_table: pa.Table, plan: ShardPlan) -> str:
-    """The typed dataset and its shard plan: the structure and the planned row ranges."""
+def plan_version(index_table: pa.Table, plan: ShardPlan) -> str:
+    """The typed dataset's structure and its shard plan (the planned row ranges)."""
     return _digest(structure_version(index_table), plan.ranges)
 
 
