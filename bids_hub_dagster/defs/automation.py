@@ -7,13 +7,14 @@ stale shards, or publish — and request the runs for it:
   index fingerprint). When files changed it records a data version per shard on
   ``bids_files`` (so the UI marks exactly those shards stale), adds or removes shard
   partitions when the plan changed, and requests the next step.
-- ``<name>_refresh`` does the same on a cron (weekly by default); stopped by default.
+- ``<name>_refresh`` re-indexes on a cron (weekly by default); stopped by default.
 - ``<name>_refresh_chain`` continues a refresh started by either of them: when one of
   its runs succeeds, it requests the following step, until the dataset is published.
 
-Runs carry a run key made of the step and the versions it builds, so a step is never
-requested twice for the same data: a shard that failed on a bad file is requested again
-only once its files change.
+All three wait while any run of the dataset is queued or running. Run keys name the
+step, the versions it builds and the refresh round (``bids_hub/refresh`` tag): a step is
+never requested twice in one round, and one that failed (a bad file, a Hub outage) is
+tried again in the next round — when files change, or at the next scheduled tick.
 """
 
 import dagster as dg
