@@ -82,7 +82,7 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         partition = context.partition_key if context.has_asset_partitions else None
         path = self._path(context.asset_key, partition)
         if isinstance(obj, EmbeddedShard):
-            written = write_row_groups(path, obj.schema, obj.groups, **obj.write_options)
+            written = self.store_shard(context.asset_key, partition, obj)
         elif isinstance(obj, WrittenFile) and obj.path == path:  # stored already, by store_shard
             written = obj
         elif isinstance(obj, Dataset):

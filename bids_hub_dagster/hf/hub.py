@@ -272,6 +272,13 @@ def plan_batches(adds: list[str], deletes: list[str], card: bytes | None, size: 
     return batches
 
 
+def _shard_addition(name: str, path: Path) -> CommitOperationAdd:
+    """The upload of one shard file, with the sha256 we already hold (the client would hash it again)."""
+    op = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+    op.upload_info.sha256 = bytes.fromhex(file_digest(path))
+    return op
+
+
 @dataclass(frozen=True)
 class _Committed:
     """A commit made (or found applied) by the publisher."""
@@ -534,11 +541,7 @@ class HubRepo:
         return result
 
     def _operations(self, batch: _Batch, local: Mapping[str, Path]) -> list:
-        ops: list = []
-        for name in batch.adds:
-            op = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(local[name]))
-            op.upload_info.sha256 = bytes.fromhex(file_digest(local[name]))  # hashed once, by us
-            ops.append(op)
+        ops: list = [_shard_addition(name, local[name]) for name in batch.adds]
         if batch.card is not None:
             ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=batch.card))
         ops += [CommitOperationDelete(path_in_repo=p) for p in batch.deletes]
@@ -694,8 +697,7 @@ class HubRepo:
         if any(isinstance(i, RepoFile) and i.lfs is not None and i.lfs.sha256 == digest for i in infos):
             mark_uploaded(path, self.repo_url)  # a rerun: the branch already holds this exact file
             return 0
-        op = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
-        op.upload_info.sha256 = bytes.fromhex(digest)
+        op = _shard_addition(name, path)
         self._call(
             f"pre-upload {name}",
             self.api.preupload_lfs_files,
