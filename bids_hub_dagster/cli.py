@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -121,16 +122,19 @@ def build_one_shard(spec: DatasetSpec, key: str, log_level: str, instance=None) 
     """
     import dagster as dg
 
-    from .defs import build_definitions, job_names
+    from .defs import build_definitions, job_names, runs
 
     cache_key = spec.to_yaml()
     if cache_key not in _DEFS_CACHE:
         _DEFS_CACHE[cache_key] = build_definitions([spec])
     job = _DEFS_CACHE[cache_key].resolve_job_def(job_names(spec).shards)
-    with contextlib.nullcontext(instance) if instance is not None else dg.DagsterInstance.get() as inst:
-        result = job.execute_in_process(
-            instance=inst, partition_key=key, run_config=_quiet(log_level), raise_on_error=False
-        )
+    try:
+        with contextlib.nullcontext(instance) if instance is not None else dg.DagsterInstance.get() as inst:
+            result = runs.execute_job(job, inst, run_config=_quiet(log_level), partition_key=key)
+    except runs.Interrupted as exc:
+        if runs.in_worker():  # the run was stopped (canceled): this worker ends, its parent stops too
+            os._exit(exc.exit_code)
+        raise
     return None if result.success else _failure_message(result)
 
 
@@ -151,15 +155,54 @@ def _run_shards(
                 failures[key] = error
             bar.update(1)
         return failures
+    from .defs import runs
+
     bar.set_description(f"{spec.name}: shards ({workers} workers)")
     context = multiprocessing.get_context("spawn")  # no fork of an open instance
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(build_one_shard, spec, key, log_level): key for key in keys}
+    pool = None
+    futures: dict[concurrent.futures.Future, str] = {}
+    try:
+        # workers are spawned with Ctrl-C blocked, and then ignore it: the parent stops them
+        with runs.sigint_blocked():
+            pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=runs.worker_init
+            )
+            futures = {pool.submit(build_one_shard, spec, key, log_level): key for key in keys}
         for future in concurrent.futures.as_completed(futures):
             if error := future.result():
                 failures[futures[future]] = error
             bar.update(1)
+    except BaseException:
+        if pool is not None:
+            with runs.signals_deferred():
+                _stop_workers(pool, futures)
+        raise
+    pool.shutdown()
     return {k: failures[k] for k in keys if k in failures}
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, futures) -> None:
+    """Cancel what has not started; SIGTERM the workers (each cancels its run), then kill stragglers."""
+    import signal
+    import time
+
+    from .defs import runs
+
+    for future in futures:
+        future.cancel()
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + runs.STOP_GRACE_SECONDS + 2
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(2)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def default_workers(num_shards: int) -> int:
@@ -193,26 +236,104 @@ def _shards_to_build(spec: DatasetSpec, keys: list[str], instance) -> list[str]:
     ]
 
 
+#: the temporary files of ``hf.parquet.atomic_path``: ``.NAME.<8 hex>.tmp``
+_PARTIAL_FILE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def _remove_partial_files(instance, spec: DatasetSpec) -> list[Path]:
+    """Delete temporary files a killed run left in the dataset's storage and local destination.
+
+    Only when no run of the dataset is in progress: a live one may be writing them.
+    """
+    from .defs import job_names, runs
+    from .defs.io_managers import default_storage_dir
+    from .hf.hub import is_hub_url
+
+    names = set(dataclasses.astuple(job_names(spec)))
+    if any(
+        r.job_name in names for r in instance.get_runs(filters=runs.RunsFilter(statuses=runs.IN_PROGRESS))
+    ):
+        return []
+    folders = [Path(default_storage_dir()) / spec.name]
+    if spec.destination and not is_hub_url(spec.destination):
+        folders.append(Path(spec.destination))
+    removed = []
+    for folder in folders:
+        for path in folder.rglob(".*.tmp") if folder.is_dir() else []:
+            if _PARTIAL_FILE.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+@dataclasses.dataclass
+class _Stop:
+    code: int = 0
+    bar: object = None
+
+
+@contextlib.contextmanager
+def _stoppable(instance, spec: DatasetSpec):
+    """The publish's frame: sweep the instance first; on Ctrl-C, SIGTERM or a slot timeout, stop cleanly.
+
+    Yields a :class:`_Stop` whose ``code`` is the exit code once an interrupt (130, 143)
+    or a slot timeout (1) was handled; the exception is not propagated.
+    """
+    from .defs import runs
+
+    stop = _Stop()
+    if summary := runs.sweep(instance).summary():
+        click.echo(summary, err=True)
+    _remove_partial_files(instance, spec)
+    try:
+        with runs.signals_raise():
+            yield stop
+    except (runs.Interrupted, runs.SlotTimeout) as exc:
+        with runs.signals_deferred():  # a second Ctrl-C does not interrupt the cleanup
+            if stop.bar is not None:
+                stop.bar.close()
+            runs.sweep(instance)  # the runs of workers that had to be killed
+            _remove_partial_files(instance, spec)
+            if isinstance(exc, runs.SlotTimeout):
+                click.echo(f"error: {exc}", err=True)
+                stop.code = 1
+            else:
+                click.echo("interrupted; run the same command to resume", err=True)
+                stop.code = exc.exit_code
+            if runs.run_thread_left():  # a run that ignored the interrupt: do not wait for it
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(stop.code)
+
+
 def run_publish(
-    spec: DatasetSpec, progress: bool = True, log_level: str = "CRITICAL", workers: int | None = None
+    spec: DatasetSpec,
+    progress: bool = True,
+    log_level: str = "CRITICAL",
+    workers: int | None = None,
+    slot_timeout: float | None = None,
 ) -> int:
     """Materialize index, dataset, every shard partition and the upload. Returns an exit code.
 
     Each step is a real run on the persistent instance; ``log_level`` sets what the
     runs print to the console (everything is stored in the instance's event log).
-    Shard runs go ``workers`` at a time (default: :func:`default_workers`).
+    Shard runs go ``workers`` at a time (default: :func:`default_workers`). The upload
+    waits at most ``slot_timeout`` seconds for the ``hf_hub`` pool slot (default
+    ``$BIDS_HUB_SLOT_TIMEOUT``, else 600). Ctrl-C (or SIGTERM) stops every run, which
+    ends canceled, and returns 130 (143).
     """
     import dagster as dg
     from tqdm import tqdm
 
-    from .defs import build_definitions, job_names
+    from .defs import build_definitions, job_names, runs
     from .defs.assets import shard_partitions_name
+    from .defs.resources import HUB_POOL
     from .hf.publish import parse_destination
 
     if not spec.destination:
         raise click.UsageError("no destination: pass --to DEST or set `destination:` in the spec.")
     # a malformed destination fails now; the token and repo are checked by the first run
-    parse_destination(spec.destination, hub=spec.hub)
+    parse_destination(spec.destination, hub=spec.hub, sources=spec.source_folders())
     if log_level == "CRITICAL":
         from huggingface_hub.utils import disable_progress_bars
 
@@ -221,15 +342,18 @@ def run_publish(
     defs = build_definitions([spec])
     jobs = job_names(spec)
     quiet = _quiet(log_level)
-    with dg.DagsterInstance.get() as instance:
-        bar = tqdm(total=2, desc=f"{spec.name}: index", unit="step", disable=not progress, file=sys.stderr)
-        result = defs.resolve_job_def(jobs.prepare).execute_in_process(
-            instance=instance, run_config=quiet, raise_on_error=False
+    timeout = runs.slot_timeout(slot_timeout)
+    with dg.DagsterInstance.get() as instance, _stoppable(instance, spec) as stop:
+        bar = stop.bar = tqdm(
+            total=2, desc=f"{spec.name}: index", unit="step", disable=not progress, file=sys.stderr
         )
+        result = runs.execute_job(defs.resolve_job_def(jobs.prepare), instance, run_config=quiet)
         if not result.success:
             bar.close()
             click.echo(f"error: indexing {spec.bids_root} failed:\n{_failure_message(result)}", err=True)
-            return 1
+            from .defs.outcomes import is_user_error
+
+            return 2 if is_user_error(result.all_events) else 1  # 2: as `index` for the same error
         index_event = instance.get_latest_materialization_event(dg.AssetKey([spec.name, "bids_index"]))
         index_warnings = index_event.asset_materialization.metadata["warnings"].value
         if index_warnings != "none":
@@ -259,8 +383,10 @@ def run_publish(
             )
             return 1
         bar.set_description(f"{spec.name}: publish")
-        result = defs.resolve_job_def(jobs.upload).execute_in_process(
-            instance=instance, run_config=quiet, raise_on_error=False
+        pool_wait = runs.PoolWait(instance, HUB_POOL, timeout, lambda line: tqdm.write(line, file=sys.stderr))
+        pool_wait.wait()  # says which run holds the slot; gives up after the timeout
+        result = runs.execute_job(
+            defs.resolve_job_def(jobs.upload), instance, run_config=quiet, pool_wait=pool_wait
         )
         bar.update(1)
         bar.close()
@@ -282,7 +408,7 @@ def run_publish(
             if "pull_request" in meta:
                 click.echo(f"pull request: {meta['pull_request']}")
             click.echo(f"verified: {meta['verification']}")
-    return 0
+    return stop.code
 
 
 @main.command()
@@ -296,16 +422,30 @@ def run_publish(
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Shard runs at a time (default: cores, at most 4)."
 )
+@click.option(
+    "--slot-timeout",
+    type=click.FloatRange(min=0),
+    help="Seconds to wait for the hf_hub pool slot held by another run (default $BIDS_HUB_SLOT_TIMEOUT, else 600).",
+)
 @click.pass_obj
 def publish(
-    obj, bids_root, spec_path, row, max_shard_size, num_shards, to, no_progress, workers, **hub
+    obj, bids_root, spec_path, row, max_shard_size, num_shards, to, no_progress, workers, slot_timeout, **hub
 ) -> None:
     """Index, build every shard, publish and verify: BIDS_ROOT --to DEST, or --spec SPEC.
 
     Publishing to the Hub reads the token from HF_TOKEN (or the saved `hf auth login`).
+    Ctrl-C stops every run and exits 130 (SIGTERM: 143); run the same command to resume.
     """
     spec = _with_hub(_resolve_spec(bids_root, spec_path, to, row, max_shard_size, num_shards), **hub)
-    sys.exit(run_publish(spec, progress=not no_progress, log_level=obj["log_level"], workers=workers))
+    sys.exit(
+        run_publish(
+            spec,
+            progress=not no_progress,
+            log_level=obj["log_level"],
+            workers=workers,
+            slot_timeout=slot_timeout,
+        )
+    )
 
 
 @main.command()

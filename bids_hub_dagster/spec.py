@@ -220,6 +220,14 @@ class DatasetSpec:
             out["watch_interval"] = self.watch_interval
         return out
 
+    def source_folders(self) -> tuple[Path, ...]:
+        """The folders the dataset is read from: the BIDS root and every column's scope folder.
+
+        A local destination may neither be, hold, nor lie inside any of them.
+        """
+        scopes = sorted({c.scope for c in self.columns or () if c.scope})
+        return (self.bids_root, *(self.bids_root / s for s in scopes))
+
     def build_index(self) -> BidsIndex:
         """Index this spec's BIDS folder with its columns, row unit and phenotype."""
         return build_index(

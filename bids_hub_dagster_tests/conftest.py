@@ -1,4 +1,4 @@
-"""Shared fixtures: real NIfTI images in BIDS-shaped trees, the shared bids-examples, Dagster instances."""
+"""Shared fixtures: real NIfTI images in BIDS-shaped trees, the vendored bids-examples, Dagster instances."""
 
 from __future__ import annotations
 
@@ -16,7 +16,51 @@ from bids_hub_dagster.spec import DatasetSpec, load_spec
 from bids_hub_dagster_tests.hub_server import hub_server  # noqa: F401  (the Hub test server fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-BIDS_EXAMPLES = Path(os.environ.get("BIDS_EXAMPLES", REPO.parent / "shared" / "bids-examples"))
+TEST_DATA = Path(__file__).resolve().parent / "data"
+# BIDS' own example layouts, vendored as test data (see data/README.md). BIDS_EXAMPLES=/path runs
+# the tests against another copy, e.g. a full checkout of bids-standard/bids-examples.
+BIDS_EXAMPLES = Path(os.environ.get("BIDS_EXAMPLES") or TEST_DATA / "bids-examples")
+
+# The examples the tests use, named here rather than listed from the folder: a test parametrized
+# over them always has its cases, and a missing folder fails those cases (never collects nothing).
+BIDS_EXAMPLE_NAMES = (
+    "7t_trt",
+    "ds000001-fmriprep",
+    "ds000117",
+    "ds001",
+    "ds005",
+    "eeg_cbm",
+    "genetics_ukbb",
+    "mri_chunk",
+    "pet001",
+    "qmri_mp2rage",
+    "synthetic",
+)
+
+collect_ignore = ["data"]  # test data only: nothing to collect among its ~4,500 files
+
+
+def pytest_collection_modifyitems(config, items):
+    """A parametrized test whose parameter list came out empty is an error, never a silent skip."""
+    empty = [
+        item.nodeid
+        for item in items
+        for mark in item.iter_markers("skip")
+        if str(mark.kwargs.get("reason", "")).startswith("got empty parameter set")
+    ]
+    if empty:
+        raise pytest.UsageError("parametrized with no cases (is its test data missing?): " + ", ".join(empty))
+
+
+def example_source(name: str) -> Path:
+    """The vendored example ``name`` (read it, never write it); fails the test if it is missing."""
+    src = BIDS_EXAMPLES / name
+    if not src.is_dir():
+        pytest.fail(
+            f"{src} is missing: the BIDS examples are test data in bids_hub_dagster_tests/data/bids-examples "
+            "(or set BIDS_EXAMPLES to a folder that holds them)"
+        )
+    return src
 
 
 @pytest.fixture(autouse=True)
@@ -45,12 +89,10 @@ def demo_spec(tmp_path) -> DatasetSpec:
 
 @pytest.fixture
 def bids_example(tmp_path):
-    """Copy one of ../shared/bids-examples into tmp_path (never write into the shared folder)."""
+    """Copy one of the vendored bids-examples into tmp_path (never write into the test data)."""
 
     def copy(name: str) -> Path:
-        src = BIDS_EXAMPLES / name
-        if not src.is_dir():
-            pytest.fail(f"{src} is missing: the shared bids-examples must sit beside the repository")
+        src = example_source(name)
         dest = tmp_path / "examples" / name
         shutil.copytree(src, dest, symlinks=True)
         return dest

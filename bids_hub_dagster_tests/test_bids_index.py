@@ -1,4 +1,4 @@
-"""build_index on real BIDS layouts (the shared bids-examples) and on small trees built here."""
+"""build_index on real BIDS layouts (the vendored bids-examples) and on small trees built here."""
 
 from __future__ import annotations
 
@@ -25,16 +25,17 @@ from bids_hub_dagster.bids.entities import natural_key, parse_filename
 from bids_hub_dagster.bids.layout import scan
 from bids_hub_dagster.bids.participants import read_participants
 from bids_hub_dagster.demo import DEMO_FILES, build_demo_bids
-from bids_hub_dagster_tests.conftest import BIDS_EXAMPLES
+from bids_hub_dagster_tests.conftest import BIDS_EXAMPLE_NAMES, BIDS_EXAMPLES, example_source
 
-EXAMPLES = sorted(d.name for d in BIDS_EXAMPLES.iterdir() if d.is_dir()) if BIDS_EXAMPLES.is_dir() else []
+# Named, not listed from the folder: if the data is missing these tests fail, they do not vanish.
+EXAMPLES = list(BIDS_EXAMPLE_NAMES)
+EXAMPLES_WITHOUT_NIFTI = ["eeg_cbm"]
+EXAMPLES_WITH_NIFTI = [n for n in EXAMPLES if n not in EXAMPLES_WITHOUT_NIFTI]
 
 
 def _has_nifti(folder: Path) -> bool:
     return any(f.endswith((".nii", ".nii.gz")) for _, _, files in os.walk(folder) for f in files)
 
-
-EXAMPLES_WITH_NIFTI = [n for n in EXAMPLES if _has_nifti(BIDS_EXAMPLES / n)]
 
 DESCRIPTION = {"Name": "test", "BIDSVersion": "1.10.0", "DatasetType": "raw"}
 
@@ -53,9 +54,7 @@ def example(tmp_path_factory):
 
     def copy(name: str) -> Path:
         if name not in copies:
-            src = BIDS_EXAMPLES / name
-            if not src.is_dir():
-                pytest.fail(f"{src} is missing: the shared bids-examples must sit beside the repository")
+            src = example_source(name)
             copies[name] = tmp_path_factory.mktemp("examples") / name
             shutil.copytree(src, copies[name], symlinks=True)
         return copies[name]
@@ -96,7 +95,7 @@ def all_cell_paths(index: BidsIndex) -> list[str]:
 
 
 def make_writable(root: Path) -> None:
-    """The shared examples are read-only and copytree keeps modes; let a test edit its copy."""
+    """An examples folder may be read-only and copytree keeps modes; let a test edit its copy."""
     for folder, dirs, files in os.walk(root):
         for name in [*dirs, *files]:
             p = Path(folder, name)
@@ -161,16 +160,9 @@ def raw_nifti_files(root: Path) -> tuple[set[str], set[str]]:
 
 
 def test_the_example_corpus_is_there():
-    assert {
-        "7t_trt",
-        "ds000117",
-        "ds001",
-        "eeg_cbm",
-        "genetics_ukbb",
-        "pet001",
-        "qmri_mp2rage",
-        "synthetic",
-    } <= set(EXAMPLES)
+    # every named example is on disk, and the NIfTI split above matches its files
+    for name in EXAMPLES:
+        assert _has_nifti(example_source(name)) == (name in EXAMPLES_WITH_NIFTI), name
     assert "eeg_cbm" not in EXAMPLES_WITH_NIFTI
     assert len(EXAMPLES_WITH_NIFTI) >= 9
 
@@ -1090,7 +1082,7 @@ def test_unreadable_sidecar_is_a_warning_not_a_crash(tmp_path):
 
 
 def test_example_copy_can_be_edited_after_making_it_writable(bids_example):
-    # The shared examples are read-only; a copy edited here must not touch the original.
+    # The examples are test data, never written; a copy edited here must not touch the original.
     root = bids_example("ds001")
     make_writable(root)
     extra = root / "sub-01/anat/sub-01_run-2_T1w.nii.gz"

@@ -9,3 +9,10 @@ class BidsError(ValueError):
 
 class AmbiguousColumnError(BidsError):
     """A single-file column matched more than one file in one row."""
+
+
+def shown(value: object) -> str:
+    """``value`` as text fit for one line of a message: a name with a newline or another control character
+    is quoted with its characters escaped (``'sub-01_T1w\\nerror: x.nii'``), so it cannot forge lines."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)

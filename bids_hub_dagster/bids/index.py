@@ -11,7 +11,7 @@ from typing import Any
 
 from .columns import ColumnRule, infer_columns, row_key
 from .entities import distinguishing_entities, entity_sort_key, natural_key
-from .errors import AmbiguousColumnError, BidsError
+from .errors import AmbiguousColumnError, BidsError, shown
 from .layout import BidsFile, read_dataset_description, scan
 from .participants import Participants, read_participants
 from .sidecars import SidecarResolver
@@ -98,10 +98,10 @@ def _assign(rule: ColumnRule, files: list[BidsFile], row: str) -> dict[RowKey, l
                 )
             else:
                 hint = "set `many: true` to keep all"
-            label = key[0] if key[1] is None else f"{key[0]}/{key[1]}"
+            label = shown(key[0] if key[1] is None else f"{key[0]}/{key[1]}")
             raise AmbiguousColumnError(
                 f"column {rule.name!r} holds one file per row, but row {label} matches "
-                f"{len(matched)} files: {a.relpath} and {b.relpath}"
+                f"{len(matched)} files: {shown(a.relpath)} and {shown(b.relpath)}"
                 + (f" (and {len(matched) - 2} more)" if len(matched) > 2 else "")
                 + f"; {hint}."
             )
@@ -135,7 +135,7 @@ def build_index(
     warnings: list[str] = []
     rules = list(columns) if columns is not None else infer_columns(files, row)
     if not rules:
-        raise BidsError(f"{root} holds no NIfTI files (.nii or .nii.gz) under sub-* folders.")
+        raise BidsError(f"{shown(root)} holds no NIfTI files (.nii or .nii.gz) under sub-* folders.")
     names = [r.name for r in rules]
     reserved = [n for n in names if n in RESERVED_NAMES or n.startswith("_bids")]
     if reserved:
@@ -164,7 +164,7 @@ def build_index(
     keys = sorted(cells, key=_row_sort_key)
     if not keys:
         raise BidsError(
-            f"no row: none of the columns ({', '.join(names)}) matches a file under {root}; "
+            f"no row: none of the columns ({', '.join(names)}) matches a file under {shown(root)}; "
             "check their filters with `bids-hub-dagster index`."
         )
     subjects_with_data = {k[0] for k in keys}
@@ -173,7 +173,7 @@ def build_index(
         if unlisted:
             warnings.append(
                 f"{len(unlisted)} subject folder(s) missing from participants.tsv (phenotype left null): "
-                + ", ".join(unlisted)
+                + ", ".join(map(shown, unlisted))
             )
     warnings.extend(participants.warnings)
     no_data = sorted(set(participants.records) - subjects_with_data, key=natural_key)
@@ -194,7 +194,7 @@ def build_index(
         warnings.append(
             f"{len(broken)} file(s) are broken symlinks (annexed content not fetched; "
             f"run `datalad get` or `git annex get` on them): "
-            + ", ".join(broken[:20])
+            + ", ".join(map(shown, broken[:20]))
             + (" …" if len(broken) > 20 else "")
         )
     resolver = SidecarResolver(root, jsons)

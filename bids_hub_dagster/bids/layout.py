@@ -13,7 +13,7 @@ from typing import Any
 import pathspec
 
 from .entities import NIFTI_EXTENSIONS, BidsName, load_schema, parse_filename
-from .errors import BidsError
+from .errors import BidsError, shown
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +63,37 @@ def read_dataset_description(root: Path) -> dict[str, Any]:
     """Read ``dataset_description.json``; its absence means ``root`` is not a BIDS folder."""
     path = root / "dataset_description.json"
     if not root.is_dir():
-        raise BidsError(f"{root} is not a folder.")
+        raise BidsError(f"{shown(root)} is not a folder.")
     if not path.is_file():
         raise BidsError(
-            f"{root} is not a BIDS dataset: it has no dataset_description.json at its top level. "
+            f"{shown(root)} is not a BIDS dataset: it has no dataset_description.json at its top level. "
             "Point bids_root at the folder that holds dataset_description.json and the sub-* folders."
         )
+    return read_json_object(path, "the dataset's name, BIDSVersion and license")
+
+
+def read_json_object(path: Path, holds: str) -> dict[str, Any]:
+    """Read a JSON file that must hold an object; any problem is a BidsError naming ``path``.
+
+    ``holds`` says what the file is for, in the advice of the message.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
-        raise BidsError(f"{path} is not valid JSON: {exc}") from exc
+        raise BidsError(
+            f"{shown(path)} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}. "
+            f"Fix the file: it must be a JSON object holding {holds}."
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise BidsError(
+            f"{shown(path)} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 JSON."
+        ) from None
+    except OSError as exc:
+        raise BidsError(f"{shown(path)} cannot be read: {exc.strerror or exc}.") from None
     if not isinstance(data, dict):
-        raise BidsError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+        raise BidsError(
+            f"{shown(path)} must hold a JSON object, not {type(data).__name__}: write it as {{...}} with {holds}."
+        )
     return data
 
 
@@ -110,7 +129,7 @@ def walk(root: Path, scopes: Iterable[str] = ("",)) -> Iterator[tuple[str, str, 
     for scope in scopes:
         base = root / scope if scope else root
         if not base.is_dir():
-            raise BidsError(f"scope {scope!r} does not exist under {root} (looked for {base}).")
+            raise BidsError(f"scope {scope!r} does not exist under {shown(root)} (looked for {shown(base)}).")
         ignore = load_bidsignore(base)
         prefix = f"{scope}/" if scope else ""
         stack: list[tuple[str, str]] = [(str(base), "")]
@@ -121,7 +140,7 @@ def walk(root: Path, scopes: Iterable[str] = ("",)) -> Iterator[tuple[str, str, 
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError as exc:
-                raise BidsError(f"cannot list {folder}: {exc}") from exc
+                raise BidsError(f"cannot list {shown(folder)}: {exc}") from None
             for entry in entries:
                 name = entry.name
                 if name.startswith("."):
@@ -188,7 +207,7 @@ def scan(root: Path, scopes: Iterable[str] = ("",)) -> tuple[list[BidsFile], lis
             if name.entities.get(key, label) != label:
                 # The row comes from the name: a mismatch would file the data under another subject.
                 raise BidsError(
-                    f"{relpath}: its name says {key}-{name.entities[key]} but it sits in the "
+                    f"{shown(relpath)}: its name says {key}-{name.entities[key]} but it sits in the "
                     f"{key}-{label} folder; rename or move the file."
                 )
         missing = {k: v for k, v in folders.items() if k not in name.entities}

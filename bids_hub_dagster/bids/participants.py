@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import BidsError
+from .errors import BidsError, shown
+from .layout import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +102,26 @@ def read_participants(root: Path) -> Participants:
     sidecar_path = root / "participants.json"
     sidecar: dict[str, Any] = {}
     if sidecar_path.is_file():
-        try:
-            sidecar = json.loads(sidecar_path.read_text(encoding="utf-8-sig"))
-        except json.JSONDecodeError as exc:
-            raise BidsError(f"{sidecar_path} is not valid JSON: {exc}") from exc
-    with tsv.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t")
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            return Participants.empty()
-        rows = [[c.strip() for c in r] for r in reader if any(c.strip() for c in r)]
+        sidecar = read_json_object(sidecar_path, "one description per participants.tsv column")
+    try:
+        with tsv.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter="\t")
+            try:
+                header = [h.strip() for h in next(reader)]
+            except StopIteration:
+                return Participants.empty()
+            rows = [[c.strip() for c in r] for r in reader if any(c.strip() for c in r)]
+    except UnicodeDecodeError as exc:
+        raise BidsError(
+            f"{shown(tsv)} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8."
+        ) from None
+    except (OSError, csv.Error) as exc:
+        raise BidsError(f"{shown(tsv)} cannot be read: {exc}.") from None
     if "participant_id" not in header:
-        raise BidsError(f"{tsv} has no participant_id column (its columns: {header}).")
+        raise BidsError(f"{shown(tsv)} has no participant_id column (its columns: {header}).")
     for i, r in enumerate(rows, start=2):
         if len(r) != len(header):
-            raise BidsError(f"{tsv} line {i} has {len(r)} fields, the header has {len(header)}.")
+            raise BidsError(f"{shown(tsv)} line {i} has {len(r)} fields, the header has {len(header)}.")
     id_col = header.index("participant_id")
     columns: dict[str, ColumnType] = {}
     for j, name in enumerate(header):
@@ -131,7 +135,7 @@ def read_participants(root: Path) -> Participants:
         if not pid.startswith("sub-"):
             pid = f"sub-{pid}"
         if pid in records:
-            raise BidsError(f"{tsv} lists {pid} twice.")
+            raise BidsError(f"{shown(tsv)} lists {shown(pid)} twice.")
         records[pid] = {name: _convert(r[j], columns[name]) for j, name in enumerate(header) if j != id_col}
     descriptions = {
         name: str(meta.get("Description"))

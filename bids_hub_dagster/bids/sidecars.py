@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .entities import parse_filename
+from .errors import shown
 from .layout import BidsFile
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class SidecarResolver:
                 data = json.loads(raw.removeprefix(codecs.BOM_UTF8))
                 self._cache[rel] = data if isinstance(data, dict) else None
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                self.warnings.append(f"{rel}: sidecar not readable ({exc}); ignored")
+                self.warnings.append(f"{shown(rel)}: sidecar not readable ({exc}); ignored")
                 self._cache[rel] = None
         return self._cache[rel]
 

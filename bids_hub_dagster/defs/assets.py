@@ -15,6 +15,7 @@ import dagster as dg
 import pyarrow as pa
 from datasets import Dataset
 
+from ..bids.errors import BidsError
 from ..hf.destinations import DestinationError
 from ..hf.hub import HubRepo, HubTransientError, is_hub_url
 from ..hf.publish import ShardsNotReadyError, publish_shards
@@ -28,6 +29,7 @@ from ..hf.versions import (
     structure_version,
 )
 from ..spec import DatasetSpec, format_size
+from .outcomes import user_failure
 from .resources import HUB_POOL, HUB_RESOURCE_KEY, HubResource
 
 IO_MANAGER_KEY = "bids_hub_io_manager"
@@ -97,8 +99,11 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             try:
                 hf_hub.destination(spec, progress=context.log.info).check()
             except DestinationError as exc:
-                raise dg.Failure(str(exc), allow_retries=False) from None
-        index = spec.build_index()
+                raise user_failure(exc) from None
+        try:
+            index = spec.build_index()
+        except BidsError as exc:  # a bad file or spec, named in the message: a retry fails the same way
+            raise user_failure(exc) from None
         for warning in index.warnings:
             context.log.warning(warning)
         table = index_to_table(index)
@@ -320,7 +325,9 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                         "files_checked": report.files_checked,
                         "bytes_checked": report.bytes_checked,
                         "summary": report.summary(),
-                    },
+                    }
+                    # one line per problem: what the CLI and the UI show of a failed check
+                    | ({"problems": "\n".join(report.problem_lines())} if not report.ok else {}),
                 )
             ],
         )

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 from datasets.table import InMemoryTable
 
-from ..hf.digests import sidecar_path
+from ..hf.digests import record_digest, sidecar_path
 from ..hf.parquet import WrittenFile, write_row_groups, write_table
 from ..hf.shards import EmbeddedShard, read_shard_record
 
@@ -75,7 +75,11 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
 
         The asset then outputs the returned WrittenFile, which ``handle_output`` accepts as stored.
         """
-        return write_row_groups(self._path(key, partition), shard.schema, shard.groups, **shard.write_options)
+        written = write_row_groups(
+            self._path(key, partition), shard.schema, shard.groups, **shard.write_options
+        )
+        record_digest(written.path)  # what the cache compares with before it reuses the file
+        return written
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         started = time.monotonic()

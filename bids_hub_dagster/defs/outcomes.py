@@ -4,6 +4,25 @@ from collections.abc import Iterable
 
 import dagster as dg
 
+USER_ERROR = "user_error"  # metadata key of a step failure caused by the user's input
+
+
+def user_failure(exc: Exception) -> dg.Failure:
+    """The step failure of an error in the user's input (a BIDS file, the spec, the destination).
+
+    Its message names the file and what to do; a retry would fail the same way, so none is
+    made; the CLI exits 2 for it, as for the same error found before any run.
+    """
+    return dg.Failure(str(exc), allow_retries=False, metadata={USER_ERROR: type(exc).__name__})
+
+
+def is_user_error(events: Iterable[dg.DagsterEvent]) -> bool:
+    """Whether a failed run failed only of errors in the user's input (see :func:`user_failure`)."""
+    failures = [e.step_failure_data for e in events if e.is_step_failure]
+    return bool(failures) and all(
+        f.user_failure_data is not None and USER_ERROR in f.user_failure_data.metadata for f in failures
+    )
+
 
 def failed_check_problems(events: Iterable[dg.DagsterEvent]) -> list[str]:
     """``check: problem`` lines of every failed asset check among ``events``."""

@@ -38,6 +38,7 @@ class HubResource(dg.ConfigurableResource):
             endpoint=self.endpoint,
             backoff=Backoff(attempts=self.retry_attempts, base=self.retry_base_seconds),
             progress=progress,
+            sources=spec.source_folders(),
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from datasets import DatasetInfo, Features, SplitDict, SplitInfo
@@ -92,6 +92,8 @@ class CardFacts:
     dataset_size: int  # bytes of the data in memory (embedded files + ids)
     load_id: str  # what to pass to load_dataset: a repo id or a folder
     phenotype_descriptions: Mapping[str, str]
+    #: column -> NIfTI-2 files in it: datasets' Nifti() cannot decode those, the card says how to read them
+    nifti2_files: Mapping[str, int] = field(default_factory=dict)
 
 
 def card_data(facts: CardFacts) -> DatasetCardData:
@@ -126,6 +128,60 @@ def _authors(value: Any) -> str:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return ", ".join(str(a) for a in value)
     return str(value)
+
+
+def _nifti2_lines(facts: CardFacts) -> list[str]:
+    """How to read NIfTI-2 cells: datasets decodes ``Nifti()`` cells as NIfTI-1 only."""
+    columns = [c for c in facts.features if facts.nifti2_files.get(c)]
+    counts = ", ".join(f"`{c}` ({facts.nifti2_files[c]})" for c in columns)
+    lines = [
+        "## NIfTI-2 images",
+        "",
+        f"Some images are NIfTI-2, files per column: {counts}. `datasets` decodes `Nifti()` cells with "
+        "`nibabel.Nifti1Image.from_bytes`, which reads NIfTI-1 only, so decoding a row that holds one "
+        "fails. Read these columns undecoded and let nibabel read each cell (NIfTI-1 or NIfTI-2, "
+        "gzipped or not):",
+        "",
+        "```python",
+        "import gzip",
+        "",
+        "import nibabel",
+        "from datasets import List, Nifti, load_dataset",
+        "",
+        f'ds = load_dataset("{facts.load_id}", split="train")',
+    ]
+    for column in columns:
+        many = type(facts.features[column]).__name__ == "List"
+        cast = "List(Nifti(decode=False))" if many else "Nifti(decode=False)"
+        lines.append(f'ds = ds.cast_column("{column}", {cast})  # cells stay {{"bytes", "path"}}')
+    if any(type(facts.features[c]).__name__ == "List" for c in columns):
+        lines += [
+            "# casting a List column writes a copy of the dataset into the cache once; streaming needs none:",
+            f'# ds = load_dataset("{facts.load_id}", split="train", streaming=True).decode(False)',
+            "# row = next(iter(ds))",
+        ]
+    lines += [
+        "",
+        "",
+        "def to_image(cell):",
+        '    """A nibabel image from an undecoded cell (None stays None)."""',
+        "    if cell is None:",
+        "        return None",
+        '    data = cell["bytes"]',
+        '    if data[:2] == b"\\x1f\\x8b":  # .nii.gz',
+        "        data = gzip.decompress(data)",
+        '    nifti2 = data[:4] in (b"\\x1c\\x02\\x00\\x00", b"\\x00\\x00\\x02\\x1c")  # sizeof_hdr 540',
+        "    return (nibabel.Nifti2Image if nifti2 else nibabel.Nifti1Image).from_bytes(data)",
+        "",
+        "",
+        "row = ds[0]",
+    ]
+    for column in columns:
+        if type(facts.features[column]).__name__ == "List":
+            lines.append(f'{column} = [to_image(cell) for cell in row["{column}"] or []]')
+        else:
+            lines.append(f'{column} = to_image(row["{column}"])')
+    return lines + ["```", ""]
 
 
 def render_card(facts: CardFacts) -> DatasetCard:
@@ -176,6 +232,8 @@ def render_card(facts: CardFacts) -> DatasetCard:
     if first_nifti:
         lines.append(f'img = row["{first_nifti}"]  # nibabel image(s)')
     lines += ["```", ""]
+    if facts.nifti2_files:
+        lines += _nifti2_lines(facts)
     if d.get("HowToAcknowledge") or d.get("ReferencesAndLinks") or d.get("Funding"):
         lines += ["## How to acknowledge", ""]
         if d.get("HowToAcknowledge"):

@@ -7,6 +7,8 @@ Both take the same input, the shard files in order and the card, and produce
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
@@ -20,9 +22,13 @@ import pyarrow as pa
 from huggingface_hub import DatasetCard
 
 from .card import PUBLISHED_MARK
+from .manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
 from .parquet import atomic_path
 from .verify import VerifyReport, verify_published
 
+log = logging.getLogger(__name__)
+STAGING_PREFIX = ".bids_hub_staging-"
+STAGING_MARKER = ".bids_hub_staging"
 DATA_FILE = re.compile(r"^train-(\d{5})-of-(\d{5})\.parquet$")
 
 
@@ -59,6 +65,12 @@ class Destination(Protocol):
         """Read the published copy back with ``datasets.load_dataset`` and compare it with the index."""
 
 
+def shown(path: Path | str) -> str:
+    """A path as printed in messages: control characters (a newline in a name) escaped."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -73,61 +85,136 @@ class DestinationError(ValueError):
 class LocalFolder:
     """A folder laid out exactly like a Hub dataset repo.
 
-    Publishing is staged so that a crash never leaves a mix of two publications: the
-    new data files are linked (hard links from the shard storage when both sit on one
-    file system, else copied) into a hidden staging folder beside ``data/``, which then
-    replaces ``data/`` by two renames; ``README.md`` is replaced last, atomically. A
-    crash while staging leaves the previous publication whole; the staging folder is
-    removed by the next publish.
+    The folder's manifest (:mod:`.manifest`) lists what the last publication wrote; a
+    publication replaces or deletes only those files. Anything else under ``data/``, a
+    README.md the tool did not write, or a folder that is, holds or lies inside one of the
+    ``sources`` (the BIDS root and scope folders) is refused before anything is built.
+
+    Publishing is staged so that a crash never leaves a mix of two publications: the new
+    data files are linked (hard links from the shard storage when both sit on one file
+    system, else copied) and the card written into a hidden staging folder; the manifest
+    is widened to old and new files; ``data/`` is swapped by two renames and ``README.md``
+    by one; then the manifest is narrowed to the new files and the old data files are
+    removed, one by one. A failed rename puts the previous publication back.
     """
 
-    def __init__(self, folder: Path | str) -> None:
+    def __init__(self, folder: Path | str, sources: Sequence[Path | str] = ()) -> None:
         self.folder = Path(folder).expanduser().resolve()
+        self.sources = tuple(Path(s).expanduser().resolve() for s in sources)
         self.url = str(self.folder)
         self.load_id = str(self.folder)
         self.check()
 
-    def check(self) -> None:
-        """Refuse what cannot work, before any shard is built."""
+    # -- what is there -----------------------------------------------------------------
+
+    def _refuse(self, problem: str) -> DestinationError:
+        return DestinationError(f"{shown(self.folder)}: {problem}")
+
+    def _owned(self) -> Manifest:
+        """What the tool wrote here: the manifest, else (a pre-manifest publication) what it adopts."""
+        path = self.folder / MANIFEST_NAME
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise self._refuse(f"{MANIFEST_NAME} is not a regular file; move it away.")
+        if path.is_file():
+            try:
+                return Manifest.parse(path.read_bytes(), str(path))
+            except ManifestError as exc:
+                raise DestinationError(str(exc)) from None
+        readme = self.folder / README
+        if readme.is_file() and PUBLISHED_MARK in readme.read_text(encoding="utf-8", errors="replace"):
+            return adopted(self._present())
+        return Manifest.of(())
+
+    def _present(self) -> list[str]:
+        """README.md and every entry under data/ (files, links, empty folders), relative to the folder."""
+        found = [README] if os.path.lexists(self.folder / README) else []
+        data = self.folder / "data"
+        if data.is_dir() and not data.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(data):
+                rel = Path(dirpath).relative_to(self.folder).as_posix()
+                found += [f"{rel}/{n}" for n in filenames]
+                found += [f"{rel}/{n}/" for n in dirnames if not os.listdir(Path(dirpath, n))]
+                found += [f"{rel}/{n}" for n in dirnames if Path(dirpath, n).is_symlink()]
+        return found
+
+    def check(self) -> Manifest:
+        """Refuse what cannot work or would touch files the tool did not write; return what it owns."""
         if any(c in str(self.folder) for c in "*?[]{}"):
-            raise DestinationError(
-                f"{self.folder}: datasets reads folder paths as glob patterns, so a path with * ? [ ] {{ }} "
-                "could not be loaded back; choose another folder name."
+            raise self._refuse(
+                "datasets reads folder paths as glob patterns, so a path with * ? [ ] { } could not be "
+                "loaded back; choose another folder name."
             )
+        for source in self.sources:
+            if self.folder == source or self.folder.is_relative_to(source):
+                raise self._refuse(
+                    f"lies inside the source folder {shown(source)}: publishing would write into the BIDS "
+                    "dataset. Choose a destination outside it."
+                )
+            if source.is_relative_to(self.folder):
+                raise self._refuse(
+                    f"holds the source folder {shown(source)}: publishing there could replace the BIDS "
+                    "dataset. Choose a destination that does not contain it."
+                )
         for parent in (self.folder, *self.folder.parents):
             if parent.exists():
                 if not parent.is_dir():
-                    raise DestinationError(f"{self.folder}: {parent} is a file, not a folder.")
+                    raise self._refuse(f"{shown(parent)} is a file, not a folder.")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise self._refuse(f"{shown(parent)} is not writable by this user.")
                 break
-        readme = self.folder / "README.md"
-        if (
-            readme.is_file()
-            and not (self.folder / "data").is_dir()
-            and PUBLISHED_MARK not in readme.read_text(encoding="utf-8", errors="replace")
-        ):
-            raise DestinationError(
-                f"{self.folder} already holds a README.md that this tool did not write and no data/ folder: "
-                "publishing would overwrite it; choose an empty or new folder."
+        if not self.folder.exists():
+            return Manifest.of(())
+        data, readme = self.folder / "data", self.folder / README
+        if data.is_symlink() or (data.exists() and not data.is_dir()):
+            raise self._refuse(
+                "data is not a folder (a file or a link); move it away, or choose another folder."
             )
+        if readme.is_symlink() or (readme.exists() and not readme.is_file()):
+            raise self._refuse(f"{README} is not a regular file; move it away, or choose another folder.")
+        owned = self._owned()
+        foreign = [p for p in self._present() if p not in owned.files]
+        if foreign:
+            raise self._refuse(
+                f"holds {len(foreign)} file(s) that bids_hub_dagster did not write, which publishing would "
+                f"replace or delete: {describe(foreign)}. Move them away, or choose an empty or new folder."
+            )
+        return owned
+
+    # -- publishing --------------------------------------------------------------------
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        with atomic_path(self.folder / MANIFEST_NAME) as tmp:
+            tmp.write_bytes(manifest.to_bytes())
+
+    def _remove_leftover_staging(self) -> None:
+        """Staging folders of a publish that died: only those that carry the tool's marker."""
+        for leftover in self.folder.glob(f"{STAGING_PREFIX}*"):
+            if (leftover / STAGING_MARKER).is_file():
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult:
         if not shard_files:
-            raise DestinationError(f"{self.folder}: nothing to publish (no shard files).")
-        self.check()
+            raise self._refuse("nothing to publish (no shard files).")
+        owned = self.check()
+        try:
+            return self._publish(shard_files, card, owned)
+        except OSError as exc:  # a local file system fault is not transient: say it, never retry it
+            raise self._refuse(f"publishing failed, the previous publication is kept: {exc}") from None
+
+    def _publish(self, shard_files: Sequence[Path], card: DatasetCard, owned: Manifest) -> PublishResult:
         result = PublishResult(url=self.url)
         self.folder.mkdir(parents=True, exist_ok=True)
-        for leftover in self.folder.glob(".staging-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        data = self.folder / "data"
-        staging = self.folder / f".staging-{uuid.uuid4().hex[:8]}"
-        (staging / "data").mkdir(parents=True)
+        self._remove_leftover_staging()
+        data, readme = self.folder / "data", self.folder / README
+        staging = self.folder / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        (staging / STAGING_MARKER).write_text("a staging folder of bids_hub_dagster; safe to delete\n")
         n = len(shard_files)
-        old = {p.name for p in data.iterdir()} if data.is_dir() else set()
+        names = [data_file_name(i, n) for i in range(n)]
         try:
-            for i, src in enumerate(shard_files):
-                name = data_file_name(i, n)
-                current = self.folder / name
-                if _same_file(src, current):
+            (staging / "data").mkdir()
+            for name, src in zip(names, shard_files, strict=True):
+                if _same_file(src, self.folder / name):
                     result.files_skipped.append(name)
                 else:
                     result.files_written.append(name)
@@ -136,17 +223,67 @@ class LocalFolder:
                     os.link(src, staging / name)
                 except OSError:
                     shutil.copyfile(src, staging / name)
-            if data.is_dir():
-                os.replace(data, staging / "old-data")
-            os.replace(staging / "data", data)
+            (staging / README).write_text(str(card), encoding="utf-8")
+            new = Manifest.of([*names, README])
+            # a crash from here on leaves a manifest that covers whatever data/ then holds
+            self._write_manifest(Manifest(owned.files | new.files))
+            self._swap(staging, data, readme)
+            self._write_manifest(new)
+            result.files_written.append(README)
+            old = staging / "old-data"  # the previous data/: only files the tool wrote (checked above)
+            for rel in sorted(owned.files):
+                previous = old / rel.removeprefix("data/")
+                if rel.startswith("data/") and (previous.is_file() or previous.is_symlink()):
+                    previous.unlink()
+                    if rel not in new.files:
+                        result.files_removed.append(rel)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        with atomic_path(self.folder / "README.md") as tmp:
-            tmp.write_text(str(card), encoding="utf-8")
-        result.files_written.append("README.md")
-        new = {data_file_name(i, n).removeprefix("data/") for i in range(n)}
-        result.files_removed = sorted(f"data/{name}" for name in old - new if DATA_FILE.match(name))
+            _remove_own_tree(staging)
         return result
+
+    @staticmethod
+    def _swap(staging: Path, data: Path, readme: Path) -> None:
+        """``data/`` and ``README.md`` from ``staging`` in place, or both as they were."""
+        old = staging / "old-data"
+        had_data = data.is_dir()
+        if had_data:
+            os.replace(data, old)
+        try:
+            os.replace(staging / "data", data)
+        except OSError:
+            if had_data:
+                os.replace(old, data)
+            raise
+        try:
+            os.replace(staging / README, readme)
+        except OSError:
+            os.replace(data, staging / "data")
+            if had_data:
+                os.replace(old, data)
+            raise
 
     def verify(self, index_table: pa.Table) -> VerifyReport:
         return verify_published(self.load_id, index_table)
+
+
+def _remove_own_tree(staging: Path) -> None:
+    """Remove a staging folder bottom-up, keeping (and naming) anything that was not expected there."""
+    leftovers = []
+    for dirpath, dirnames, filenames in os.walk(staging, topdown=False):
+        for name in filenames:
+            path = Path(dirpath, name)
+            rel = path.relative_to(staging)
+            ours = rel.parts[0] in ("data", README, STAGING_MARKER)
+            if ours:
+                path.unlink()
+            else:
+                leftovers.append(path)
+        for name in dirnames:
+            with contextlib.suppress(OSError):
+                os.rmdir(Path(dirpath, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(staging)
+    if leftovers:
+        log.warning(
+            "kept %d unexpected file(s) in %s: %s", len(leftovers), staging, describe(map(str, leftovers))
+        )

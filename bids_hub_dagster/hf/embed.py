@@ -1,7 +1,9 @@
 """Embedding strategies: turn a group of rows holding NIfTI paths into rows holding their bytes.
 
 Both take a ``Dataset`` that may be an Arrow slice of a larger one and read the files of
-that slice only; both give the same table.
+that slice only; both give the same table. Both check the bytes of each ``.gz`` file they
+read, in memory, once (``nifti.check_file_bytes``: the whole gzip stream, every member's
+CRC-32 and length); a damaged file raises ``NiftiFileError`` naming it.
 
 - ``pandas`` (default): the seed workaround. A pandas round trip makes a fresh table that
   shares nothing with the parent, then ``datasets.table.embed_table_storage`` reads the
@@ -15,6 +17,7 @@ that slice only; both give the same table.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 from collections.abc import Callable, Iterator
@@ -26,7 +29,38 @@ import pyarrow.compute as pc
 from datasets import Dataset, Features, List, Nifti
 from datasets.table import embed_table_storage
 
+from ..bids.errors import shown
+from .nifti import check_file_bytes
+
 Embedder = Callable[[Dataset, Features], pa.Table]
+#: threads that check gzip streams at once (zlib releases the GIL); each holds at most a few MB
+CHECK_THREADS = min(4, os.cpu_count() or 1)
+
+
+class _FileChecks:
+    """Checks files' bytes (``check_file_bytes``) on a few threads while the next files are read.
+
+    ``wait`` raises the error of the first damaged file, in the order they were given.
+    """
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: list[concurrent.futures.Future] = []
+
+    def submit(self, path: str, data: object) -> None:
+        if not path.lower().endswith(".gz"):  # only gzip streams have anything to check
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="gzip-check")
+        self._pending.append(self._pool.submit(check_file_bytes, path, data))
+
+    def wait(self) -> None:
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
 
 
 @contextlib.contextmanager
@@ -44,7 +78,40 @@ def embed_rows_pandas(part: Dataset, features: Features) -> pa.Table:
     """Embed the bytes of ``part``'s files after breaking any Arrow slice (pandas round trip)."""
     with _quiet_datasets():
         fresh = Dataset.from_pandas(part.to_pandas(), preserve_index=False).cast(features)
-    return embed_table_storage(fresh._data.table.combine_chunks())
+    table = fresh._data.table.combine_chunks()
+    embedded = embed_table_storage(table)
+    _check_read_files(table, embedded, features)
+    return embedded
+
+
+def _nifti_structs(column: pa.ChunkedArray, feature: object) -> pa.StructArray | None:
+    """The ``{bytes, path}`` structs of a NIfTI column, one per file (lists flattened); else None."""
+    if isinstance(feature, Nifti):
+        return column.combine_chunks()
+    if isinstance(feature, List) and isinstance(feature.feature, Nifti):
+        return column.combine_chunks().flatten()  # flatten() honours a slice; .values does not
+    return None
+
+
+def _check_read_files(before: pa.Table, after: pa.Table, features: Features) -> None:
+    """Check the bytes of every file ``embed_table_storage`` read, naming it by its full path.
+
+    ``before`` is the table of paths that was embedded (its paths are whole; the embedded
+    ones keep the file name only), ``after`` the embedded table, in the same shape.
+    """
+    checks = _FileChecks()
+    for name, feature in features.items():
+        source = _nifti_structs(before.column(name), feature)
+        if source is None:
+            continue
+        embedded = _nifti_structs(after.column(name), feature)
+        paths = pc.struct_field(source, "path")
+        given = pc.struct_field(source, "bytes")
+        data = pc.struct_field(embedded, "bytes")
+        for path, had, cell in zip(paths, given, data, strict=True):
+            if path.is_valid and not had.is_valid and cell.is_valid:  # read from the file now
+                checks.submit(path.as_py(), cell.as_buffer())
+    checks.wait()
 
 
 class FileChangedError(OSError):
@@ -58,10 +125,12 @@ def _read_into(path: str, view: memoryview) -> None:
         while pos < len(view):
             n = fh.readinto(view[pos:])
             if not n:
-                raise FileChangedError(f"{path}: file shrank while being read ({pos} of {len(view)} bytes)")
+                raise FileChangedError(
+                    f"{shown(path)}: file shrank while being read ({pos} of {len(view)} bytes)"
+                )
             pos += n
         if fh.read(1):
-            raise FileChangedError(f"{path}: file grew while being read (more than {len(view)} bytes)")
+            raise FileChangedError(f"{shown(path)}: file grew while being read (more than {len(view)} bytes)")
 
 
 def _embed_struct_array(structs: pa.StructArray) -> pa.StructArray:
@@ -91,8 +160,11 @@ def _embed_struct_array(structs: pa.StructArray) -> pa.StructArray:
     for i in range(n):
         if given[i] is not None and valid[i]:
             view[offsets[i] : offsets[i + 1]] = given[i]
+    checks = _FileChecks()
     for i, path in todo:
         _read_into(path, view[offsets[i] : offsets[i + 1]])
+        checks.submit(path, view[offsets[i] : offsets[i + 1]])  # checked while the next file is read
+    checks.wait()
     has_bytes = valid & np.array(
         [g is not None or p is not None for g, p in zip(given, paths, strict=True)], dtype=bool
     )

@@ -30,6 +30,8 @@ import email.utils
 import hashlib
 import logging
 import re
+import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -41,15 +43,19 @@ import httpx2
 import pyarrow as pa
 import pyarrow.parquet as pq
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi, constants
-from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from .destinations import DATA_FILE, DestinationError, PublishResult, data_file_name
+from ..bids.errors import shown
+from .card import PUBLISHED_MARK
+from .destinations import DestinationError, PublishResult, data_file_name
 from .digests import file_digest, mark_uploaded, was_uploaded
-from .verify import VerifyReport, verify_published
+from .manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
+from .verify import DIGEST_CHARS, VerifyReport, short_digest, verify_published
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+NOTHING_OWNED = Manifest.of(())
 
 HUB_SCHEME = "hf://"
 DEFAULT_FILES_PER_COMMIT = 50
@@ -64,6 +70,15 @@ class HubAccessError(DestinationError):
 
 class HubTransientError(RuntimeError):
     """The Hub kept failing with transient faults after every retry; running again may succeed."""
+
+
+class HubUnreachableError(HubTransientError):
+    """No connection could be made to the Hub's host (DNS failure, refused, connect timeout)."""
+
+
+#: tries of a call whose connection cannot even be opened: an offline machine or a wrong
+#: HF_ENDPOINT is said after a few seconds, not after the minutes of backoff an overloaded Hub gets
+CONNECT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -201,6 +216,25 @@ def _is_storage_upload(exc: BaseException) -> bool:
     )
 
 
+def unreachable(exc: BaseException) -> BaseException | None:
+    """The cause that says the Hub's host could not be reached at all, if any.
+
+    DNS failures, refused connections and connect timeouts: no request reached the Hub.
+    A connection dropped mid-request (``ReadError``, ``RemoteProtocolError``…) is not one
+    of them: the Hub was there, and those are retried as usual.
+    """
+    return next(
+        (
+            c
+            for c in _causes(exc)
+            if isinstance(
+                c, (httpx2.ConnectError, httpx2.ConnectTimeout, ConnectionRefusedError, socket.gaierror)
+            )
+        ),
+        None,
+    )
+
+
 def classify(exc: BaseException) -> tuple[str, float | None]:
     """``("transient" | "conflict" | "permanent", retry_after)`` of an error from a Hub call.
 
@@ -209,8 +243,10 @@ def classify(exc: BaseException) -> tuple[str, float | None]:
     408/409/412/429), or a bug (``TypeError``…). Everything else is retried: 429, 5xx,
     dropped connections, a storage PUT refused (its presigned URL may have expired: the
     retry asks for fresh ones), and unknown runtime errors (Xet reports network faults
-    as a bare ``RuntimeError``).
+    as a bare ``RuntimeError``). ``HF_HUB_OFFLINE=1`` is permanent: it stays set.
     """
+    if any(isinstance(c, OfflineModeIsEnabled) for c in _causes(exc)):
+        return "permanent", None
     storage = _is_storage_upload(exc)
     for cause in _causes(exc):
         status = _status(cause)
@@ -245,23 +281,27 @@ class _Batch:
     adds: list[str]
     deletes: list[str] = field(default_factory=list)
     card: bytes | None = None
+    manifest: bytes | None = None  # the new .bids_hub_manifest.json, with the card
 
     @property
     def empty(self) -> bool:
-        return not self.adds and not self.deletes and self.card is None
+        return not self.adds and not self.deletes and self.card is None and self.manifest is None
 
 
-def plan_batches(adds: list[str], deletes: list[str], card: bytes | None, size: int) -> list[_Batch]:
-    """Commits of at most ``size`` files each (additions, deletions and the card all count).
+def plan_batches(
+    adds: list[str], deletes: list[str], card: bytes | None, size: int, manifest: bytes | None = None
+) -> list[_Batch]:
+    """Commits of at most ``size`` files each (additions, deletions, the card and the manifest all count).
 
-    Additions come first, deletions of the old plan's files after them, and the card in
-    the last commit, so that no file is deleted before its replacements are in. The card
-    gets a commit of its own only when the last batch is full. No change gives no commit.
+    Additions come first, deletions of the old plan's files after them, and the card and
+    manifest in the last commit, so that no file is deleted before its replacements are
+    in. They get a commit of their own only when the last batch is full. No change gives
+    no commit.
     """
     items = [(name, False) for name in adds] + [(path, True) for path in deletes]
-    if not items and card is None:
+    if not items and card is None and manifest is None:
         return []
-    card_slot = 1 if card is not None else 0
+    card_slot = (card is not None) + (manifest is not None)
     tail = len(items) % size or (size if items else 0)  # items in the last commit
     if tail + card_slot > size:
         tail = 0
@@ -269,6 +309,7 @@ def plan_batches(adds: list[str], deletes: list[str], card: bytes | None, size: 
     chunks = [items[i : i + size] for i in range(0, cut, size)] + [items[cut:]]
     batches = [_Batch([n for n, gone in c if not gone], [n for n, gone in c if gone]) for c in chunks]
     batches[-1].card = card
+    batches[-1].manifest = manifest
     return batches
 
 
@@ -347,6 +388,12 @@ class HubRepo:
                 kind, retry_after = classify(exc)
                 if kind != "transient":
                     raise self._explain(what, exc) from None
+                if (cause := unreachable(exc)) is not None and attempt + 1 >= min(tries, CONNECT_ATTEMPTS):
+                    raise HubUnreachableError(
+                        f"{what}: cannot reach the Hub at {self.api.endpoint} (network): {_short(cause)}; "
+                        f"check your connection and HF_ENDPOINT (tried {attempt + 1} times). Run again once "
+                        "it is reachable: what is already uploaded is kept."
+                    ) from None
                 if attempt + 1 == tries:
                     raise HubTransientError(
                         f"{what} on {self.repo_id} failed {tries} times: {_short(exc)}. "
@@ -361,6 +408,11 @@ class HubRepo:
     def _explain(self, what: str, exc: BaseException) -> Exception:
         status = next((s for c in _causes(exc) if (s := _status(c)) is not None), None)
         repo = self.repo_url
+        if any(isinstance(c, OfflineModeIsEnabled) for c in _causes(exc)):
+            return HubAccessError(
+                f"{what}: HF_HUB_OFFLINE is set, so {repo} cannot be reached; unset it (or set it to 0) "
+                "to publish to the Hub."
+            )
         if status == 401:
             return HubAccessError(
                 f"{what}: the Hub rejected the credentials for {repo} (HTTP 401). Set HF_TOKEN to a "
@@ -398,6 +450,9 @@ class HubRepo:
                 "token with the write role (https://huggingface.co/settings/tokens)."
             )
         self.ensure_repo()
+        head = self.head()
+        remote = self.remote_files(head)
+        self._refuse_foreign(remote, self.owned(remote, head))
 
     def ensure_repo(self) -> None:
         """Create the repo (and the branch) when missing; say so when its visibility differs from ``private``."""
@@ -469,10 +524,59 @@ class HubRepo:
     def _message(self, default: str) -> str:
         return self.options.commit_message or default
 
+    def _read_remote(self, path: str, revision: str) -> bytes:
+        """The bytes of one (small) remote file at ``revision``."""
+        with tempfile.TemporaryDirectory(prefix="bids-hub-read-") as tmp:
+            local = self._call(
+                f"read {path}",
+                self.api.hf_hub_download,
+                self.repo_id,
+                path,
+                repo_type="dataset",
+                revision=revision,
+                cache_dir=tmp,
+            )
+            return Path(local).read_bytes()
+
+    def owned(self, remote: Mapping[str, RemoteFile], revision: str) -> Manifest:
+        """What earlier publications wrote to the repo: its manifest, else (no manifest) what it adopts.
+
+        A repo published before manifests existed is adopted when its README.md carries
+        the tool's mark; otherwise the tool owns nothing there and deletes nothing.
+        """
+        if MANIFEST_NAME in remote:
+            data = self._read_remote(MANIFEST_NAME, revision)
+            try:
+                return Manifest.parse(data, f"{self.url}/{MANIFEST_NAME}")
+            except ManifestError as exc:
+                raise DestinationError(str(exc)) from None
+        if README in remote and PUBLISHED_MARK in self._read_remote(README, revision).decode(
+            "utf-8", "replace"
+        ):
+            return adopted(remote)
+        return Manifest.of(())
+
+    def _refuse_foreign(self, remote: Mapping[str, RemoteFile], owned: Manifest) -> None:
+        """Files under data/ that no publication of this tool wrote would mix with the dataset: refuse."""
+        foreign = [p for p in remote if p.startswith("data/") and p not in owned.files]
+        if foreign:
+            raise DestinationError(
+                f"{self.url}: data/ holds {len(foreign)} file(s) that bids_hub_dagster did not write: "
+                f"{describe(foreign)}. datasets would load them with the published shards; remove them from "
+                "the repo, or publish to another repo or branch (hub.revision)."
+            )
+
     def plan(
-        self, shard_files: Sequence[Path], card: bytes, remote: Mapping[str, RemoteFile]
+        self,
+        shard_files: Sequence[Path],
+        card: bytes,
+        remote: Mapping[str, RemoteFile],
+        owned: Manifest = NOTHING_OWNED,
     ) -> tuple[list[_Batch], list[str]]:
-        """The commits still needed to make the remote equal to ``shard_files`` + card, and the names skipped."""
+        """The commits still needed to make the remote equal to ``shard_files`` + card + manifest, and the names skipped.
+
+        Only files that ``owned`` lists (the previous publication's manifest) are deleted.
+        """
         n = len(shard_files)
         adds, skipped = [], []
         for i, path in enumerate(shard_files):
@@ -483,13 +587,18 @@ class HubRepo:
             else:
                 adds.append(name)
         wanted = {data_file_name(i, n) for i in range(n)}
-        deletes = sorted(
-            p for p in remote if p.startswith("data/") and DATA_FILE.match(p[5:]) and p not in wanted
-        )
-        readme = remote.get("README.md")
+        deletes = sorted(p for p in owned.files if p.startswith("data/") and p in remote and p not in wanted)
+        readme = remote.get(README)
         card_changed = readme is None or readme.blob_id != git_blob_id(card)
+        manifest = Manifest.of([*wanted, README]).to_bytes()
+        there = remote.get(MANIFEST_NAME)
+        manifest_changed = there is None or there.blob_id != git_blob_id(manifest)
         return plan_batches(
-            adds, deletes, card if card_changed else None, self.options.files_per_commit
+            adds,
+            deletes,
+            card if card_changed else None,
+            self.options.files_per_commit,
+            manifest=manifest if manifest_changed else None,
         ), skipped
 
     def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult:
@@ -503,7 +612,9 @@ class HubRepo:
         self.ensure_repo()
         parent = self.head()
         remote = self.remote_files(parent)
-        batches, result.files_skipped = self.plan(shard_files, content, remote)
+        owned = self.owned(remote, parent)
+        self._refuse_foreign(remote, owned)
+        batches, result.files_skipped = self.plan(shard_files, content, remote, owned)
         self.published_head = parent
         if not batches:
             self._progress(f"{self.url}: all {n} shard(s) and the card are already published; no commit")
@@ -528,7 +639,7 @@ class HubRepo:
             if self.options.create_pr and pr_revision is None:
                 pr_revision, result.pr_url = done.pr_revision, done.pr_url
                 self.load_revision = pr_revision
-            result.files_written += batch.adds + (["README.md"] if batch.card is not None else [])
+            result.files_written += batch.adds + ([README] if batch.card is not None else [])
             result.files_removed += batch.deletes
             present |= {file_digest(local[name]) for name in batch.adds}
             self._progress(
@@ -543,7 +654,9 @@ class HubRepo:
     def _operations(self, batch: _Batch, local: Mapping[str, Path]) -> list:
         ops: list = [_shard_addition(name, local[name]) for name in batch.adds]
         if batch.card is not None:
-            ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=batch.card))
+            ops.append(CommitOperationAdd(path_in_repo=README, path_or_fileobj=batch.card))
+        if batch.manifest is not None:
+            ops.append(CommitOperationAdd(path_in_repo=MANIFEST_NAME, path_or_fileobj=batch.manifest))
         ops += [CommitOperationDelete(path_in_repo=p) for p in batch.deletes]
         return ops
 
@@ -551,10 +664,12 @@ class HubRepo:
         """What of ``batch`` the remote does not hold yet."""
         adds = [n for n in batch.adds if (f := remote.get(n)) is None or f.sha256 != file_digest(local[n])]
         deletes = [p for p in batch.deletes if p in remote]
-        card = batch.card
-        if card is not None and (f := remote.get("README.md")) is not None and f.blob_id == git_blob_id(card):
+        card, manifest = batch.card, batch.manifest
+        if card is not None and (f := remote.get(README)) is not None and f.blob_id == git_blob_id(card):
             card = None
-        return _Batch(adds, deletes, card)
+        if manifest is not None and (f := remote.get(MANIFEST_NAME)) and f.blob_id == git_blob_id(manifest):
+            manifest = None
+        return _Batch(adds, deletes, card, manifest)
 
     def _found_pull_request(self, before: Mapping[str, str], title: str) -> _Committed | None:
         """The pull request a lost ``create_pr`` commit opened, if it was applied."""
@@ -652,10 +767,14 @@ class HubRepo:
             name = data_file_name(i, n)
             there = remote.get(name)
             if there is None:
-                report.problems.append(f"{name} is missing from {self.url}")
-            elif there.sha256 != file_digest(path) or there.size != path.stat().st_size:
                 report.problems.append(
-                    f"{name} differs from {path} (sha256 {there.sha256}, size {there.size})"
+                    f"{name} is missing from {self.url} (expected a copy of {shown(path)})"
+                )
+            elif (there.sha256, there.size) != (digest := file_digest(path), size := path.stat().st_size):
+                found = "not an LFS file" if there.sha256 is None else f"found {short_digest(there.sha256)}"
+                report.problems.append(
+                    f"{name} differs from {shown(path)}: sha256 expected {short_digest(digest)}, {found}; "
+                    f"size expected {size}, found {there.size}"
                 )
             else:
                 report.files_checked += 1
@@ -664,10 +783,15 @@ class HubRepo:
         extra = sorted(
             p for p in remote if p.startswith("data/") and p not in {data_file_name(i, n) for i in range(n)}
         )
-        report.problems += [f"{p} is not a shard of this publication" for p in extra]
+        report.problems += [f"{shown(p)} is not a shard of this publication" for p in extra]
         readme = remote.get("README.md")
-        if readme is None or readme.blob_id != git_blob_id(str(card).encode("utf-8")):
-            report.problems.append(f"README.md of {self.url} is not the card of this publication")
+        blob = git_blob_id(str(card).encode("utf-8"))
+        if readme is None or readme.blob_id != blob:
+            found = "missing" if readme is None else f"found {readme.blob_id[:DIGEST_CHARS]}…"
+            report.problems.append(
+                f"README.md of {self.url} is not the card of this publication: "
+                f"git blob id expected {blob[:DIGEST_CHARS]}…, {found}"
+            )
         else:
             report.files_checked += 1
             report.bytes_checked += readme.size

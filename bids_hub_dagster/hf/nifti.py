@@ -1,4 +1,9 @@
-"""Checks that a file is a NIfTI image that can be embedded, before its bytes are read."""
+"""Checks that a file is a NIfTI image that can be embedded.
+
+Before its bytes are read: the file system entry and the header (:func:`inspect_nifti`,
+cheap). While its bytes are embedded: for ``.nii.gz``, the whole gzip stream, decompressed
+once from the bytes in memory with every member's CRC-32 and length checked
+(:func:`check_gzip_bytes`, :func:`check_file_bytes`)."""
 
 from __future__ import annotations
 
@@ -6,8 +11,11 @@ import gzip
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..bids.errors import shown
 
 #: Arrow ``binary`` arrays use 32-bit offsets: one array holds at most 2 GiB - 1 bytes.
 ARROW_BINARY_LIMIT = 2**31 - 1
@@ -22,7 +30,126 @@ class NiftiFileError(ValueError):
     def __init__(self, path: Path | str, problem: str) -> None:
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{path}: {problem}")
+        super().__init__(f"{shown(path)}: {problem}")  # a newline in the name cannot forge a line
+
+
+class GzipStreamError(ValueError):
+    """Bytes that do not decompress whole as gzip; the message says what is wrong and where."""
+
+
+@dataclass(frozen=True)
+class GzipCheck:
+    """A gzip stream that decompressed whole, every member's CRC-32 and length matching."""
+
+    size: int  # decompressed bytes, all members together
+    members: int  # gzip members (1, or more for bgzip / concatenated streams)
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_IN_CHUNK = 2**20  # compressed bytes handed to zlib at a time (a view, not a copy)
+_GZIP_OUT_CHUNK = 2**22  # at most this many decompressed bytes in memory at a time
+_ZLIB_PROBLEMS = {
+    "incorrect data check": "CRC-32 mismatch: the decompressed data does not match the gzip trailer's checksum",
+    "incorrect length check": "length mismatch: the decompressed size does not match the gzip trailer",
+    "incorrect header check": "no gzip header",
+    "header crc mismatch": "the gzip header's own CRC does not match",
+}
+
+
+def _zlib_problem(exc: zlib.error, member_start: int, fed_up_to: int) -> str:
+    text = str(exc).split(": ", 1)[-1]  # "Error -3 while decompressing data: invalid distance too far back"
+    what = _ZLIB_PROBLEMS.get(text, f"invalid deflate data: {text}")
+    return f"{what}; in the gzip member from byte {member_start}, found by byte {fed_up_to}"
+
+
+def check_gzip_bytes(
+    data: bytes | bytearray | memoryview, consume: Callable[[bytes], object] | None = None
+) -> GzipCheck:
+    """Decompress a whole gzip stream once, in bounded memory, as ``gzip -t`` tests it.
+
+    Every member is inflated to its end and zlib checks its trailer: the CRC-32 of the
+    decompressed data and its length (ISIZE). Members one after another (bgzip,
+    ``cat a.gz b.gz``) are one stream, and zero bytes after a member are padding, as
+    Python's :mod:`gzip` reads them; anything else after a member is an error.
+
+    Args:
+        data: the compressed bytes (read through a view, never copied whole).
+        consume: called with each piece of decompressed data, in order (at most 4 MiB
+            each), e.g. to read a header or build a preview in the same pass.
+
+    Returns:
+        The decompressed size and the number of members.
+
+    Raises:
+        GzipStreamError: saying what is wrong (CRC or length mismatch, invalid deflate
+            data, truncated stream, trailing garbage) and at which byte.
+    """
+    view = memoryview(data).cast("B")
+    n = len(view)
+    pos = total = members = 0
+    while True:
+        if members:  # zero padding after a member, as gzip accepts it
+            while pos < n:
+                block = bytes(view[pos : pos + 65536])
+                rest = block.lstrip(b"\x00")
+                pos += len(block) - len(rest)
+                if rest:
+                    break
+        if pos >= n:
+            break
+        start = pos
+        if view[pos : pos + 2] != _GZIP_MAGIC:
+            what = (
+                f"{n - pos} byte(s) after the last gzip member are not gzip data"
+                if members
+                else "no gzip header"
+            )
+            raise GzipStreamError(f"{what} (at byte {pos})")
+        members += 1
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while not inflater.eof:
+            if inflater.unconsumed_tail:  # the output was capped: go on with the input zlib kept
+                piece: bytes | memoryview = inflater.unconsumed_tail
+            else:
+                piece = view[pos : pos + _GZIP_IN_CHUNK]
+                pos += len(piece)
+            try:
+                out = inflater.decompress(piece, _GZIP_OUT_CHUNK)
+            except zlib.error as exc:
+                raise GzipStreamError(_zlib_problem(exc, start, pos)) from None
+            if out:
+                total += len(out)
+                if consume is not None:
+                    consume(out)
+            elif not piece:
+                raise GzipStreamError(
+                    f"truncated: the data ends (at byte {n}) inside the gzip member starting at byte {start}"
+                )
+        pos -= len(inflater.unused_data)  # where the next member (or padding) starts
+    if not members:
+        raise GzipStreamError("empty: no gzip member")
+    return GzipCheck(size=total, members=members)
+
+
+def check_file_bytes(path: Path | str, data: bytes | bytearray | memoryview) -> GzipCheck | None:
+    """Check the bytes of a file as they are embedded: a ``.gz`` file's whole gzip stream.
+
+    The header check (:func:`inspect_nifti`) ran before the bytes were read; this one
+    runs on the bytes themselves, once, where they are embedded. Other files: None.
+
+    Raises:
+        NiftiFileError: naming the file, what is wrong and what to do.
+    """
+    if not str(path).lower().endswith(".gz"):
+        return None
+    try:
+        return check_gzip_bytes(data)
+    except GzipStreamError as exc:
+        raise NiftiFileError(
+            path,
+            f"not a valid gzip stream ({exc}); the file is damaged (`gzip -t` rejects it too): "
+            "copy or download it again",
+        ) from None
 
 
 def _read_header(path: Path, compressed: bool) -> bytes:
@@ -43,7 +170,10 @@ def _check_gzip_complete(path: Path, data_end: int, version: str) -> None:
 
     Cheap path: the gzip trailer's ISIZE (uncompressed size mod 2**32) equals what the
     header promises, which a file cut short almost never shows. Otherwise (cut short,
-    multi-member/bgzip, padding) the stream is decompressed once to be sure.
+    multi-member/bgzip, padding) the stream is decompressed once to be sure. The cheap
+    path proves nothing about the data in between (garbage of the same length keeps the
+    trailer): the CRC-32 of every file is checked as its bytes are embedded
+    (:func:`check_file_bytes`), so a damaged stream never reaches a shard.
     """
     with open(path, "rb") as raw:
         raw.seek(-4, os.SEEK_END)
@@ -121,7 +251,7 @@ def inspect_nifti(path: Path | str) -> NiftiInfo:
         raise NiftiFileError(
             path,
             "broken symlink: its content is not present (a git-annex/DataLad file that was not fetched); "
-            f"run `datalad get {path}` (or `git annex get {path}`) in the dataset, then run again",
+            f"run `datalad get {shown(path)}` (or `git annex get {shown(path)}`) in the dataset, then run again",
         )
     try:
         size = os.stat(path).st_size
@@ -163,10 +293,11 @@ def inspect_nifti(path: Path | str) -> NiftiInfo:
 
 
 def nifti_bytes_problem(data: bytes | None, name: str) -> str | None:
-    """What is wrong with an embedded NIfTI cell (missing, empty, no NIfTI-1/2 header), or None.
+    """What is wrong with an embedded NIfTI cell (missing, empty, damaged gzip, no NIfTI-1/2 header), or None.
 
-    A cheap check of the bytes as they sit in a shard: the header is read (after gunzip
-    for ``.gz`` names); the voxel data is not decoded.
+    A check of the bytes as they sit in a shard: for ``.gz`` names the whole gzip stream
+    is decompressed once (:func:`check_gzip_bytes`: every member's CRC-32 and length),
+    and the header is read from that same pass; the voxel data is not decoded.
     """
     if data is None:
         return "no bytes embedded"
@@ -174,10 +305,17 @@ def nifti_bytes_problem(data: bytes | None, name: str) -> str | None:
         return "zero-byte cell"
     header = data[:544]
     if name.lower().endswith(".gz"):
+        head = bytearray()
+
+        def keep_header(piece: bytes) -> None:
+            if len(head) < 544:
+                head.extend(piece[: 544 - len(head)])
+
         try:
-            header = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:65536], 544)
-        except zlib.error as exc:
+            check_gzip_bytes(data, keep_header)
+        except GzipStreamError as exc:
             return f"not a valid gzip stream ({exc})"
+        header = bytes(head)
     if _expected_data_end(header) is None:
         return "not a NIfTI-1/2 image (no valid header)"
     return None

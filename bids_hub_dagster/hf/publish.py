@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 
 from .card import CardFacts, render_card
 from .destinations import Destination, DestinationError, LocalFolder, PublishResult
+from .digests import check_recorded
 from .hub import Backoff, HubOptions, HubRepo, is_hub_url
-from .shards import ShardPlan, read_shard_record, shard_rows
+from .shards import ShardPlan, read_shard_record, recorded_nifti2, shard_rows
 from .tables import IndexInfo
 
 
@@ -25,11 +26,14 @@ def parse_destination(
     endpoint: str | None = None,
     backoff: Backoff | None = None,
     progress: Callable[[str], None] | None = None,
+    sources: Sequence[Path] = (),
 ) -> Destination:
     """A destination from its spec string: a local folder path, or ``hf://datasets/ORG/NAME[@branch]``.
 
     ``hub``, ``token`` and ``endpoint`` apply to Hub destinations only; the token defaults
-    to ``huggingface_hub``'s own lookup (``HF_TOKEN``, then the saved login).
+    to ``huggingface_hub``'s own lookup (``HF_TOKEN``, then the saved login). ``sources``
+    are the folders a local destination must neither be, hold, nor lie inside (the BIDS
+    root and scope folders).
     """
     if is_hub_url(value):
         return HubRepo.from_url(
@@ -42,7 +46,7 @@ def parse_destination(
         )
     if "://" in value:
         raise DestinationError(f"{value}: destinations are a local folder or hf://datasets/ORG/NAME.")
-    return LocalFolder(value)
+    return LocalFolder(value, sources=sources)
 
 
 class ShardsNotReadyError(RuntimeError):
@@ -69,16 +73,26 @@ def ordered_shard_files(plan: ShardPlan, files: Mapping[str, Path], index_table:
     """The shard files in plan order, each checked against the current plan and index.
 
     Raises:
-        ShardsNotReadyError: listing every shard that is missing, or whose recorded row
-            range or input fingerprint differs from what the current index plans.
+        ShardsNotReadyError: listing every shard that is missing, whose stored file changed
+            after it was built (sha256 against the digest recorded at write time) or cannot
+            be read, or whose recorded row range or input fingerprint differs from what the
+            current index plans.
     """
-    missing, stale, ordered = [], [], []
+    missing, stale, changed, ordered = [], [], [], []
     for key, (start, stop) in zip(plan.keys(), plan.ranges, strict=True):
         path = files.get(key)
         if path is None or not Path(path).is_file():
             missing.append(key)
             continue
-        record = read_shard_record(pq.read_schema(path))
+        digest = check_recorded(Path(path))
+        if not digest.ok:
+            changed.append(f"{key} ({digest.describe(Path(path))})")
+            continue
+        try:
+            record = read_shard_record(pq.read_schema(path))
+        except (OSError, pa.ArrowException) as exc:
+            changed.append(f"{key} ({path} is not a readable parquet file: {exc})")
+            continue
         expected = shard_rows(index_table, start, stop).fingerprint()
         if not record or (record["start"], record["stop"], record["fingerprint"]) != (start, stop, expected):
             stale.append(key)
@@ -88,6 +102,11 @@ def ordered_shard_files(plan: ShardPlan, files: Mapping[str, Path], index_table:
         problems.append(f"{len(missing)} shard(s) not built yet: {', '.join(missing)}")
     if stale:
         problems.append(f"{len(stale)} shard(s) were built from an older index or plan: {', '.join(stale)}")
+    if changed:
+        problems.append(
+            f"{len(changed)} stored shard file(s) changed after they were built, so their bytes cannot be "
+            f"trusted: {'; '.join(changed)}"
+        )
     if problems:
         raise ShardsNotReadyError(
             "; ".join(problems) + ". Materialize those hub_shards partitions, then publish again."
@@ -95,7 +114,14 @@ def ordered_shard_files(plan: ShardPlan, files: Mapping[str, Path], index_table:
     return ordered
 
 
-def card_facts(name: str, index_table: pa.Table, stats: list[ShardFileStats], load_id: str) -> CardFacts:
+def card_facts(
+    name: str,
+    index_table: pa.Table,
+    stats: list[ShardFileStats],
+    load_id: str,
+    nifti2_files: Mapping[str, int] | None = None,
+) -> CardFacts:
+    """What the card says; ``nifti2_files`` (column -> NIfTI-2 files) as the shards recorded it."""
     info = IndexInfo.of(index_table)
     files_per_column = {c: 0 for c in info.columns}
     bytes_per_column = {c: 0 for c in info.columns}
@@ -123,6 +149,7 @@ def card_facts(name: str, index_table: pa.Table, stats: list[ShardFileStats], lo
         dataset_size=sum(s.dataset_size for s in stats),
         load_id=load_id,
         phenotype_descriptions=info.phenotype_descriptions,
+        nifti2_files=dict(nifti2_files or {}),
     )
 
 
@@ -136,7 +163,8 @@ def publish_shards(
     """Check the shards, render the card, and publish both to ``destination``."""
     ordered = ordered_shard_files(plan, files, index_table)
     stats = [shard_file_stats(p) for p in ordered]
-    card = render_card(card_facts(name, index_table, stats, destination.load_id))
+    nifti2 = recorded_nifti2(read_shard_record(pq.read_schema(p)) for p in ordered)
+    card = render_card(card_facts(name, index_table, stats, destination.load_id, nifti2_files=nifti2))
     result = destination.publish(ordered, card)
     result.shard_files, result.card = ordered, card
     return result

@@ -14,13 +14,14 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 from datasets import Dataset, Features
 
+from ..bids.errors import shown
 from .embed import STRATEGIES
 from .nifti import ARROW_BINARY_LIMIT, NiftiFileError, inspect_nifti
 from .parquet import write_options
@@ -167,6 +168,7 @@ def shard_rows(index_table: pa.Table, start: int, stop: int) -> ShardRows:
 class ShardCheck:
     problems: list[NiftiFileError]  # files that cannot be embedded
     nifti2: list[str]  # NIfTI-2 files: embedded exactly, but datasets decodes NIfTI-1 only
+    nifti2_columns: dict[str, int] = field(default_factory=dict)  # column -> NIfTI-2 files in it
 
 
 def check_shard_files(rows: ShardRows) -> ShardCheck:
@@ -177,6 +179,7 @@ def check_shard_files(rows: ShardRows) -> ShardCheck:
     """
     problems: list[NiftiFileError] = []
     nifti2: list[str] = []
+    nifti2_columns: dict[str, int] = {}
     for label, files in zip(rows.labels, rows.files, strict=True):
         per_column: dict[str, int] = {}
         for f in files:
@@ -188,6 +191,7 @@ def check_shard_files(rows: ShardRows) -> ShardCheck:
                 continue
             if info.version == "NIfTI-2":
                 nifti2.append(f["relpath"])
+                nifti2_columns[f["column"]] = nifti2_columns.get(f["column"], 0) + 1
             per_column[f["column"]] = per_column.get(f["column"], 0) + info.size
         for column, total in per_column.items():
             if total > ARROW_BINARY_LIMIT:
@@ -198,7 +202,7 @@ def check_shard_files(rows: ShardRows) -> ShardCheck:
                         "Arrow binary array can hold; split the column (e.g. by run or task)",
                     )
                 )
-    return ShardCheck(problems=problems, nifti2=nifti2)
+    return ShardCheck(problems=problems, nifti2=nifti2, nifti2_columns=nifti2_columns)
 
 
 class ShardFilesError(ValueError):
@@ -233,13 +237,26 @@ class EmbeddedShard:
         return sum(self.rows.sizes)
 
 
-def shard_schema(features: Features, key: str, start: int, stop: int, num_shards: int, fp: str) -> pa.Schema:
-    """The features' Arrow schema (HF metadata included) plus this shard's own record."""
+def shard_schema(
+    features: Features,
+    key: str,
+    start: int,
+    stop: int,
+    num_shards: int,
+    fp: str,
+    nifti2: Mapping[str, int] | None = None,
+) -> pa.Schema:
+    """The features' Arrow schema (HF metadata included) plus this shard's own record.
+
+    ``nifti2`` (column -> number of NIfTI-2 files) is recorded only when there are any,
+    so that the card can say how to read those columns (see :func:`recorded_nifti2`).
+    """
     schema = features.arrow_schema
     meta = dict(schema.metadata or {})
-    meta[SHARD_META_KEY] = json.dumps(
-        {"key": key, "start": start, "stop": stop, "num_shards": num_shards, "fingerprint": fp}
-    ).encode()
+    record: dict = {"key": key, "start": start, "stop": stop, "num_shards": num_shards, "fingerprint": fp}
+    if nifti2:
+        record["nifti2"] = dict(sorted(nifti2.items()))
+    meta[SHARD_META_KEY] = json.dumps(record).encode()
     return schema.with_metadata(meta)
 
 
@@ -264,7 +281,10 @@ def build_shard(
 
     Raises:
         ShardFilesError: when any file of the shard is missing, empty, not NIfTI, a
-            broken symlink or too large; nothing is read beyond the headers then.
+            broken symlink or too large; nothing is read beyond the headers then. Also
+            raised while the groups stream, by the first ``.nii.gz`` file whose gzip
+            stream does not decompress whole with matching CRC-32 and length (checked on
+            the bytes being embedded); the writer then leaves no file.
     """
     if len(dataset) != index_table.num_rows:
         raise ValueError(
@@ -282,16 +302,22 @@ def build_shard(
     warnings = []
     if checked.nifti2:
         warnings.append(
-            f"{len(checked.nifti2)} NIfTI-2 file(s) (e.g. {checked.nifti2[0]}): embedded byte for byte, but "
+            f"{len(checked.nifti2)} NIfTI-2 file(s) (e.g. {shown(checked.nifti2[0])}): embedded byte for byte, but "
             "datasets decodes cells with Nifti1Image.from_bytes, which reads NIfTI-1 only; readers need "
-            "Nifti(decode=False) and nibabel.Nifti2Image.from_bytes for them"
+            "Nifti(decode=False) and nibabel.Nifti2Image.from_bytes (after gzip.decompress for .nii.gz) "
+            "for them, as the dataset card shows"
         )
     features = dataset.features
-    schema = shard_schema(features, key, start, stop, plan.num_shards, rows.fingerprint())
+    schema = shard_schema(
+        features, key, start, stop, plan.num_shards, rows.fingerprint(), nifti2=checked.nifti2_columns
+    )
     shard = dataset.select(range(start, stop))
 
     def embed_group(bounds: tuple[int, int]) -> pa.Table:
-        return embed(shard.select(range(*bounds)), features).cast(schema)
+        try:
+            return embed(shard.select(range(*bounds)), features).cast(schema)
+        except NiftiFileError as exc:  # a damaged gzip stream, found as its bytes were embedded
+            raise ShardFilesError(key, [exc]) from None
 
     def groups() -> Iterator[pa.Table]:
         # The next group is read while the caller writes this one: reading and writing
@@ -324,3 +350,12 @@ def read_shard_record(schema: pa.Schema) -> dict | None:
     """The shard record (key, range, fingerprint) stored in a shard file's schema."""
     raw = (schema.metadata or {}).get(SHARD_META_KEY)
     return json.loads(raw) if raw else None
+
+
+def recorded_nifti2(records: Iterable[dict | None]) -> dict[str, int]:
+    """Column -> NIfTI-2 files, summed over shard records (shards built before this was recorded: none)."""
+    total: dict[str, int] = {}
+    for record in records:
+        for column, count in ((record or {}).get("nifti2") or {}).items():
+            total[column] = total.get(column, 0) + int(count)
+    return total

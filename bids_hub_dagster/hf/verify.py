@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import hashlib
+import logging
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.dataset as pads
-from datasets import load_dataset
+import pyarrow.parquet as pq
+from datasets import Features, load_dataset_builder
 from datasets.exceptions import DatasetsError
 from huggingface_hub import HfFileSystem
 
+from ..bids.errors import shown
 from .digests import sha256_file
 from .tables import IndexInfo
+
+DIGEST_CHARS = 12  # of a sha256 shown in a problem: enough to tell two files apart
 
 
 @dataclass
@@ -37,52 +47,182 @@ class VerifyReport:
         )
         if not self.problems:
             return head
-        shown = "\n".join(f"  - {p}" for p in self.problems[:50])
-        more = f"\n  … and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
-        return f"{head}\n{shown}{more}"
+        return head + "".join(f"\n  - {line}" for line in self.problem_lines())
+
+    def problem_lines(self, limit: int = 50) -> list[str]:
+        """The problems, one line each (at most ``limit``, then how many more); why it failed when none is listed."""
+        lines = self.problems[:limit]
+        if len(self.problems) > limit:
+            lines.append(f"… and {len(self.problems) - limit} more")
+        if not lines and not self.ok:
+            lines.append(f"{self.rows_found} rows found, {self.rows_expected} expected")
+        return lines
 
 
 RowKey = tuple[str, str | None]
 
 
+def short_digest(digest: str | None) -> str:
+    """The first characters of a hex digest, as problems show it."""
+    return "none" if digest is None else f"{digest[:DIGEST_CHARS]}…"
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An error's text on one line (its lines joined), at most ``limit`` characters."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return shown(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+@dataclass
+class _DataFiles:
+    """The published data files ``datasets`` reads, in order, with their rows: says where row ``i`` is."""
+
+    names: list[str] = field(default_factory=list)  # as shown: relative to the dataset's root
+    starts: list[int] = field(default_factory=list)  # index of each file's first row
+    bad_columns: list[set[str]] = field(default_factory=list)  # each file's missing or mistyped columns
+    complete: bool = True  # False when a file's footer could not be read: rows cannot be placed
+
+    def where(self, i: int) -> tuple[str, set[str]]:
+        """The file and row in it of published row ``i``, and the columns its file has wrong."""
+        k = bisect.bisect_right(self.starts, i) - 1
+        if k < 0 or not self.complete:
+            return f"published row {i}", set()
+        return f"{self.names[k]} row {i - self.starts[k]}", self.bad_columns[k]
+
+
+def _shown_file(url: str) -> str:
+    """``hf://datasets/ORG/NAME@rev/data/x.parquet`` or ``/folder/data/x.parquet`` → ``data/x.parquet``."""
+    url = re.sub(r"^hf://datasets/[^@]+@[^/]+/", "", url)
+    head, sep, tail = url.rpartition("/data/")
+    return shown(f"data/{tail}" if sep else url)
+
+
+def _type_problems(where: str, found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Columns ``found`` (name → type) has and ``expected`` has not, the reverse, and types that differ."""
+    problems = [
+        f"{where}: extra column {n!r} ({found[n]}) that the BIDS index does not produce"
+        for n in found
+        if n not in expected
+    ]
+    problems += [f"{where}: column {n!r} ({expected[n]}) is missing" for n in expected if n not in found]
+    problems += [
+        f"{where}: column {n!r} is {found[n]}, expected {expected[n]}"
+        for n in expected
+        if n in found and found[n] != expected[n]
+    ]
+    return problems
+
+
+def _check_schemas(
+    files: list[str], card: Features | None, expected: Features, token: str | None, report: VerifyReport
+) -> _DataFiles:
+    """Compare the published features (the card's) and each data file's schema with ``expected``.
+
+    Reads only the files' parquet footers. Returns where each file's rows are.
+    """
+    if card is not None:
+        report.problems += _type_problems(
+            "the published features (README.md dataset_info)",
+            {n: repr(f) for n, f in card.items()},
+            {n: repr(f) for n, f in expected.items()},
+        )
+    want = {f.name: f.type for f in expected.arrow_schema}
+    located = _DataFiles()
+    row = 0
+    for url in files:
+        name = _shown_file(url)
+        try:
+            fs, path = fsspec.core.url_to_fs(url, **({"token": token} if url.startswith("hf://") else {}))
+            with fs.open(path, "rb") as fh:
+                meta = pq.ParquetFile(fh).metadata
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            report.problems.append(f"{name}: cannot read its parquet footer: {one_line(exc)}")
+            located.complete = False
+            continue
+        found = {f.name: f.type for f in meta.schema.to_arrow_schema()}
+        report.problems += _type_problems(name, found, want)
+        located.names.append(name)
+        located.starts.append(row)
+        located.bad_columns.append({n for n in want if found.get(n) != want[n]})
+        row += meta.num_rows
+    return located
+
+
 def _check_row(
     row: dict,
-    expected: dict[RowKey, dict[str, list[str]]],
+    at: tuple[str, set[str]],
+    expected: dict[RowKey, dict[str, list[Any]]],
     info: IndexInfo,
     seen: set[RowKey],
     report: VerifyReport,
 ) -> None:
-    """Compare one published row with its source files; record what differs in ``report``."""
+    """Compare one published row with its source files and phenotype; record what differs in ``report``.
+
+    ``at`` is the row's place (the data file and the row in it), and the columns its file
+    has wrong, already reported: their cells are not compared.
+    """
+    where, bad_columns = at
     report.rows_found += 1
-    key = (row["subject_id"], row["session_id"])
-    label = key[0] if key[1] is None else f"{key[0]}/{key[1]}"
+    key = (row.get("subject_id"), row.get("session_id"))
+    label = shown(key[0] if key[1] is None else f"{key[0]}/{key[1]}")
     if key in seen:
-        report.problems.append(f"row {label} appears more than once")
+        report.problems.append(f"row {label} appears more than once ({where})")
         return
     seen.add(key)
     if key not in expected:
-        report.problems.append(f"row {label} is not in the BIDS index")
+        report.problems.append(f"row {label} is not in the BIDS index ({where})")
         return
     for name, many in info.columns.items():
+        if name in bad_columns:
+            continue
         cell = row.get(name)
         got = (cell or []) if many else ([] if cell is None else [cell])
         want = expected[key][name]
         if len(got) != len(want):
-            report.problems.append(f"{label} {name}: {len(got)} file(s), expected {len(want)}")
+            report.problems.append(f"{label} {name}: {len(got)} file(s), expected {len(want)} ({where})")
             continue
-        for value, rel in zip(got, want, strict=True):
+        for k, (value, rel) in enumerate(zip(got, want, strict=True)):
+            column = f"{name}[{k}]" if many else name
             data = value.get("bytes") if isinstance(value, dict) else None
             if data is None:
-                report.problems.append(f"{label} {name}: {rel} is not embedded (no bytes)")
+                report.problems.append(f"{label} {column}: {shown(rel)} is not embedded (no bytes) ({where})")
                 continue
             if value.get("path") != Path(rel).name:
                 report.problems.append(
-                    f"{label} {name}: path {value.get('path')!r}, expected {Path(rel).name!r}"
+                    f"{label} {column}: path {value.get('path')!r}, expected {Path(rel).name!r} ({where})"
                 )
-            if hashlib.sha256(data).hexdigest() != sha256_file(info.root / rel):
-                report.problems.append(f"{label} {name}: bytes differ from {rel}")
+            try:
+                source = sha256_file(info.root / rel)
+            except OSError as exc:
+                report.problems.append(f"{label} {column}: cannot read the source {shown(rel)}: {exc}")
+                continue
+            found = hashlib.sha256(data).hexdigest()
+            if found != source:
+                report.problems.append(
+                    f"{label} {column}: bytes differ from {shown(rel)} (sha256 expected "
+                    f"{short_digest(source)} from the source, found {short_digest(found)}; {where})"
+                )
             report.files_checked += 1
             report.bytes_checked += len(data)
+    for name in info.phenotype:
+        if name in bad_columns or name not in row:
+            continue  # a missing column is a schema problem, reported once
+        if row[name] != expected[key][name]:
+            report.problems.append(
+                f"{label} {name}: {row[name]!r}, expected {expected[key][name]!r} from participants.tsv ({where})"
+            )
+
+
+@contextlib.contextmanager
+def _quiet_parquet_reader():
+    """Silence the error ``datasets`` logs (a whole schema, over many lines) before raising: the report says it."""
+    logger = logging.getLogger("datasets.packaged_modules.parquet.parquet")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def verify_published(
@@ -95,45 +235,61 @@ def verify_published(
 ) -> VerifyReport:
     """Load ``load_id`` (a folder or a Hub repo id; streaming, fresh cache) and check it against the index.
 
-    Every row of the index must appear exactly once, and every cell must hold the bytes
-    of its source files, in order, compared by sha256. ``revision`` and ``token`` are for
-    Hub repos: a branch or ``refs/pr/N``, and the token a private repo needs.
+    The published schema must be the one the index gives (the card's features and each
+    data file's columns and types: no column more, none less); every row of the index
+    must appear exactly once, and every cell must hold the bytes of its source files, in
+    order, compared by sha256, and the phenotype of participants.tsv. ``revision`` and
+    ``token`` are for Hub repos: a branch or ``refs/pr/N``, and the token a private repo
+    needs. Each problem names the row, the column, the file and the digests.
     """
     HfFileSystem.clear_instance_cache()  # its listings are cached per process: read the repo as it is now
     info = IndexInfo.of(index_table)
-    expected: dict[RowKey, dict[str, list[str]]] = {}
+    expected: dict[RowKey, dict[str, list[Any]]] = {}
     subs = index_table.column("subject_id").to_pylist()
     sess = index_table.column("session_id").to_pylist()
     cols = {name: index_table.column(name).to_pylist() for name in info.columns}
+    pheno = {name: index_table.column(name).to_pylist() for name in info.phenotype}
     for i, key in enumerate(zip(subs, sess, strict=True)):
-        cells = {}
+        cells: dict[str, Any] = {}
         for name, many in info.columns.items():
             value = cols[name][i]
             cells[name] = list(value) if many else ([] if value is None else [value])
+        for name in info.phenotype:
+            cells[name] = pheno[name][i]
         expected[key] = cells
     report = VerifyReport(rows_expected=len(expected))
     seen: set[RowKey] = set()
+    shown_id = shown(load_id)
     with tempfile.TemporaryDirectory(prefix="bids-hub-verify-") as tmp:
-        try:
-            ds = load_dataset(
+        try:  # what load_dataset(load_id, split="train", streaming=True) does, keeping the builder
+            builder = load_dataset_builder(
                 load_id,
-                split="train",
-                streaming=True,
                 revision=revision,
                 token=token,
                 cache_dir=cache_dir or tmp,
                 # read one row group at a time: pre-buffering would hold a whole shard in memory
                 fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
-            ).decode(False)
-        except (OSError, DatasetsError, ValueError) as exc:
-            report.problems.append(f"cannot load {load_id} with datasets.load_dataset: {exc}")
+            )
+            card = builder.info.features  # the card's dataset_info; None without (then read from the files)
+            ds = builder.as_streaming_dataset(split="train").decode(False)
+            files = [str(f) for f in (builder.config.data_files or {}).get("train", [])]
+        except (OSError, DatasetsError, ValueError, KeyError) as exc:
+            report.problems.append(f"cannot load {shown_id} with datasets.load_dataset: {one_line(exc)}")
             return report
+        located = _check_schemas(files, card, info.features(), token, report)
+        schema_ok = not report.problems
         try:
-            for row in ds:
-                _check_row(row, expected, info, seen, report)
+            with _quiet_parquet_reader():
+                for i, row in enumerate(ds):
+                    _check_row(row, located.where(i), expected, info, seen, report)
         except (OSError, DatasetsError, pa.ArrowException, ValueError) as exc:
-            report.problems.append(f"reading {load_id} failed after {report.rows_found} rows: {exc}")
+            report.problems.append(
+                f"reading {shown_id} failed after {report.rows_found} rows: "
+                + (one_line(exc) if schema_ok else f"{one_line(exc, 120)} (the columns differ: see above)")
+            )
     missing = [k for k in expected if k not in seen]
     for sub, ses in missing[:50]:
-        report.problems.append(f"row {sub if ses is None else f'{sub}/{ses}'} is missing")
+        report.problems.append(f"row {shown(sub if ses is None else f'{sub}/{ses}')} is missing")
+    if len(missing) > 50:
+        report.problems.append(f"… and {len(missing) - 50} more rows are missing")
     return report

@@ -1,0 +1,424 @@
+"""The CLI's runs on the instance: who runs them, runs whose process is gone, pool slots, interrupts.
+
+Every run the CLI makes carries the pid, the pid's start time and the host of the process
+that executes it (:func:`process_tags`). Before it launches anything, the CLI sweeps the
+instance (:func:`sweep`): a run of this host still marked in progress whose process is gone
+(killed with ``kill -9``, out of memory, a closed laptop) is marked failed and its
+concurrency slots are freed, and so are the slots still held by runs that have ended.
+
+Jobs execute in a thread of the process (:func:`execute_job`): its main thread keeps the
+signals, so Ctrl-C or SIGTERM stop the run at once, even while Dagster waits for a pool
+slot (its in-process executor polls without sleeping and never looks at signals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.events import JobFailureData, RunFailureReason
+from dagster._core.storage.dagster_run import RunsFilter
+from dagster._core.utils import make_new_run_id
+
+PID_TAG = "bids_hub/pid"
+HOST_TAG = "bids_hub/host"
+START_TAG = "bids_hub/pid_start"  # the process's start time (clock ticks after boot): pids are reused
+# a CLI run is resumed by running the same command again, never re-executed by the daemon
+MAX_RETRIES_TAG = "dagster/max_retries"
+IN_PROGRESS = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+#: seconds a run gets to stop by itself after an interrupt, before it is marked canceled anyway
+STOP_GRACE_SECONDS = 10.0
+SLOT_TIMEOUT_ENV = "BIDS_HUB_SLOT_TIMEOUT"
+DEFAULT_SLOT_TIMEOUT = 600.0
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the CLI (or a shard worker): stop, leave nothing half-done."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for Ctrl-C, 143 for SIGTERM
+
+
+class SlotTimeout(Exception):
+    """A pool slot stayed taken longer than the slot timeout."""
+
+
+def slot_timeout(value: float | None = None) -> float:
+    """``value`` (``--slot-timeout``), else ``$BIDS_HUB_SLOT_TIMEOUT``, else 600 seconds."""
+    if value is not None:
+        return float(value)
+    raw = os.environ.get(SLOT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SLOT_TIMEOUT
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{SLOT_TIMEOUT_ENV}={raw!r} is not a number of seconds.") from None
+
+
+# --- who runs a run ------------------------------------------------------------------------
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks after boot (Linux), or None."""
+    try:
+        stat = open(f"/proc/{pid}/stat", encoding="ascii", errors="replace").read()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and parentheses
+    return fields[19] if len(fields) > 19 else None  # field 22 of stat(5)
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming the process that executes a run (this one)."""
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), MAX_RETRIES_TAG: "0"}
+    if started := _start_time(os.getpid()):
+        tags[START_TAG] = started
+    return tags
+
+
+def process_alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` of this host runs, and is the one that started at ``started``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    if started is None:
+        return True
+    now = _start_time(pid)
+    return now is None or now == started  # another start time: the pid was reused
+
+
+def gone_reason(run: dg.DagsterRun) -> str | None:
+    """Why ``run``'s process is known to be gone, or None (alive, another host's, not the CLI's)."""
+    tags = run.tags
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return None
+    pid = int(tags[PID_TAG])
+    if process_alive(pid, tags.get(START_TAG)):
+        return None
+    return f"its process {pid} is gone"
+
+
+def describe_run(instance: dg.DagsterInstance, run_id: str) -> str:
+    """``run 1a2b3c4d (demo_upload, pid 123 on host, started 16:20:11 UTC)`` for messages."""
+    record = instance.get_run_record_by_id(run_id)
+    if record is None:
+        return f"run {run_id} (no longer in the instance)"
+    run = record.dagster_run
+    facts = [run.job_name, str(run.status.value).lower()]
+    if PID_TAG in run.tags:
+        facts.append(f"pid {run.tags[PID_TAG]} on {run.tags.get(HOST_TAG, '?')}")
+    when = record.start_time or record.create_timestamp.timestamp()
+    if when:
+        stamp = datetime.datetime.fromtimestamp(when, tz=datetime.UTC)
+        facts.append(f"started {stamp:%Y-%m-%d %H:%M:%S} UTC")
+    return f"run {run_id} ({', '.join(facts)})"
+
+
+# --- the sweep -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Swept:
+    failed: list[tuple[str, str]]  # (run id, job name) of runs marked failed
+    freed: list[str]  # runs whose slots were freed
+
+    def summary(self) -> str | None:
+        if not self.failed:
+            return None
+        runs = ", ".join(f"{run_id} ({job})" for run_id, job in self.failed)
+        return (
+            f"marked {len(self.failed)} run(s) failed, their process being gone (killed?), "
+            f"and freed their concurrency slots: {runs}"
+        )
+
+
+def sweep(instance: dg.DagsterInstance) -> Swept:
+    """Mark failed the in-progress runs of this host whose process is gone; free slots of ended runs."""
+    failed: list[tuple[str, str]] = []
+    freed: list[str] = []
+    host = socket.gethostname()
+    for run in instance.get_runs(filters=RunsFilter(statuses=IN_PROGRESS, tags={HOST_TAG: host})):
+        reason = gone_reason(run)
+        if reason is None:
+            continue
+        instance.report_run_failed(
+            run,
+            message=f"Marked failed by bids-hub-dagster: {reason} (killed?). Run the same command again.",
+            job_failure_data=JobFailureData(
+                error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION
+            ),
+        )
+        failed.append((run.run_id, run.job_name))
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        for run_id in storage.get_concurrency_run_ids():
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                storage.free_concurrency_slots_for_run(run_id)
+                freed.append(run_id)
+    return Swept(failed=failed, freed=freed)
+
+
+def _pool_limit(info) -> int | None:
+    return info.slot_count if info.slot_count or not info.using_default_limit else info.limit
+
+
+def pool_holders(instance: dg.DagsterInstance, pool: str, own_run_id: str | None = None) -> list[str] | None:
+    """The runs whose claims fill ``pool`` (other than ``own_run_id``), or None when a slot is free."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return None
+    info = storage.get_concurrency_info(pool)
+    limit = _pool_limit(info)
+    if limit is None:
+        return None  # no limit on this pool
+    holders = [s.run_id for s in info.claimed_slots if s.run_id != own_run_id]
+    ours = [s for s in info.claimed_slots if s.run_id == own_run_id]
+    if own_run_id is not None and ours:
+        return None  # we hold it
+    if len(holders) < limit:
+        return None
+    return list(dict.fromkeys(holders))
+
+
+def waiting_in_pool(instance: dg.DagsterInstance, pool: str, run_id: str) -> bool:
+    """Whether a step of ``run_id`` waits for a slot of ``pool`` (claimed nothing yet)."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return False
+    info = storage.get_concurrency_info(pool)
+    if any(s.run_id == run_id for s in info.claimed_slots):
+        return False
+    return any(p.run_id == run_id for p in info.pending_steps)
+
+
+class PoolWait:
+    """Bounds the time a publish waits for a pool slot, saying what it waits for."""
+
+    def __init__(self, instance: dg.DagsterInstance, pool: str, timeout: float, echo: Callable[[str], None]):
+        self.instance, self.pool, self.timeout, self.echo = instance, pool, timeout, echo
+        self.started: float | None = None
+        self._said: set[str] = set()
+
+    def blocked(self, own_run_id: str | None = None) -> list[str] | None:
+        """The runs holding the pool now (after a sweep), or None; raises SlotTimeout past the bound."""
+        holders = pool_holders(self.instance, self.pool, own_run_id)
+        if holders:
+            swept = sweep(self.instance)
+            if summary := swept.summary():
+                self.echo(summary)
+            holders = pool_holders(self.instance, self.pool, own_run_id)
+        if not holders:
+            return None
+        self.started = self.started or time.monotonic()
+        waited = time.monotonic() - self.started
+        described = "; ".join(describe_run(self.instance, r) for r in holders)
+        if waited >= self.timeout:
+            raise SlotTimeout(self.timeout_message(holders, described))
+        if described not in self._said:
+            self._said.add(described)
+            self.echo(
+                f"waiting for the {self.pool} pool slot held by {described}; "
+                f"giving up after {self.timeout:g} s ({SLOT_TIMEOUT_ENV} or --slot-timeout)"
+            )
+        return holders
+
+    def wait(self) -> None:
+        """Return once a slot of the pool is free (before launching the run that needs it)."""
+        while self.blocked():
+            time.sleep(1.0)
+
+    def timeout_message(self, holders: list[str], described: str) -> str:
+        first = holders[0]
+        return (
+            f"the {self.pool} pool slot is still held by {described} after {self.timeout:g} s; "
+            "nothing was published.\n"
+            f"If that run is working (another publish), wait for it and run the same command again "
+            f"(or raise --slot-timeout / {SLOT_TIMEOUT_ENV}). If it is stuck: stop its process "
+            "(`kill PID`, or terminate it in the Dagster UI), then run the same command again: runs "
+            "whose process is gone are marked failed and their slots freed. A run of the UI that "
+            f"stays in progress: `dagster run delete {first}` (with this DAGSTER_HOME) deletes it and "
+            "frees its slot."
+        )
+
+
+# --- executing a job under supervision -----------------------------------------------------
+
+_WORKER = {"active": False, "stopping": False}
+
+
+def _async_raise(thread: threading.Thread, exc_type: type[BaseException]) -> None:
+    if thread.ident is not None and thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
+
+
+def stop_run(
+    instance: dg.DagsterInstance, run_id: str, thread: threading.Thread, grace: float = STOP_GRACE_SECONDS
+) -> bool:
+    """Stop the run executing in ``thread``: it ends canceled, its slots free. True if the thread ended."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and not run.is_finished and run.status != dg.DagsterRunStatus.CANCELING:
+        instance.report_run_canceling(run, message="bids-hub-dagster was interrupted: stopping the run.")
+    _async_raise(thread, DagsterExecutionInterruptedError)
+    deadline = time.monotonic() + grace
+    nudged = time.monotonic()
+    while thread.is_alive() and time.monotonic() < deadline:
+        thread.join(0.1)
+        run = instance.get_run_by_id(run_id)
+        if thread.is_alive() and time.monotonic() - nudged > 2 and (run is None or not run.is_finished):
+            _async_raise(thread, DagsterExecutionInterruptedError)  # it was swallowed, or came too early
+            nudged = time.monotonic()
+    run = instance.get_run_by_id(run_id)
+    if run is not None and not run.is_finished:
+        instance.report_run_canceled(
+            run, message="bids-hub-dagster was interrupted; the run did not stop in time."
+        )
+    if instance.event_log_storage.supports_global_concurrency_limits:
+        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+    return not thread.is_alive()
+
+
+def execute_job(
+    job,
+    instance: dg.DagsterInstance,
+    *,
+    run_config: dict,
+    partition_key: str | None = None,
+    pool_wait: PoolWait | None = None,
+) -> dg.ExecuteInProcessResult:
+    """``job.execute_in_process`` in a thread, stopped (canceled) when this thread is interrupted.
+
+    With ``pool_wait``, a step that waits for a slot of its pool waits at most the slot
+    timeout (:class:`SlotTimeout`), saying which run holds the slot.
+    """
+    run_id = make_new_run_id()
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = job.execute_in_process(
+                instance=instance,
+                run_config=run_config,
+                partition_key=partition_key,
+                raise_on_error=False,
+                run_id=run_id,
+                tags=process_tags(),
+            )
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller)
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"run-{run_id[:8]}", daemon=True)
+    _WORKER["active"] = True
+    try:
+        thread.start()
+        checked = time.monotonic()
+        while thread.is_alive():
+            thread.join(0.2)
+            if pool_wait is not None and time.monotonic() - checked >= 1.0:
+                checked = time.monotonic()
+                if waiting_in_pool(instance, pool_wait.pool, run_id):
+                    pool_wait.blocked(own_run_id=run_id)
+    except BaseException:
+        stopped = stop_run(instance, run_id, thread)
+        if not stopped:
+            _WORKER["unstopped"] = True
+        raise
+    finally:
+        _WORKER["active"] = False
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
+
+
+def run_thread_left() -> bool:
+    """Whether a run thread did not stop in time after an interrupt (the process should exit hard)."""
+    return bool(_WORKER.get("unstopped"))
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """Within: SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """Within: SIGINT and SIGTERM are only recorded (cleanup after an interrupt is not interrupted)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, lambda n, f: received.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Within: SIGINT is held back (delivered at the end); processes spawned inside keep it blocked."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def worker_init() -> None:
+    """Initializer of shard worker processes: Ctrl-C is the parent's; SIGTERM stops the current run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    def on_term(signum, frame):
+        _WORKER["stopping"] = True
+        if not _WORKER["active"]:
+            os._exit(128 + signum)  # idle: nothing to clean up
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    _WORKER["worker"] = True
+
+
+def in_worker() -> bool:
+    return bool(_WORKER.get("worker"))

@@ -1,0 +1,97 @@
+"""What a publication wrote: the manifest that decides which files the tool may replace or delete.
+
+A destination (a local folder or a Hub repo) holds ``.bids_hub_manifest.json`` beside
+``README.md``, listing every file the last publication wrote there (paths relative to
+the destination root). A later publication replaces or deletes only the files that the
+manifest lists; any other file under ``data/`` (and, in a local folder, a README.md that
+the tool did not write) makes the destination refused before anything is built.
+
+The name starts with a dot: ``datasets`` skips hidden files when it resolves data files,
+so the manifest is never loaded as data. A destination published before manifests
+existed is adopted when its README.md carries the tool's mark: its ``README.md`` and its
+``data/train-XXXXX-of-NNNNN.parquet`` files count as the tool's own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+MANIFEST_NAME = ".bids_hub_manifest.json"
+TOOL = "bids_hub_dagster"
+FORMAT = 1
+README = "README.md"
+DATA_FILE = re.compile(r"^data/train-(\d{5})-of-(\d{5})\.parquet$")
+#: At most this many paths are named in an error; the rest are counted.
+SHOWN = 10
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The files (relative paths) one publication wrote to its destination."""
+
+    files: frozenset[str]
+
+    @classmethod
+    def of(cls, files: Iterable[str]) -> Manifest:
+        return cls(frozenset(files))
+
+    def to_bytes(self) -> bytes:
+        return (
+            json.dumps({"tool": TOOL, "format": FORMAT, "files": sorted(self.files)}, indent=1) + "\n"
+        ).encode("utf-8")
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> Manifest:
+        """Read a manifest's bytes; ``where`` names it in errors.
+
+        Raises:
+            ManifestError: when the file is not a manifest this tool wrote.
+        """
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ManifestError(
+                f"{where} is not a readable manifest ({exc}); it records which files bids_hub_dagster wrote. "
+                "Restore it, or publish to a new destination."
+            ) from None
+        files = raw.get("files") if isinstance(raw, dict) else None
+        if (
+            not isinstance(raw, dict)
+            or raw.get("tool") != TOOL
+            or not isinstance(files, list)
+            or not all(isinstance(f, str) and _safe(f) for f in files)
+        ):
+            raise ManifestError(
+                f"{where} was not written by bids_hub_dagster (no tool mark or a malformed file list); "
+                "move it away, or publish to a new destination."
+            )
+        return cls(frozenset(files))
+
+
+def _safe(path: str) -> bool:
+    """A relative path that stays inside the destination."""
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and ".." not in parts and "" not in parts
+
+
+def adopted(paths: Iterable[str]) -> Manifest:
+    """The files a pre-manifest publication wrote: its README.md and its data files by their names."""
+    return Manifest.of(p for p in paths if p == README or DATA_FILE.match(p))
+
+
+def describe(paths: Iterable[str]) -> str:
+    """``a, b, c … and N more``, each path shown with control characters escaped."""
+    paths = sorted(paths)
+    shown = ", ".join(_printable(p) for p in paths[:SHOWN])
+    return shown + (f" … and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
+
+
+def _printable(path: str) -> str:
+    return path if path.isprintable() else repr(path)
