@@ -11,7 +11,9 @@ build as it was before the check). Each build runs in its own child process, bes
 ``--repeat``; the page cache is warm. Printed side by side: seconds, MB/s of `.nii.gz`,
 the child's peak RSS, and the ratio to the same strategy without the check.
 
-Then the check alone, on the same files already in memory: ``check_gzip_bytes`` (bounded
+Then the audit of the built shards read back (the ``shard_files_are_nifti`` asset check):
+the full check beside the header-only check it did before. Then the check alone, on the
+same files already in memory: ``check_gzip_bytes`` (bounded
 pieces, nothing kept) beside Python's ``gzip.decompress`` (the whole image at once), in
 MB/s of compressed input and of decompressed output.
 """
@@ -59,8 +61,7 @@ def _child_check_alone(root: Path) -> str:
     import concurrent.futures
     import gzip
 
-    from bids_hub_dagster.hf.embed import CHECK_THREADS
-    from bids_hub_dagster.hf.nifti import check_gzip_bytes
+    from bids_hub_dagster.hf.nifti import CHECK_THREADS, check_gzip_bytes
 
     files = [p.read_bytes() for p in sorted(root.rglob("*.nii.gz"))]
     t0 = time.perf_counter()
@@ -75,6 +76,37 @@ def _child_check_alone(root: Path) -> str:
         gzip.decompress(data)
     python = time.perf_counter() - t0
     return f"{ours} {threads} {CHECK_THREADS} {python} {sum(map(len, files))} {raw}"
+
+
+def _header_only_problem(data: bytes | None, name: str) -> str | None:
+    """The audit's cell check as it was before the full check: the header of the first 64 KB."""
+    import zlib
+
+    from bids_hub_dagster.hf.nifti import _expected_data_end
+
+    if not data:
+        return "empty"
+    header = data[:544]
+    if name.lower().endswith(".gz"):
+        try:
+            header = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:65536], 544)
+        except zlib.error as exc:
+            return f"not a valid gzip stream ({exc})"
+    return None if _expected_data_end(header) else "not NIfTI"
+
+
+def _child_audit(shards: Path, check: bool) -> str:
+    import bids_hub_dagster.hf.audit as audit
+
+    if not check:
+        audit.nifti_bytes_problem = _header_only_problem
+    t0 = time.perf_counter()
+    cells = 0
+    for path in sorted(shards.glob("*.parquet")):
+        result = audit.audit_shard_file(path)
+        assert not result.problems, result.problems
+        cells += result.cells
+    return f"{time.perf_counter() - t0} {cells}"
 
 
 def _run_child(args: list[str]) -> tuple[list[str], float]:
@@ -106,6 +138,9 @@ def main() -> None:
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "audit":
+        print(_child_audit(Path(args.out), args.check == "on"))
+        return
     if args.child == "check-alone":
         print(_child_check_alone(Path(args.root)))
         return
@@ -154,6 +189,19 @@ def main() -> None:
                 f"{rss:>12.0f} {ratio:>6.2f}x",
                 flush=True,
             )
+    shards = work / "out-audit"  # the shards of one build, read back as the asset check does
+    _run_child(["--child", "core-arrow", "--check", "on", "--root", str(root), "--out", str(shards)])
+    print(f"\n{'audit of the shards':<22} {'seconds':>8} {'MB/s':>6} {'vs header only':>15}")
+    audits = {}
+    for check, label in (("off", "header only (before)"), ("on", "full gzip check")):
+        (seconds, _cells), _ = _run_child(["--child", "audit", "--check", check, "--out", str(shards)])
+        audits[check] = float(seconds)
+        print(
+            f"{label:<22} {audits[check]:>8.2f} {total / MB / audits[check]:>6.0f} "
+            f"{audits[check] / audits['off']:>14.2f}x",
+            flush=True,
+        )
+    shutil.rmtree(shards)
     (ours, threads, n, python, compressed, raw), _ = _run_child(
         ["--child", "check-alone", "--root", str(root)]
     )

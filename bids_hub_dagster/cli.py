@@ -216,13 +216,19 @@ def default_workers(num_shards: int) -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-def _shards_to_build(spec: DatasetSpec, keys: list[str], instance) -> list[str]:
-    """The shard partitions whose data version differs from their last build (or whose file is gone)."""
+def _shards_to_build(spec: DatasetSpec, keys: list[str], instance, rebuild: bool = False) -> list[str]:
+    """The shard partitions to build: all with ``rebuild``; else those whose data version differs
+    from their last build, whose file is gone, or whose file changed since it was written
+    (sha256 against the digest recorded then; such a shard is rebuilt with a warning).
+    """
+    if rebuild:
+        return list(keys)
     import dagster as dg
     import pyarrow.parquet as pq
 
     from .defs.automation import read_built_state
     from .defs.io_managers import BidsHubParquetIOManager, default_storage_dir
+    from .hf.digests import check_recorded
     from .hf.shards import plan_for_index
     from .hf.versions import shard_versions
 
@@ -231,9 +237,15 @@ def _shards_to_build(spec: DatasetSpec, keys: list[str], instance) -> list[str]:
     current = shard_versions(table, plan_for_index(table, spec.max_shard_size, spec.num_shards))
     built = read_built_state(instance, spec).shard_versions
     shards = dg.AssetKey([spec.name, "hub_shards"])
-    return [
-        k for k in keys if built.get(k) != current.get(k) or not storage.partition_path(shards, k).is_file()
-    ]
+    todo = []
+    for k in keys:
+        path = storage.partition_path(shards, k)
+        if built.get(k) != current.get(k) or not path.is_file():
+            todo.append(k)
+        elif not (digest := check_recorded(path)).ok:
+            click.echo(f"warning: {k}: {digest.describe(path)}; rebuilding it", err=True)
+            todo.append(k)
+    return todo
 
 
 #: the temporary files of ``hf.parquet.atomic_path``: ``.NAME.<8 hex>.tmp``
@@ -312,6 +324,7 @@ def run_publish(
     log_level: str = "CRITICAL",
     workers: int | None = None,
     slot_timeout: float | None = None,
+    rebuild: bool = False,
 ) -> int:
     """Materialize index, dataset, every shard partition and the upload. Returns an exit code.
 
@@ -360,7 +373,7 @@ def run_publish(
             for line in index_warnings.splitlines():
                 tqdm.write(f"warning: {line}", file=sys.stderr)
         keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
-        todo = _shards_to_build(spec, keys, instance)
+        todo = _shards_to_build(spec, keys, instance, rebuild=rebuild)
         if len(todo) < len(keys):
             tqdm.write(
                 f"{len(keys) - len(todo)} of {len(keys)} shard(s) unchanged since built: kept",
@@ -427,9 +440,23 @@ def run_publish(
     type=click.FloatRange(min=0),
     help="Seconds to wait for the hf_hub pool slot held by another run (default $BIDS_HUB_SLOT_TIMEOUT, else 600).",
 )
+@click.option(
+    "--rebuild", is_flag=True, help="Build every shard again, even those unchanged since they were built."
+)
 @click.pass_obj
 def publish(
-    obj, bids_root, spec_path, row, max_shard_size, num_shards, to, no_progress, workers, slot_timeout, **hub
+    obj,
+    bids_root,
+    spec_path,
+    row,
+    max_shard_size,
+    num_shards,
+    to,
+    no_progress,
+    workers,
+    slot_timeout,
+    rebuild,
+    **hub,
 ) -> None:
     """Index, build every shard, publish and verify: BIDS_ROOT --to DEST, or --spec SPEC.
 
@@ -444,6 +471,7 @@ def publish(
             log_level=obj["log_level"],
             workers=workers,
             slot_timeout=slot_timeout,
+            rebuild=rebuild,
         )
     )
 

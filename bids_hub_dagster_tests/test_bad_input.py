@@ -146,7 +146,8 @@ def test_not_a_bids_folder_is_a_clear_error(tmp_path: Path) -> None:
         assert not result.success
         assert result.get_failed_step_keys() == {"holiday_photos__bids_index"}
         text = error_text(result)
-        assert "BidsError" in text
+        failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+        assert failure.metadata["user_error"].value == "BidsError"  # a user error: no retry, the CLI exits 2
         assert f"{plain} is not a BIDS dataset" in text
         assert "dataset_description.json" in text
         assert pipe.keys == []  # no shard was planned

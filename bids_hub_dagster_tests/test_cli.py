@@ -206,7 +206,7 @@ def test_publish_to_the_hub_with_a_bad_token_says_what_to_do(hub_server, tmp_pat
     monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_one")
     root = build_demo_bids(tmp_path / "bids")
     proc = run_module("publish", str(root), "--to", "hf://datasets/lab/cli", "--no-progress", cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a user error, as for every destination refused before any run
     output = proc.stdout + proc.stderr
     assert "HTTP 401" in output and "Set HF_TOKEN" in output
     assert "Traceback" not in output and "hf_not_the_right_one" not in output

@@ -30,11 +30,9 @@ from datasets import Dataset, Features, List, Nifti
 from datasets.table import embed_table_storage
 
 from ..bids.errors import shown
-from .nifti import check_file_bytes
+from .nifti import CHECK_THREADS, check_file_bytes
 
 Embedder = Callable[[Dataset, Features], pa.Table]
-#: threads that check gzip streams at once (zlib releases the GIL); each holds at most a few MB
-CHECK_THREADS = min(4, os.cpu_count() or 1)
 
 
 class _FileChecks:

@@ -45,6 +45,8 @@ class GzipCheck:
     members: int  # gzip members (1, or more for bgzip / concatenated streams)
 
 
+#: threads that check gzip streams at once (zlib releases the GIL); each holds a few MB
+CHECK_THREADS = min(4, os.cpu_count() or 1)
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_IN_CHUNK = 2**20  # compressed bytes handed to zlib at a time (a view, not a copy)
 _GZIP_OUT_CHUNK = 2**22  # at most this many decompressed bytes in memory at a time
