@@ -1,6 +1,6 @@
 """What the full gzip check costs a shard build: every `.nii.gz` decompressed once, CRC-32 and length.
 
-    .venv/bin/python bench/gzip_check.py                          # 100 sessions (~0.9 GB), ~1-2 min
+    .venv/bin/python bench/gzip_check.py                          # 80 sessions (~0.7 GB), under 2 min
     .venv/bin/python bench/gzip_check.py --sessions 30 --repeat 1  # a quick look
 
 Builds every shard of one generated tree (bench/shards.py's: per session a T1w and a bold
@@ -129,7 +129,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sessions", type=int, default=100, help="sessions in the tree (~9 MB of .nii.gz each)"
+        "--sessions", type=int, default=80, help="sessions in the tree (~9 MB of .nii.gz each)"
     )
     parser.add_argument("--repeat", type=int, default=2, help="builds per method; the best is shown")
     parser.add_argument("--workdir", default=None, help="where the tree and outputs go (default: a temp dir)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from .bids.errors import BidsError
+from .bids.errors import BidsError, shown
 from .spec import DatasetSpec, SpecError, format_size, load_spec, spec_for_folder
 
 DEFAULT_HOME = Path.home() / ".bids_hub_dagster" / "dagster_home"
@@ -44,9 +44,10 @@ def _resolve_spec(
     row: str | None = None,
     max_shard_size: str | None = None,
     num_shards: int | None = None,
+    root_flag: str = "BIDS_ROOT",
 ) -> DatasetSpec:
     if bool(bids_root) == bool(spec_path):
-        raise click.UsageError("give either BIDS_ROOT or --spec SPEC.yaml (one of them).")
+        raise click.UsageError(f"give either {root_flag} or --spec SPEC.yaml (one of them).")
     spec = load_spec(spec_path) if spec_path else spec_for_folder(bids_root)
     return spec.with_overrides(destination=to, row=row, max_shard_size=max_shard_size, num_shards=num_shards)
 
@@ -114,7 +115,9 @@ def _quiet(log_level: str) -> dict:
 _DEFS_CACHE: dict[str, object] = {}
 
 
-def build_one_shard(spec: DatasetSpec, key: str, log_level: str, instance=None) -> str | None:
+def build_one_shard(
+    spec: DatasetSpec, key: str, log_level: str, instance=None, on_abandon=None
+) -> str | None:
     """Run the shard job for one partition on the persistent instance; its error, or None.
 
     Runs in a worker process when shards are built in parallel (each worker keeps the
@@ -130,7 +133,13 @@ def build_one_shard(spec: DatasetSpec, key: str, log_level: str, instance=None) 
     job = _DEFS_CACHE[cache_key].resolve_job_def(job_names(spec).shards)
     try:
         with contextlib.nullcontext(instance) if instance is not None else dg.DagsterInstance.get() as inst:
-            result = runs.execute_job(job, inst, run_config=_quiet(log_level), partition_key=key)
+            result = runs.execute_job(
+                job,
+                inst,
+                run_config=_quiet(log_level),
+                partition_key=key,
+                on_abandon=on_abandon or (lambda reason: None),
+            )
     except runs.Interrupted as exc:
         if runs.in_worker():  # the run was stopped (canceled): this worker ends, its parent stops too
             os._exit(exc.exit_code)
@@ -139,7 +148,7 @@ def build_one_shard(spec: DatasetSpec, key: str, log_level: str, instance=None) 
 
 
 def _run_shards(
-    spec: DatasetSpec, keys: list[str], workers: int, log_level: str, bar, instance
+    spec: DatasetSpec, keys: list[str], workers: int, log_level: str, bar, instance, on_abandon=None
 ) -> dict[str, str]:
     """Build every shard partition, ``workers`` runs at a time; returns the failures by key.
 
@@ -151,7 +160,7 @@ def _run_shards(
     if workers == 1:
         for key in keys:
             bar.set_description(f"{spec.name}: {key}")
-            if error := build_one_shard(spec, key, log_level, instance):
+            if error := build_one_shard(spec, key, log_level, instance, on_abandon):
                 failures[key] = error
             bar.update(1)
         return failures
@@ -182,15 +191,14 @@ def _run_shards(
 
 
 def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, futures) -> None:
-    """Cancel what has not started; SIGTERM the workers (each cancels its run), then kill stragglers."""
+    """Cancel what has not started; SIGTERM the workers (each stops its run), then kill stragglers."""
     import signal
     import time
 
     from .defs import runs
 
-    for future in futures:
-        future.cancel()
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)  # what has not started never will
     for process in processes:
         with contextlib.suppress(ProcessLookupError, TypeError):
             if process.is_alive():
@@ -202,7 +210,9 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, futures) -> None
         if process.is_alive():
             process.kill()
             process.join(2)
-    pool.shutdown(wait=True, cancel_futures=True)
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:
+        manager.join(5)  # it sees the workers gone and closes the queues
 
 
 def default_workers(num_shards: int) -> int:
@@ -280,8 +290,27 @@ def _remove_partial_files(instance, spec: DatasetSpec) -> list[Path]:
 
 @dataclasses.dataclass
 class _Stop:
+    instance: object
+    spec: DatasetSpec
     code: int = 0
     bar: object = None
+
+    def finish(self, reason: BaseException) -> None:
+        """After an interrupt or a slot timeout: close the bar, clean up, say it once; sets ``code``."""
+        from .defs import runs
+
+        if self.bar is not None:
+            self.bar.close()
+        runs.sweep(self.instance)  # the runs of workers that had to be killed
+        _remove_partial_files(self.instance, self.spec)
+        if isinstance(reason, runs.SlotTimeout):
+            click.echo(f"error: {reason}", err=True)
+            self.code = 1
+        else:
+            click.echo("interrupted; run the same command to resume", err=True)
+            self.code = reason.exit_code
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 @contextlib.contextmanager
@@ -293,7 +322,7 @@ def _stoppable(instance, spec: DatasetSpec):
     """
     from .defs import runs
 
-    stop = _Stop()
+    stop = _Stop(instance, spec)
     if summary := runs.sweep(instance).summary():
         click.echo(summary, err=True)
     _remove_partial_files(instance, spec)
@@ -302,20 +331,7 @@ def _stoppable(instance, spec: DatasetSpec):
             yield stop
     except (runs.Interrupted, runs.SlotTimeout) as exc:
         with runs.signals_deferred():  # a second Ctrl-C does not interrupt the cleanup
-            if stop.bar is not None:
-                stop.bar.close()
-            runs.sweep(instance)  # the runs of workers that had to be killed
-            _remove_partial_files(instance, spec)
-            if isinstance(exc, runs.SlotTimeout):
-                click.echo(f"error: {exc}", err=True)
-                stop.code = 1
-            else:
-                click.echo("interrupted; run the same command to resume", err=True)
-                stop.code = exc.exit_code
-            if runs.run_thread_left():  # a run that ignored the interrupt: do not wait for it
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(stop.code)
+            stop.finish(exc)
 
 
 def run_publish(
@@ -360,7 +376,9 @@ def run_publish(
         bar = stop.bar = tqdm(
             total=2, desc=f"{spec.name}: index", unit="step", disable=not progress, file=sys.stderr
         )
-        result = runs.execute_job(defs.resolve_job_def(jobs.prepare), instance, run_config=quiet)
+        result = runs.execute_job(
+            defs.resolve_job_def(jobs.prepare), instance, run_config=quiet, on_abandon=stop.finish
+        )
         if not result.success:
             bar.close()
             click.echo(f"error: indexing {spec.bids_root} failed:\n{_failure_message(result)}", err=True)
@@ -381,7 +399,9 @@ def run_publish(
             )
         bar.total = len(todo) + 2
         bar.update(1)
-        failures = _run_shards(spec, todo, workers or default_workers(len(todo)), log_level, bar, instance)
+        failures = _run_shards(
+            spec, todo, workers or default_workers(len(todo)), log_level, bar, instance, stop.finish
+        )
         if failures:
             bar.close()
             click.echo(
@@ -399,7 +419,11 @@ def run_publish(
         pool_wait = runs.PoolWait(instance, HUB_POOL, timeout, lambda line: tqdm.write(line, file=sys.stderr))
         pool_wait.wait()  # says which run holds the slot; gives up after the timeout
         result = runs.execute_job(
-            defs.resolve_job_def(jobs.upload), instance, run_config=quiet, pool_wait=pool_wait
+            defs.resolve_job_def(jobs.upload),
+            instance,
+            run_config=quiet,
+            pool_wait=pool_wait,
+            on_abandon=stop.finish,
         )
         bar.update(1)
         bar.close()
@@ -494,8 +518,8 @@ def index(bids_root, spec_path, row, max_shard_size, num_shards, print_spec) -> 
         )
         return
     plan = plan_shards([r.nbytes for r in idx.rows], spec.max_shard_size, spec.num_shards)
-    click.echo(f"dataset   {spec.name}  ({idx.description.get('Name', 'unnamed')})")
-    click.echo(f"root      {idx.root}")
+    click.echo(f"dataset   {spec.name}  ({shown(idx.description.get('Name', 'unnamed'))})")
+    click.echo(f"root      {shown(idx.root)}")
     click.echo(
         f"rows      {len(idx.rows)} (one per {spec.row}); {len(idx.subjects)} subjects, {idx.sessions} sessions"
     )
@@ -509,7 +533,7 @@ def index(bids_root, spec_path, row, max_shard_size, num_shards, print_spec) -> 
             f"  {c.name:<16} {kind:<14} {files[c.name]:>6} files {format_size(sizes[c.name]):>10}{where}"
         )
     if idx.participants.columns:
-        click.echo("phenotype " + ", ".join(f"{n} ({t})" for n, t in idx.participants.columns.items()))
+        click.echo("phenotype " + ", ".join(f"{shown(n)} ({t})" for n, t in idx.participants.columns.items()))
     for w in idx.warnings:
         click.echo(f"warning: {w}")
 
@@ -530,7 +554,7 @@ def verify(destination, spec_path, bids_root, row, revision) -> None:
     from .hf.publish import parse_destination
     from .hf.tables import index_to_table
 
-    spec = _resolve_spec(bids_root, spec_path, None, row)
+    spec = _resolve_spec(bids_root, spec_path, None, row, root_flag="--bids-root")
     idx = spec.build_index()
     target = parse_destination(destination, hub=_with_hub(spec, revision=revision).hub)
     report = target.verify(index_to_table(idx))

@@ -325,6 +325,10 @@ def load_spec(path: Path | str) -> DatasetSpec:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError as exc:
         raise SpecError(f"spec file {path} does not exist.") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8."
+        ) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path} is not valid YAML: {exc}") from exc
     return spec_from_mapping(raw or {}, path.parent, source=path)

@@ -3,6 +3,7 @@ forge lines of the output; an unreachable Hub is said to be one, quickly."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from bids_hub_dagster.bids.errors import shown
 from bids_hub_dagster.cli import cli
-from bids_hub_dagster.demo import build_demo_bids, write_demo
+from bids_hub_dagster.demo import DESCRIPTION, build_demo_bids, write_demo
 from bids_hub_dagster.hf.hub import CONNECT_ATTEMPTS, Backoff, HubRepo, HubTransientError, HubUnreachableError
 
 
@@ -74,6 +75,7 @@ def test_a_file_name_with_a_newline_cannot_forge_output_lines(tmp_path, monkeypa
     damaged.write_bytes(b"")  # zero bytes: its shard fails, naming it
     unfetched = root / "sub-01/ses-1/anat" / f"sub-01_ses-1_acq-y\n{FORGED}_T1w.nii"
     unfetched.symlink_to(root / ".git/annex/objects/missing")  # content not fetched: an index warning
+    (root / "dataset_description.json").write_text(json.dumps({**DESCRIPTION, "Name": f"demo\n{FORGED}"}))
 
     code, output = run_cli(monkeypatch, capsys, "index", str(root))
     assert code == 0, output

@@ -21,7 +21,7 @@ from huggingface_hub import HfApi
 from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.assets import shard_partitions_name
 from bids_hub_dagster.hf.card import render_card
-from bids_hub_dagster.hf.destinations import PublishResult
+from bids_hub_dagster.hf.destinations import DestinationError, PublishResult
 from bids_hub_dagster.hf.hub import (
     Backoff,
     HubAccessError,
@@ -32,6 +32,7 @@ from bids_hub_dagster.hf.hub import (
     classify,
     plan_batches,
 )
+from bids_hub_dagster.hf.manifest import MANIFEST_NAME, Manifest
 from bids_hub_dagster.hf.publish import card_facts, publish_shards, shard_file_stats
 from bids_hub_dagster.hf.shards import ShardPlan, plan_for_index
 from bids_hub_dagster.spec import DatasetSpec
@@ -257,8 +258,9 @@ def test_a_bad_token_fails_before_any_shard_is_built_and_says_what_to_do(
 def test_batches_respect_the_file_limit_and_the_card_comes_last(built):
     result = built.publish(files_per_commit=3)
     commits = built.data_commits()
-    assert [len(c.added) for c in commits] == [3, 2]  # 3 shards, then 1 shard + card
-    assert "README.md" in commits[-1].added and all("README.md" not in c.added for c in commits[:-1])
+    assert [len(c.added) for c in commits] == [3, 3]  # 3 shards, then 1 shard + card + manifest
+    assert {"README.md", MANIFEST_NAME} <= set(commits[-1].added)
+    assert all("README.md" not in c.added and MANIFEST_NAME not in c.added for c in commits[:-1])
     assert len(result.commit_urls) == 2 and result.files_skipped == []
     built.assert_complete()
 
@@ -291,9 +293,9 @@ def test_transient_faults_and_conflicts_are_retried_to_a_complete_repo(built, fa
     assert injected.fired >= 1
     built.assert_complete()
     commits = built.data_commits()
-    assert len(commits) == 3  # never a duplicate commit: 2 + 2 shards, then the card
+    assert len(commits) == 3  # never a duplicate commit: 2 + 2 shards, then the card and manifest
     added = [p for c in commits for p in c.added]
-    assert len(added) == len(set(added)) == 5
+    assert len(added) == len(set(added)) == 6
     assert len(result.files_written) == 5
     # every LFS object arrived exactly once (a retried PUT re-sends only the interrupted file)
     oids = Counter(oid for oid, _ in built.server.lfs_uploads())
@@ -375,8 +377,8 @@ def test_a_smaller_plan_deletes_the_old_shards_in_the_final_commit(built):
     before = len(built.data_commits())
     result = built.repo().publish(three, card)
     commits = built.data_commits()[before:]
-    # 3 new names, 4 old ones and the card, 2 files a commit: additions first, the card last
-    assert [(len(c.added), len(c.deleted)) for c in commits] == [(2, 0), (1, 1), (0, 2), (1, 1)]
+    # 3 new names, 4 old ones, the card and the manifest, 2 files a commit: additions first, the card last
+    assert [(len(c.added), len(c.deleted)) for c in commits] == [(2, 0), (1, 1), (0, 2), (0, 1), (2, 0)]
     assert "README.md" in commits[-1].added
     deleted = [p for c in commits for p in c.deleted]
     assert sorted(deleted) == [f"data/train-{i:05d}-of-00004.parquet" for i in range(4)]
@@ -529,12 +531,62 @@ def test_a_failed_pre_upload_does_not_fail_the_shard(hub_server, demo_spec, tmp_
         jobs = job_names(spec)
         assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
         hub_server.inject("POST", r"/info/lfs/objects/batch$", status=403, times=100)
-        result = defs.resolve_job_def(jobs.shards).execute_in_process(instance=instance, partition_key="shard-00000")
+        result = defs.resolve_job_def(jobs.shards).execute_in_process(
+            instance=instance, partition_key="shard-00000"
+        )
         assert result.success
         meta = result.get_asset_materialization_events()[0].materialization.metadata
         assert meta["hub_bytes_sent"].value == 0
         hub_server.clear_faults()
         for key in ("shard-00001", "shard-00002", "shard-00003"):
-            assert defs.resolve_job_def(jobs.shards).execute_in_process(instance=instance, partition_key=key).success
+            assert (
+                defs.resolve_job_def(jobs.shards)
+                .execute_in_process(instance=instance, partition_key=key)
+                .success
+            )
         assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
     assert len(hub_server.lfs_uploads()) == 4  # the refused shard went up with the upload
+
+
+# -- the manifest: only what the tool wrote is deleted ---------------------------------------
+
+
+def test_the_manifest_is_committed_with_the_card_and_lists_what_was_published(built):
+    built.publish()
+    remote = built.server.files(REPO_ID)
+    manifest = Manifest.parse(remote[MANIFEST_NAME], MANIFEST_NAME)
+    assert manifest.files == {p for p in remote if p.startswith("data/")} | {"README.md"}
+
+
+def test_a_foreign_file_under_data_is_refused_and_kept(built):
+    HfApi().upload_file(
+        path_or_fileobj=b"theirs", path_in_repo="data/extra.csv", repo_id=REPO_ID, repo_type="dataset"
+    )
+    with pytest.raises(DestinationError, match=r"did not write: data/extra\.csv"):
+        built.repo().check()
+    commits = len(built.data_commits())
+    with pytest.raises(DestinationError, match="data/extra.csv"):
+        built.publish()
+    assert len(built.data_commits()) == commits and built.server.files(REPO_ID)["data/extra.csv"] == b"theirs"
+
+
+def test_a_repo_published_before_manifests_is_adopted_and_its_old_shards_replaced(built):
+    built.publish()
+    HfApi().delete_file(MANIFEST_NAME, repo_id=REPO_ID, repo_type="dataset")  # as an older version left it
+    three = [built.files[k] for k in sorted(built.files)[:3]]
+    card = render_card(card_facts("demo", built.table, [shard_file_stats(p) for p in three], REPO_ID))
+    result = built.repo().publish(three, card)
+    assert sorted(result.files_removed) == [f"data/train-{i:05d}-of-00004.parquet" for i in range(4)]
+    assert MANIFEST_NAME in built.server.files(REPO_ID)
+
+
+def test_without_a_manifest_or_the_tools_mark_nothing_is_deleted(built):
+    built.publish()
+    api = HfApi()
+    api.delete_file(MANIFEST_NAME, repo_id=REPO_ID, repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=b"# our own card\n", path_in_repo="README.md", repo_id=REPO_ID, repo_type="dataset"
+    )
+    with pytest.raises(DestinationError, match="did not write"):
+        built.publish()  # the old shards are not the tool's any more: refused, not deleted
+    assert len([p for p in built.server.files(REPO_ID) if p.startswith("data/")]) == 4

@@ -240,12 +240,8 @@ def test_damaged_gzip_fails_its_shard_run_and_nothing_is_published(
         assert not upload.success
         assert "shard-00001: not built yet" in error_text(upload)
     assert [p for p in files_under(dest) if p.endswith((".parquet", ".tmp", ".md"))] == []
-    # A bad file fails for good, as the header checks do (dg.Failure, allow_retries=False). The
-    # embedding runs as the IO manager writes the shard, outside the asset body's try: until
-    # store_shard turns ShardFilesError into a user failure, the retry policy retries the step
-    # once (after 30 s), and it fails the same way.
-    if any(e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY for e in failed.all_events):
-        pytest.xfail("the shard step was retried: defs/io_managers.py store_shard must raise a user failure")
+    # a bad file fails for good, as the header checks do (dg.Failure, allow_retries=False): no retry
+    assert not any(e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY for e in failed.all_events)
 
 
 # --------------------------------------------------------------------------------------

@@ -99,7 +99,17 @@ def partial_files(*folders: Path) -> list[Path]:
 def test_an_interrupt_stops_every_run_and_the_same_command_resumes(tmp_path, workers, signum, code):
     root = build_big_bids(tmp_path / "big")
     out = tmp_path / "out"
-    args = ("publish", str(root), "--to", str(out), "--num-shards", "4", "--workers", str(workers), "--no-progress")
+    args = (
+        "publish",
+        str(root),
+        "--to",
+        str(out),
+        "--num-shards",
+        "4",
+        "--workers",
+        str(workers),
+        "--no-progress",
+    )
     storage = Path(os.environ["DAGSTER_HOME"]) / "bids_hub_storage"
     proc = start(*args, new_session=True)
     with instance() as inst:
@@ -116,7 +126,9 @@ def test_an_interrupt_stops_every_run_and_the_same_command_resumes(tmp_path, wor
             proc.send_signal(signal.SIGTERM)  # as `kill`: the CLI only
         stdout, stderr = proc.communicate(timeout=60)
         elapsed = time.monotonic() - sent
-        print(f"{signal.Signals(signum).name} with {workers} worker(s): exit {proc.returncode} after {elapsed:.1f} s")
+        print(
+            f"{signal.Signals(signum).name} with {workers} worker(s): exit {proc.returncode} after {elapsed:.1f} s"
+        )
         assert proc.returncode == code, stderr
         assert elapsed < 20
         assert stderr.count("interrupted; run the same command to resume") == 1, stderr
@@ -161,7 +173,7 @@ def test_kill_9_during_the_upload_frees_its_slot_for_the_next_publish(hub_server
         started = time.monotonic()
         again = run_cli(*args, "--no-progress", timeout=300)
         assert again.returncode == 0, again.stderr
-        assert f"marked 1 run(s) failed, their process being gone (killed?)" in again.stderr
+        assert "marked 1 run(s) failed, their process being gone (killed?)" in again.stderr
         assert dead.run_id in again.stderr
         assert "published bids to" in again.stdout and "verified: OK: 4/4 rows" in again.stdout
         assert time.monotonic() - started < 240
@@ -197,7 +209,9 @@ def test_a_slot_held_by_a_live_run_stops_the_publish_after_the_timeout_naming_th
     with instance() as inst:
         holder = _foreign_run_holding_the_slot(inst)
         started = time.monotonic()
-        proc = run_cli("publish", "--spec", str(spec_file), "--no-progress", "--slot-timeout", "3", timeout=300)
+        proc = run_cli(
+            "publish", "--spec", str(spec_file), "--no-progress", "--slot-timeout", "3", timeout=300
+        )
         elapsed = time.monotonic() - started
         assert proc.returncode == 1, proc.stderr
         assert f"waiting for the hf_hub pool slot held by run {holder.run_id} (someone_upload" in proc.stderr
@@ -210,7 +224,9 @@ def test_a_slot_held_by_a_live_run_stops_the_publish_after_the_timeout_naming_th
         assert inst.get_run_by_id(holder.run_id).status == dg.DagsterRunStatus.STARTED
         claimed = inst.event_log_storage.get_concurrency_info(HUB_POOL).claimed_slots
         assert [s.run_id for s in claimed] == [holder.run_id]
-        assert [r.run_id for r in inst.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS))] == [holder.run_id]
+        assert [r.run_id for r in inst.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS))] == [
+            holder.run_id
+        ]
 
         # BIDS_HUB_SLOT_TIMEOUT is the same bound
         env = dict(os.environ, BIDS_HUB_SLOT_TIMEOUT="1")
@@ -232,7 +248,9 @@ def test_an_upload_that_starts_waiting_for_its_slot_is_bounded_too(demo_spec, tm
     with instance() as inst:
         assert runs.execute_job(defs.resolve_job_def(jobs.prepare), inst, run_config={}).success
         for key in inst.get_dynamic_partitions("demo_shards"):
-            assert runs.execute_job(defs.resolve_job_def(jobs.shards), inst, run_config={}, partition_key=key).success
+            assert runs.execute_job(
+                defs.resolve_job_def(jobs.shards), inst, run_config={}, partition_key=key
+            ).success
         holder = _foreign_run_holding_the_slot(inst)
         wait = runs.PoolWait(inst, HUB_POOL, 2.0, lines.append)
         started = time.monotonic()
@@ -243,7 +261,10 @@ def test_an_upload_that_starts_waiting_for_its_slot_is_bounded_too(demo_spec, tm
         (upload,) = runs_of(inst, jobs.upload)
         assert upload.status == dg.DagsterRunStatus.CANCELED
         assert upload.tags[runs.PID_TAG] == str(os.getpid())
-        assert not any(p.run_id == upload.run_id for p in inst.event_log_storage.get_concurrency_info(HUB_POOL).pending_steps)
+        assert not any(
+            p.run_id == upload.run_id
+            for p in inst.event_log_storage.get_concurrency_info(HUB_POOL).pending_steps
+        )
 
 
 def test_a_dead_cli_run_is_marked_failed_and_a_reused_pid_is_not_taken_for_it():
@@ -286,7 +307,9 @@ def test_a_dead_cli_run_is_marked_failed_and_a_reused_pid_is_not_taken_for_it():
         storage.set_concurrency_slots(HUB_POOL, 1)
         assert storage.claim_concurrency_slot(HUB_POOL, gone.run_id, "x", 0).is_claimed
         swept = runs.sweep(inst)
-        assert sorted(swept.failed) == sorted([(gone.run_id, "gone_upload"), (reused.run_id, "reused_upload")])
+        assert sorted(swept.failed) == sorted(
+            [(gone.run_id, "gone_upload"), (reused.run_id, "reused_upload")]
+        )
         assert "marked 2 run(s) failed" in swept.summary()
         assert inst.get_run_by_id(gone.run_id).status == dg.DagsterRunStatus.FAILURE
         assert inst.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED

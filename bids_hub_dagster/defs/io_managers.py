@@ -21,7 +21,8 @@ from datasets.table import InMemoryTable
 
 from ..hf.digests import record_digest, sidecar_path
 from ..hf.parquet import WrittenFile, write_row_groups, write_table
-from ..hf.shards import EmbeddedShard, read_shard_record
+from ..hf.shards import EmbeddedShard, ShardFilesError, read_shard_record
+from .outcomes import user_failure
 
 
 def default_storage_dir() -> str:
@@ -75,9 +76,12 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
 
         The asset then outputs the returned WrittenFile, which ``handle_output`` accepts as stored.
         """
-        written = write_row_groups(
-            self._path(key, partition), shard.schema, shard.groups, **shard.write_options
-        )
+        try:
+            written = write_row_groups(
+                self._path(key, partition), shard.schema, shard.groups, **shard.write_options
+            )
+        except ShardFilesError as exc:  # a damaged file found as its bytes were embedded: no retry
+            raise user_failure(exc) from exc
         record_digest(written.path)  # what the cache compares with before it reuses the file
         return written
 

@@ -21,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -266,40 +267,162 @@ class PoolWait:
         )
 
 
-# --- executing a job under supervision -----------------------------------------------------
+# --- executing a job under a watchdog ------------------------------------------------------
 
-_WORKER = {"active": False, "stopping": False}
-
-
-def _async_raise(thread: threading.Thread, exc_type: type[BaseException]) -> None:
-    if thread.ident is not None and thread.is_alive():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
+#: seconds a run gets to stop at Dagster's own interrupt checkpoints (in user code) before the
+#: watchdog raises the interrupt wherever the run is (e.g. in the executor's loop waiting for a slot)
+ESCALATE_SECONDS = 3.0
+_PROCESS = {"worker": False, "in_run": False}
 
 
-def stop_run(
-    instance: dg.DagsterInstance, run_id: str, thread: threading.Thread, grace: float = STOP_GRACE_SECONDS
-) -> bool:
-    """Stop the run executing in ``thread``: it ends canceled, its slots free. True if the thread ended."""
-    run = instance.get_run_by_id(run_id)
-    if run is not None and not run.is_finished and run.status != dg.DagsterRunStatus.CANCELING:
-        instance.report_run_canceling(run, message="bids-hub-dagster was interrupted: stopping the run.")
-    _async_raise(thread, DagsterExecutionInterruptedError)
-    deadline = time.monotonic() + grace
-    nudged = time.monotonic()
-    while thread.is_alive() and time.monotonic() < deadline:
-        thread.join(0.1)
-        run = instance.get_run_by_id(run_id)
-        if thread.is_alive() and time.monotonic() - nudged > 2 and (run is None or not run.is_finished):
-            _async_raise(thread, DagsterExecutionInterruptedError)  # it was swallowed, or came too early
-            nudged = time.monotonic()
+def _async_raise(thread_id: int, exc_type: type[BaseException]) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+
+
+def end_run(instance: dg.DagsterInstance, run_id: str, message: str) -> None:
+    """Mark ``run_id`` canceled unless it ended, and free its concurrency slots."""
     run = instance.get_run_by_id(run_id)
     if run is not None and not run.is_finished:
-        instance.report_run_canceled(
-            run, message="bids-hub-dagster was interrupted; the run did not stop in time."
-        )
+        instance.report_run_canceled(run, message=message)
     if instance.event_log_storage.supports_global_concurrency_limits:
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
-    return not thread.is_alive()
+
+
+class _Watchdog:
+    """Watches a run executing in the main thread: signals that reach it, and its wait for a pool slot.
+
+    Dagster's in-process execution captures SIGINT and SIGTERM and raises them only inside
+    user code; its loop that waits for a pool slot never looks. The signal still reaches
+    the wakeup fd this sets, so the watchdog learns of it: it reports the run canceling
+    (so it ends canceled), gives Dagster :data:`ESCALATE_SECONDS` to stop it at a
+    checkpoint, then raises the interrupt in the main thread itself; after
+    :data:`STOP_GRACE_SECONDS` it marks the run canceled and ends the process.
+    """
+
+    def __init__(
+        self, instance, run_id: str, pool_wait: PoolWait | None, on_abandon: Callable[[BaseException], None]
+    ):
+        self.instance, self.run_id, self.pool_wait, self.on_abandon = instance, run_id, pool_wait, on_abandon
+        self.signum: int | None = None
+        self.timeout: SlotTimeout | None = None
+        self.done = threading.Event()
+        self._stopping = threading.Event()
+        self._main = threading.main_thread().ident
+        self._sockets = None
+        self._old_fd = -1
+        self._old_mask = None
+
+    def __enter__(self):
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            self._sockets = (reader, writer)
+            self._old_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name=f"watchdog-{self.run_id[:8]}", daemon=True)
+        self._thread.start()
+        if main:
+            # The main thread holds Ctrl-C back (the watchdog thread takes it; Dagster's handler still
+            # runs in the main thread): the processes the run starts (Dagster's log tails and their
+            # watchers) inherit the block, so a terminal's Ctrl-C does not make them print tracebacks.
+            self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.done.set()
+        if self._sockets is not None:
+            signal.set_wakeup_fd(self._old_fd)
+        self._thread.join(2.0)
+        if self._sockets is not None:
+            if self.signum is None and (late := self._signals()):  # the run ended before the watchdog looked
+                self.signum = late[0]
+            for sock in self._sockets:
+                sock.close()
+        try:
+            self._finish(exc)
+        finally:
+            if self._old_mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+        return False
+
+    def _finish(self, exc: BaseException | None) -> None:
+        stopped = self.signum is not None or self.timeout is not None
+        if isinstance(exc, Interrupted) and self.signum is None:
+            self.signum = exc.signum
+            stopped = True
+        if stopped:
+            end_run(self.instance, self.run_id, "bids-hub-dagster was interrupted: the run was stopped.")
+            if self.timeout is not None:
+                raise self.timeout from None
+            raise Interrupted(self.signum or signal.SIGINT) from None
+
+    def _signals(self) -> list[int]:
+        if self._sockets is None:
+            return []
+        try:
+            return [b for b in self._sockets[0].recv(64) if b in (signal.SIGINT, signal.SIGTERM)]
+        except BlockingIOError:
+            return []
+
+    def _watch(self) -> None:
+        if not _PROCESS["worker"]:  # a shard worker leaves Ctrl-C to its parent
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        checked = time.monotonic()
+        while not self.done.wait(0.1):
+            received = self._signals()
+            if received or int(time.monotonic()) % 5 == 0 and int(time.monotonic()*10) % 10 == 0:
+                print("WD", os.getpid(), self.run_id[:8], received, signal.pthread_sigmask(signal.SIG_BLOCK, set()), signal.getsignal(signal.SIGINT), file=sys.stderr, flush=True)
+            if received:
+                self.signum = self.signum or received[0]
+                return self._stop()
+            if self.pool_wait is not None and time.monotonic() - checked >= 1.0:
+                checked = time.monotonic()
+                try:
+                    if waiting_in_pool(self.instance, self.pool_wait.pool, self.run_id):
+                        self.pool_wait.blocked(own_run_id=self.run_id)
+                except SlotTimeout as exc:
+                    self.timeout = exc
+                    return self._stop(escalate_now=True)
+                except Exception:  # noqa: BLE001  (a busy database: look again in a second)
+                    pass
+
+    def _stop(self, escalate_now: bool = False) -> None:
+        with contextlib.suppress(Exception):
+            run = self.instance.get_run_by_id(self.run_id)
+            if run is not None and not run.is_finished and run.status != dg.DagsterRunStatus.CANCELING:
+                self.instance.report_run_canceling(
+                    run, message="bids-hub-dagster was interrupted: stopping the run."
+                )
+        started = time.monotonic()
+        raised_at = None
+        while not self.done.wait(0.1):
+            waited = time.monotonic() - started
+            if waited >= STOP_GRACE_SECONDS:
+                break
+            if (escalate_now or waited >= ESCALATE_SECONDS) and (
+                raised_at is None or time.monotonic() - raised_at >= 2.0
+            ):
+                _async_raise(self._main, DagsterExecutionInterruptedError)
+                import traceback
+                print("ESCALATE", "".join(traceback.format_stack(sys._current_frames()[self._main])[-6:]), file=sys.stderr, flush=True)
+                raised_at = time.monotonic()
+        if self.done.is_set():
+            return
+        # the run did not stop (a call that does not return): record it, and end the process
+        reason: BaseException = Interrupted(self.signum) if self.signum else self.timeout or Interrupted()
+        code = reason.exit_code if isinstance(reason, Interrupted) else 1
+        with contextlib.suppress(Exception):
+            end_run(
+                self.instance, self.run_id, "bids-hub-dagster was interrupted; the run did not stop in time."
+            )
+        with contextlib.suppress(BaseException):
+            self.on_abandon(reason)
+        os._exit(code)
+
+
+def _no_cleanup(reason: BaseException) -> None:
+    pass
 
 
 def execute_job(
@@ -309,18 +432,20 @@ def execute_job(
     run_config: dict,
     partition_key: str | None = None,
     pool_wait: PoolWait | None = None,
+    on_abandon: Callable[[BaseException], None] = _no_cleanup,
 ) -> dg.ExecuteInProcessResult:
-    """``job.execute_in_process`` in a thread, stopped (canceled) when this thread is interrupted.
+    """``job.execute_in_process``, tagged with this process, stopped when a signal arrives.
 
-    With ``pool_wait``, a step that waits for a slot of its pool waits at most the slot
-    timeout (:class:`SlotTimeout`), saying which run holds the slot.
+    SIGINT or SIGTERM end the run canceled and raise :class:`Interrupted`. With
+    ``pool_wait``, a step that waits for a slot of its pool waits at most the slot timeout
+    (:class:`SlotTimeout`). When a run cannot be stopped, ``on_abandon(reason)`` is called
+    (the Interrupted or SlotTimeout) and the process exits.
     """
     run_id = make_new_run_id()
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = job.execute_in_process(
+    _PROCESS["in_run"] = True
+    try:
+        with _Watchdog(instance, run_id, pool_wait, on_abandon):
+            return job.execute_in_process(
                 instance=instance,
                 run_config=run_config,
                 partition_key=partition_key,
@@ -328,35 +453,8 @@ def execute_job(
                 run_id=run_id,
                 tags=process_tags(),
             )
-        except BaseException as exc:  # noqa: BLE001  (handed to the caller)
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"run-{run_id[:8]}", daemon=True)
-    _WORKER["active"] = True
-    try:
-        thread.start()
-        checked = time.monotonic()
-        while thread.is_alive():
-            thread.join(0.2)
-            if pool_wait is not None and time.monotonic() - checked >= 1.0:
-                checked = time.monotonic()
-                if waiting_in_pool(instance, pool_wait.pool, run_id):
-                    pool_wait.blocked(own_run_id=run_id)
-    except BaseException:
-        stopped = stop_run(instance, run_id, thread)
-        if not stopped:
-            _WORKER["unstopped"] = True
-        raise
     finally:
-        _WORKER["active"] = False
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["result"]  # type: ignore[return-value]
-
-
-def run_thread_left() -> bool:
-    """Whether a run thread did not stop in time after an interrupt (the process should exit hard)."""
-    return bool(_WORKER.get("unstopped"))
+        _PROCESS["in_run"] = False
 
 
 @contextlib.contextmanager
@@ -407,18 +505,17 @@ def sigint_blocked() -> Iterator[None]:
 
 def worker_init() -> None:
     """Initializer of shard worker processes: Ctrl-C is the parent's; SIGTERM stops the current run."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # and blocked, since the parent spawned it so
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
     def on_term(signum, frame):
-        _WORKER["stopping"] = True
-        if not _WORKER["active"]:
-            os._exit(128 + signum)  # idle: nothing to clean up
+        if not _PROCESS["in_run"]:
+            os._exit(128 + signum)  # idle, or between runs: nothing to clean up
         raise Interrupted(signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    _WORKER["worker"] = True
+    _PROCESS["worker"] = True
 
 
 def in_worker() -> bool:
-    return bool(_WORKER.get("worker"))
+    return _PROCESS["worker"]

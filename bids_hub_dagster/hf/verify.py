@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import httpx2
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -135,7 +136,7 @@ def _check_schemas(
             fs, path = fsspec.core.url_to_fs(url, **({"token": token} if url.startswith("hf://") else {}))
             with fs.open(path, "rb") as fh:
                 meta = pq.ParquetFile(fh).metadata
-        except (OSError, ValueError, pa.ArrowException) as exc:
+        except (OSError, ValueError, pa.ArrowException, httpx2.HTTPError) as exc:
             report.problems.append(f"{name}: cannot read its parquet footer: {one_line(exc)}")
             located.complete = False
             continue
@@ -282,7 +283,7 @@ def verify_published(
             with _quiet_parquet_reader():
                 for i, row in enumerate(ds):
                     _check_row(row, located.where(i), expected, info, seen, report)
-        except (OSError, DatasetsError, pa.ArrowException, ValueError) as exc:
+        except (OSError, DatasetsError, pa.ArrowException, ValueError, httpx2.HTTPError) as exc:
             report.problems.append(
                 f"reading {shown_id} failed after {report.rows_found} rows: "
                 + (one_line(exc) if schema_ok else f"{one_line(exc, 120)} (the columns differ: see above)")
