@@ -131,6 +131,8 @@ def build_one_shard(
     if cache_key not in _DEFS_CACHE:
         _DEFS_CACHE[cache_key] = build_definitions([spec])
     job = _DEFS_CACHE[cache_key].resolve_job_def(job_names(spec).shards)
+    if runs.in_worker() and runs.worker_stopping():
+        return f"{key}: not built: interrupted"
     try:
         with contextlib.nullcontext(instance) if instance is not None else dg.DagsterInstance.get() as inst:
             result = runs.execute_job(
@@ -140,9 +142,9 @@ def build_one_shard(
                 partition_key=key,
                 on_abandon=on_abandon or (lambda reason: None),
             )
-    except runs.Interrupted as exc:
-        if runs.in_worker():  # the run was stopped (canceled): this worker ends, its parent stops too
-            os._exit(exc.exit_code)
+    except runs.Interrupted:
+        if runs.in_worker():  # the run was stopped (canceled); the parent is shutting the pool down
+            return f"{key}: interrupted"
         raise
     return None if result.success else _failure_message(result)
 
@@ -184,13 +186,13 @@ def _run_shards(
     except BaseException:
         if pool is not None:
             with runs.signals_deferred():
-                _stop_workers(pool, futures)
+                _stop_workers(pool, instance)
         raise
     pool.shutdown()
     return {k: failures[k] for k in keys if k in failures}
 
 
-def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, futures) -> None:
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, instance) -> None:
     """Cancel what has not started; SIGTERM the workers (each stops its run), then kill stragglers."""
     import signal
     import time
@@ -199,6 +201,10 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, futures) -> None
 
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)  # what has not started never will
+    pids = {str(process.pid) for process in processes}
+    for run in instance.get_runs(filters=runs.RunsFilter(statuses=runs.IN_PROGRESS)):
+        if run.tags.get(runs.PID_TAG) in pids:  # so that they end canceled, not failed
+            instance.report_run_canceling(run, message="bids-hub-dagster was interrupted: stopping the run.")
     for process in processes:
         with contextlib.suppress(ProcessLookupError, TypeError):
             if process.is_alive():

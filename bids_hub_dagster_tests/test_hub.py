@@ -258,10 +258,11 @@ def test_a_bad_token_fails_before_any_shard_is_built_and_says_what_to_do(
 def test_batches_respect_the_file_limit_and_the_card_comes_last(built):
     result = built.publish(files_per_commit=3)
     commits = built.data_commits()
-    assert [len(c.added) for c in commits] == [3, 3]  # 3 shards, then 1 shard + card + manifest
-    assert {"README.md", MANIFEST_NAME} <= set(commits[-1].added)
-    assert all("README.md" not in c.added and MANIFEST_NAME not in c.added for c in commits[:-1])
-    assert len(result.commit_urls) == 2 and result.files_skipped == []
+    # the manifest widened to the new files first, then 3 shards, then 1 shard + card (+ final manifest)
+    assert [len(c.added) for c in commits] == [1, 3, 2]
+    assert list(commits[0].added) == [MANIFEST_NAME] and "README.md" in commits[-1].added
+    assert all("README.md" not in c.added for c in commits[:-1])
+    assert len(result.commit_urls) == 3 and result.files_skipped == []
     built.assert_complete()
 
 
@@ -293,7 +294,7 @@ def test_transient_faults_and_conflicts_are_retried_to_a_complete_repo(built, fa
     assert injected.fired >= 1
     built.assert_complete()
     commits = built.data_commits()
-    assert len(commits) == 3  # never a duplicate commit: 2 + 2 shards, then the card and manifest
+    assert len(commits) == 4  # never a duplicate commit: manifest, 2 + 2 shards, then the card
     added = [p for c in commits for p in c.added]
     assert len(added) == len(set(added)) == 6
     assert len(result.files_written) == 5
@@ -354,7 +355,7 @@ def test_resume_after_a_failure_sends_only_what_is_missing(built):
     built.server.inject("POST", r"/info/lfs/objects/batch$", status=403, skip=k, times=100)
     with pytest.raises(HubAccessError):
         built.publish(files_per_commit=1)
-    assert len(built.data_commits()) == k
+    assert len(built.data_commits()) == k + 1  # the widened manifest, then k shards
     sent_before = len(built.server.lfs_uploads())
     assert sent_before == k
     built.server.clear_faults()
@@ -377,8 +378,9 @@ def test_a_smaller_plan_deletes_the_old_shards_in_the_final_commit(built):
     before = len(built.data_commits())
     result = built.repo().publish(three, card)
     commits = built.data_commits()[before:]
-    # 3 new names, 4 old ones, the card and the manifest, 2 files a commit: additions first, the card last
-    assert [(len(c.added), len(c.deleted)) for c in commits] == [(2, 0), (1, 1), (0, 2), (0, 1), (2, 0)]
+    # the widened manifest; 3 new names, 4 old ones, the card and the final manifest, 2 files a
+    # commit: additions first, the card last
+    assert [(len(c.added), len(c.deleted)) for c in commits] == [(1, 0), (2, 0), (1, 1), (0, 2), (0, 1), (2, 0)]
     assert "README.md" in commits[-1].added
     deleted = [p for c in commits for p in c.deleted]
     assert sorted(deleted) == [f"data/train-{i:05d}-of-00004.parquet" for i in range(4)]

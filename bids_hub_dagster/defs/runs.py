@@ -6,9 +6,10 @@ instance (:func:`sweep`): a run of this host still marked in progress whose proc
 (killed with ``kill -9``, out of memory, a closed laptop) is marked failed and its
 concurrency slots are freed, and so are the slots still held by runs that have ended.
 
-Jobs execute in a thread of the process (:func:`execute_job`): its main thread keeps the
-signals, so Ctrl-C or SIGTERM stop the run at once, even while Dagster waits for a pool
-slot (its in-process executor polls without sleeping and never looks at signals).
+Jobs execute under a watchdog (:func:`execute_job`): Ctrl-C or SIGTERM stop the run within
+seconds, and it ends canceled, even where Dagster's in-process executor never looks at
+signals (its loop that waits for a pool slot, which spins without sleeping); a step that
+waits for a pool slot waits at most the slot timeout, saying which run holds the slot.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import signal
 import socket
 import threading
 import time
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -185,11 +185,15 @@ def sweep(instance: dg.DagsterInstance) -> Swept:
 
 
 def _pool_limit(info) -> int | None:
-    return info.slot_count if info.slot_count or not info.using_default_limit else info.limit
+    """The pool's slots: its limit (set, or the instance's default), None when it has no limit."""
+    if info.limit is not None:
+        return info.limit
+    return info.slot_count or None
 
 
 def pool_holders(instance: dg.DagsterInstance, pool: str, own_run_id: str | None = None) -> list[str] | None:
-    """The runs whose claims fill ``pool`` (other than ``own_run_id``), or None when a slot is free."""
+    """The runs whose claims fill ``pool`` (other than ``own_run_id``; none if it has no slot), or None
+    when a slot is free."""
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return None
@@ -233,11 +237,13 @@ class PoolWait:
             if summary := swept.summary():
                 self.echo(summary)
             holders = pool_holders(self.instance, self.pool, own_run_id)
-        if not holders:
+        if holders is None:
             return None
         self.started = self.started or time.monotonic()
         waited = time.monotonic() - self.started
-        described = "; ".join(describe_run(self.instance, r) for r in holders)
+        described = "; ".join(describe_run(self.instance, r) for r in holders) or (
+            f"no run: the pool has no slot (`dagster instance concurrency set {self.pool} 1` gives it one)"
+        )
         if waited >= self.timeout:
             raise SlotTimeout(self.timeout_message(holders, described))
         if described not in self._said:
@@ -250,11 +256,11 @@ class PoolWait:
 
     def wait(self) -> None:
         """Return once a slot of the pool is free (before launching the run that needs it)."""
-        while self.blocked():
+        while self.blocked() is not None:
             time.sleep(1.0)
 
     def timeout_message(self, holders: list[str], described: str) -> str:
-        first = holders[0]
+        first = holders[0] if holders else "RUN_ID"
         return (
             f"the {self.pool} pool slot is still held by {described} after {self.timeout:g} s; "
             "nothing was published.\n"
@@ -262,7 +268,7 @@ class PoolWait:
             f"(or raise --slot-timeout / {SLOT_TIMEOUT_ENV}). If it is stuck: stop its process "
             "(`kill PID`, or terminate it in the Dagster UI), then run the same command again: runs "
             "whose process is gone are marked failed and their slots freed. A run of the UI that "
-            f"stays in progress: `dagster run delete {first}` (with this DAGSTER_HOME) deletes it and "
+            f"stays in progress: `dagster run delete --force {first}` (with this DAGSTER_HOME) deletes it and "
             "frees its slot."
         )
 
@@ -271,12 +277,26 @@ class PoolWait:
 
 #: seconds a run gets to stop at Dagster's own interrupt checkpoints (in user code) before the
 #: watchdog raises the interrupt wherever the run is (e.g. in the executor's loop waiting for a slot)
-ESCALATE_SECONDS = 3.0
-_PROCESS = {"worker": False, "in_run": False}
+ESCALATE_SECONDS = 2.0
+#: the signal the watchdog sends the main thread to raise the interrupt there: it also ends a sleep
+ESCALATE_SIGNAL = signal.SIGUSR1
+_PROCESS = {"worker": False, "in_run": False, "escalate": False}
 
 
-def _async_raise(thread_id: int, exc_type: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+def _on_escalate(signum, frame) -> None:
+    if _PROCESS["escalate"] and _PROCESS["in_run"]:
+        _PROCESS["escalate"] = False
+        raise DagsterExecutionInterruptedError()
+
+
+def _escalate(thread_id: int) -> None:
+    """Raise the interrupt in the main thread wherever it is (a sleep, Dagster's executor loop)."""
+    if thread_id == threading.main_thread().ident and signal.getsignal(ESCALATE_SIGNAL) is _on_escalate:
+        _PROCESS["escalate"] = True
+        signal.pthread_kill(thread_id, ESCALATE_SIGNAL)
+    else:
+        exc = ctypes.py_object(DagsterExecutionInterruptedError)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
 
 
 def end_run(instance: dg.DagsterInstance, run_id: str, message: str) -> None:
@@ -295,7 +315,8 @@ class _Watchdog:
     user code; its loop that waits for a pool slot never looks. The signal still reaches
     the wakeup fd this sets, so the watchdog learns of it: it reports the run canceling
     (so it ends canceled), gives Dagster :data:`ESCALATE_SECONDS` to stop it at a
-    checkpoint, then raises the interrupt in the main thread itself; after
+    checkpoint, then raises the interrupt in the main thread itself (with
+    :data:`ESCALATE_SIGNAL`, which also ends a sleep); after
     :data:`STOP_GRACE_SECONDS` it marks the run canceled and ends the process.
     """
 
@@ -306,8 +327,7 @@ class _Watchdog:
         self.signum: int | None = None
         self.timeout: SlotTimeout | None = None
         self.done = threading.Event()
-        self._stopping = threading.Event()
-        self._main = threading.main_thread().ident
+        self._runner = threading.current_thread().ident  # the thread executing the run
         self._sockets = None
         self._old_fd = -1
         self._old_mask = None
@@ -315,6 +335,7 @@ class _Watchdog:
     def __enter__(self):
         main = threading.current_thread() is threading.main_thread()
         if main:
+            signal.signal(ESCALATE_SIGNAL, _on_escalate)  # kept: it does nothing outside a stop
             reader, writer = socket.socketpair()
             reader.setblocking(False)
             writer.setblocking(False)
@@ -331,6 +352,7 @@ class _Watchdog:
 
     def __exit__(self, exc_type, exc, tb):
         self.done.set()
+        _PROCESS["escalate"] = False
         if self._sockets is not None:
             signal.set_wakeup_fd(self._old_fd)
         self._thread.join(2.0)
@@ -370,10 +392,7 @@ class _Watchdog:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         checked = time.monotonic()
         while not self.done.wait(0.1):
-            received = self._signals()
-            if received or int(time.monotonic()) % 5 == 0 and int(time.monotonic()*10) % 10 == 0:
-                print("WD", os.getpid(), self.run_id[:8], received, signal.pthread_sigmask(signal.SIG_BLOCK, set()), signal.getsignal(signal.SIGINT), file=sys.stderr, flush=True)
-            if received:
+            if received := self._signals():
                 self.signum = self.signum or received[0]
                 return self._stop()
             if self.pool_wait is not None and time.monotonic() - checked >= 1.0:
@@ -403,9 +422,7 @@ class _Watchdog:
             if (escalate_now or waited >= ESCALATE_SECONDS) and (
                 raised_at is None or time.monotonic() - raised_at >= 2.0
             ):
-                _async_raise(self._main, DagsterExecutionInterruptedError)
-                import traceback
-                print("ESCALATE", "".join(traceback.format_stack(sys._current_frames()[self._main])[-6:]), file=sys.stderr, flush=True)
+                _escalate(self._runner)
                 raised_at = time.monotonic()
         if self.done.is_set():
             return
@@ -504,14 +521,17 @@ def sigint_blocked() -> Iterator[None]:
 
 
 def worker_init() -> None:
-    """Initializer of shard worker processes: Ctrl-C is the parent's; SIGTERM stops the current run."""
+    """Initializer of shard worker processes: Ctrl-C is the parent's; SIGTERM stops the current run.
+
+    A stopped worker starts no other run and ends normally when its parent shuts the pool down.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # and blocked, since the parent spawned it so
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
     def on_term(signum, frame):
-        if not _PROCESS["in_run"]:
-            os._exit(128 + signum)  # idle, or between runs: nothing to clean up
-        raise Interrupted(signum)
+        _PROCESS["stopping"] = True
+        if _PROCESS["in_run"]:
+            raise Interrupted(signum)
 
     signal.signal(signal.SIGTERM, on_term)
     _PROCESS["worker"] = True
@@ -519,3 +539,8 @@ def worker_init() -> None:
 
 def in_worker() -> bool:
     return _PROCESS["worker"]
+
+
+def worker_stopping() -> bool:
+    """Whether this shard worker was told to stop (it starts no more runs)."""
+    return bool(_PROCESS.get("stopping"))

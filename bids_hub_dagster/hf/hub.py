@@ -590,16 +590,23 @@ class HubRepo:
         deletes = sorted(p for p in owned.files if p.startswith("data/") and p in remote and p not in wanted)
         readme = remote.get(README)
         card_changed = readme is None or readme.blob_id != git_blob_id(card)
-        manifest = Manifest.of([*wanted, README]).to_bytes()
+        final = Manifest.of([*wanted, README])
         there = remote.get(MANIFEST_NAME)
+        manifest = final.to_bytes()
         manifest_changed = there is None or there.blob_id != git_blob_id(manifest)
-        return plan_batches(
+        batches = plan_batches(
             adds,
             deletes,
             card if card_changed else None,
             self.options.files_per_commit,
             manifest=manifest if manifest_changed else None,
-        ), skipped
+        )
+        widened = Manifest(owned.files | final.files).to_bytes()
+        if len(batches) > 1 and (there is None or there.blob_id != git_blob_id(widened)):
+            # several commits: first widen the manifest to old and new files, so that a publish
+            # interrupted between two commits leaves every file it committed listed as its own
+            batches.insert(0, _Batch([], manifest=widened))
+        return batches, skipped
 
     def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult:
         if not shard_files:
