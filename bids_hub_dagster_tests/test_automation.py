@@ -311,7 +311,9 @@ def test_the_sensors_wait_while_runs_of_the_dataset_are_in_flight(pipeline):
 def test_a_publication_that_failed_verification_is_not_counted(pipeline, monkeypatch):
     from bids_hub_dagster.hf import destinations, verify
 
-    monkeypatch.setattr(destinations, "verify_published", lambda *a, **k: verify.VerifyReport(rows_expected=4))
+    monkeypatch.setattr(
+        destinations, "verify_published", lambda *a, **k: verify.VerifyReport(rows_expected=4)
+    )
     touch(pipeline.spec.bids_root / CHANGED)  # a refresh republishes, but its verification fails
     for _ in range(3):
         result = pipeline.sensor()

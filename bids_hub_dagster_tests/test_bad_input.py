@@ -212,7 +212,9 @@ def test_bad_files_fail_their_shard_only_and_block_upload_until_fixed(
         meta = event.materialization.metadata
         assert meta["verification"].value.startswith("OK: 4/4 rows, 13 files")
 
-    assert files_under(dest) == ["README.md"] + [f"data/train-0000{i}-of-00004.parquet" for i in range(4)]
+    assert files_under(dest) == [".bids_hub_manifest.json", "README.md"] + [
+        f"data/train-0000{i}-of-00004.parquet" for i in range(4)
+    ]
     ds = load_dataset(str(dest), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds.features["t1w"] == Nifti() and ds.features["bold"] == List(Nifti())
     assert len(ds) == 4
@@ -395,7 +397,7 @@ def test_replanning_to_fewer_shards_leaves_no_stale_data_files(
         assert all(first.shard(k).success for k in first.keys)
         assert first.upload().success
         published_3 = [f"data/train-0000{i}-of-00003.parquet" for i in range(3)]
-        assert files_under(dest) == ["README.md", *published_3]
+        assert files_under(dest) == [".bids_hub_manifest.json", "README.md", *published_3]
 
         second = Pipeline(two, storage, instance)
         assert second.prepare().success
@@ -407,7 +409,11 @@ def test_replanning_to_fewer_shards_leaves_no_stale_data_files(
         text = error_text(refused)
         # its file, built for other rows, was dropped when the plan changed: it must be built again
         assert "1 shard(s) not built yet: shard-00001" in text
-        assert files_under(dest) == ["README.md", *published_3]  # the old publish is untouched
+        assert files_under(dest) == [
+            ".bids_hub_manifest.json",
+            "README.md",
+            *published_3,
+        ]  # the old publish is untouched
 
         assert second.shard("shard-00001").success
         upload = second.upload()
@@ -417,6 +423,7 @@ def test_replanning_to_fewer_shards_leaves_no_stale_data_files(
         assert event.materialization.metadata["verification"].value.startswith("OK: 4/4 rows")
 
     assert files_under(dest) == [
+        ".bids_hub_manifest.json",
         "README.md",
         "data/train-00000-of-00002.parquet",
         "data/train-00001-of-00002.parquet",

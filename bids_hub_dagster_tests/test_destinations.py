@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bids_hub_dagster.hf.destinations import DestinationError, LocalFolder
+from bids_hub_dagster.hf.destinations import STAGING_PREFIX, DestinationError, LocalFolder
 from bids_hub_dagster.hf.publish import parse_destination
 from bids_hub_dagster.hf.tables import index_to_table
 from bids_hub_dagster.hf.verify import verify_published
@@ -46,11 +46,11 @@ def test_a_failure_while_staging_leaves_the_previous_publication_whole(demo_spec
     before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
     shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").iterdir())
     # the second of two shard files vanishes mid-publish (disk error, deleted storage…)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DestinationError, match="previous publication is kept.*gone.parquet"):
         LocalFolder(dest).publish([shards[0], tmp_path / "gone.parquet"], card="---\n---\n")
     after = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
     assert after == before  # same files, same bytes: nothing of the failed publish is visible
-    assert not list(dest.glob(".staging-*"))
+    assert not list(dest.glob(f"{STAGING_PREFIX}*"))
     report = verify_published(str(dest), index_to_table(demo_spec.build_index()))
     assert report.ok, report.summary()
 

@@ -380,7 +380,14 @@ def test_a_smaller_plan_deletes_the_old_shards_in_the_final_commit(built):
     commits = built.data_commits()[before:]
     # the widened manifest; 3 new names, 4 old ones, the card and the final manifest, 2 files a
     # commit: additions first, the card last
-    assert [(len(c.added), len(c.deleted)) for c in commits] == [(1, 0), (2, 0), (1, 1), (0, 2), (0, 1), (2, 0)]
+    assert [(len(c.added), len(c.deleted)) for c in commits] == [
+        (1, 0),
+        (2, 0),
+        (1, 1),
+        (0, 2),
+        (0, 1),
+        (2, 0),
+    ]
     assert "README.md" in commits[-1].added
     deleted = [p for c in commits for p in c.deleted]
     assert sorted(deleted) == [f"data/train-{i:05d}-of-00004.parquet" for i in range(4)]

@@ -315,3 +315,16 @@ def test_a_dead_cli_run_is_marked_failed_and_a_reused_pid_is_not_taken_for_it():
         assert inst.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
         assert inst.get_run_by_id(other_host.run_id).status == dg.DagsterRunStatus.STARTED
         assert not storage.get_concurrency_info(HUB_POOL).claimed_slots
+
+
+def test_a_pool_without_slots_is_a_bounded_wait_and_a_pool_without_limit_no_wait():
+    lines: list[str] = []
+    with instance() as inst:
+        inst.event_log_storage.set_concurrency_slots(HUB_POOL, 0)
+        started = time.monotonic()
+        with pytest.raises(runs.SlotTimeout, match="the pool has no slot"):
+            runs.PoolWait(inst, HUB_POOL, 1.0, lines.append).wait()
+        assert time.monotonic() - started < 10
+        assert "dagster instance concurrency set hf_hub 1" in lines[0]
+        runs.PoolWait(inst, "a_pool_nobody_limits", 0.0, lines.append).wait()  # returns at once
+        assert len(lines) == 1

@@ -110,7 +110,11 @@ def test_rerun_with_smaller_plan_removes_stale_partitions_and_files(demo_spec, t
         assert materialize_all(bigger, storage, instance) == ["shard-00000"]
         assert instance.get_dynamic_partitions(shard_partitions_name(bigger)) == ["shard-00000"]
         # the stored files of dropped partitions are removed with them
-        assert [p.name for p in (storage / "demo" / "hub_shards").iterdir()] == ["shard-00000.parquet"]
+        # (with the sidecar that records the shard's sha256)
+        assert sorted(p.name for p in (storage / "demo" / "hub_shards").iterdir()) == [
+            "shard-00000.parquet",
+            "shard-00000.parquet.sha256.json",
+        ]
     dest = Path(demo_spec.destination)
     assert [p.name for p in (dest / "data").iterdir()] == ["train-00000-of-00001.parquet"]
     assert len(load_dataset(str(dest), split="train", cache_dir=str(tmp_path / "c"))) == 4

@@ -444,7 +444,9 @@ def test_hub_options_load_round_trip_and_override(tmp_path):
         "hub:\n  private: true\n  revision: dev\n  commit_message: Publish ARC\n  files_per_commit: 20\n"
     )
     spec = load_spec(write(tmp_path / "a.yaml", text))
-    assert spec.hub == HubOptions(private=True, revision="dev", commit_message="Publish ARC", files_per_commit=20)
+    assert spec.hub == HubOptions(
+        private=True, revision="dev", commit_message="Publish ARC", files_per_commit=20
+    )
     again = load_spec(write(tmp_path / "b.yaml", spec.to_yaml()))
     assert again.hub == spec.hub
     changed = spec.with_overrides(hub={"files_per_commit": 5, "upload_shards": True})
@@ -480,7 +482,9 @@ def test_bad_hub_options_are_spec_errors(tmp_path, hub, message):
     ],
 )
 def test_hub_destinations_are_checked_when_the_spec_loads(tmp_path, destination, message):
-    path = write(tmp_path / "a.yaml", f"bids_root: {tmp_path}\ndestination: {destination}\nhub: {{revision: dev}}\n")
+    path = write(
+        tmp_path / "a.yaml", f"bids_root: {tmp_path}\ndestination: {destination}\nhub: {{revision: dev}}\n"
+    )
     with pytest.raises(SpecError, match=message):
         load_spec(path)
 

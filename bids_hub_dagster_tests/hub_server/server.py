@@ -554,7 +554,9 @@ class HubServer:
         if write and not request.authenticated:
             raise HubError(401, AUTH_REQUIRED)
         if write and request.read_only:
-            raise HubError(403, "You don't have the rights to write to this repository (the token is read-only)")
+            raise HubError(
+                403, "You don't have the rights to write to this repository (the token is read-only)"
+            )
         repo = self.store.get(_URL_TYPES[groups.get("type")], f"{groups['ns']}/{groups['name']}")
         if repo is None or (repo.private and not request.authenticated):
             # Like the Hub: 401 to anonymous requests (private and missing repos look the same), else 404
