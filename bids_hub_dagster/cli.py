@@ -329,15 +329,34 @@ def _stoppable(instance, spec: DatasetSpec):
     from .defs import runs
 
     stop = _Stop(instance, spec)
-    if summary := runs.sweep(instance).summary():
-        click.echo(summary, err=True)
-    _remove_partial_files(instance, spec)
     try:
         with runs.signals_raise():
+            if summary := runs.sweep(instance).summary():
+                click.echo(summary, err=True)
+            _remove_partial_files(instance, spec)
             yield stop
     except (runs.Interrupted, runs.SlotTimeout) as exc:
         with runs.signals_deferred():  # a second Ctrl-C does not interrupt the cleanup
             stop.finish(exc)
+
+
+def _shard_warnings(instance, spec: DatasetSpec, keys: list[str]) -> list[str]:
+    """The warnings of the shards just built (e.g. NIfTI-2 files), each said once."""
+    import dagster as dg
+
+    key = dg.AssetKey([spec.name, "hub_shards"])
+    lines: list[str] = []
+    for partition in keys:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+        ).records
+        if not records:
+            continue
+        meta = records[0].asset_materialization.metadata
+        text = meta["warnings"].value if "warnings" in meta else "none"
+        if text != "none":
+            lines += [f"{partition}: {w}" for w in str(text).splitlines() if w]
+    return lines
 
 
 def run_publish(
@@ -421,6 +440,8 @@ def run_publish(
                 err=True,
             )
             return 1
+        for line in _shard_warnings(instance, spec, todo):
+            tqdm.write(f"warning: {line}", file=sys.stderr)
         bar.set_description(f"{spec.name}: publish")
         pool_wait = runs.PoolWait(instance, HUB_POOL, timeout, lambda line: tqdm.write(line, file=sys.stderr))
         pool_wait.wait()  # says which run holds the slot; gives up after the timeout

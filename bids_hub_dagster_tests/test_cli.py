@@ -186,16 +186,18 @@ def test_publish_to_the_hub_with_options_then_rerun_makes_no_commit(hub_server, 
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert f"published bids to {hub_server.endpoint}/datasets/lab/cli/tree/dev" in result.output
-    assert "files: 5 written, 0 unchanged, 0 removed" in result.output and "commits: 3" in result.output
+    assert (
+        "files: 5 written, 0 unchanged, 0 removed" in result.output and "commits: 4" in result.output
+    )  # manifest, 2 + 2 shards, card
     assert "verified: OK: 4/4 rows" in result.output
     assert HfApi().repo_info("lab/cli", repo_type="dataset").private
-    assert [c.title for c in hub_server.commits("lab/cli", "dev")[1:]] == ["CLI publish"] * 3
+    assert [c.title for c in hub_server.commits("lab/cli", "dev")[1:]] == ["CLI publish"] * 4
     assert len(hub_server.commits("lab/cli", "main")) == 1  # main keeps only the initial commit
 
     again = invoke(*args)
     assert again.exit_code == 0, again.output
     assert "files: 0 written, 4 unchanged" in again.output and "no commit" in again.output
-    assert len(hub_server.commits("lab/cli", "dev")) == 4
+    assert len(hub_server.commits("lab/cli", "dev")) == 5
 
     checked = invoke("verify", "hf://datasets/lab/cli@dev", "--bids-root", str(root))
     assert checked.exit_code == 0 and checked.output.startswith("OK: 4/4 rows")
@@ -226,3 +228,17 @@ def test_publishing_again_rebuilds_only_the_shards_whose_files_changed(demo_spec
     with dg.DagsterInstance.get() as instance:
         shard_runs = [r for r in instance.get_runs() if r.job_name == "demo_shards"]
     assert len(shard_runs) == 4 + 0 + 1
+
+
+def test_the_nifti2_warning_reaches_the_cli_user(tmp_path, nibabel_data):
+    root = build_demo_bids(tmp_path / "bids")
+    target = root / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii"
+    target.unlink()
+    (target.parent / "sub-02_ses-1_T1w.nii.gz").write_bytes(
+        (nibabel_data / "example_nifti2.nii.gz").read_bytes()
+    )
+    result = CliRunner().invoke(main, ["publish", str(root), "--to", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.output.splitlines() if "NIfTI-2" in line)
+    assert warning.startswith("warning: shard-") and "sub-02_ses-1_T1w.nii.gz" in warning
+    assert "NIfTI-2 images" in (tmp_path / "out" / "README.md").read_text()  # the card says how to read them

@@ -30,6 +30,7 @@ from bids_hub_dagster.demo import build_demo_bids
 pytestmark = pytest.mark.slow
 
 CLI = Path(sys.executable).with_name("bids-hub-dagster")
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 IN_PROGRESS = runs.IN_PROGRESS
 
 
@@ -170,6 +171,13 @@ def test_kill_9_during_the_upload_frees_its_slot_for_the_next_publish(hub_server
             dead.run_id
         }
 
+        # a shard file the killed process was writing (atomic_path's temporary name)
+        leftover = (
+            Path(os.environ["DAGSTER_HOME"])
+            / "bids_hub_storage/bids/hub_shards/.shard-00000.parquet.0123abcd.tmp"
+        )
+        leftover.write_bytes(b"half a shard")
+
         started = time.monotonic()
         again = run_cli(*args, "--no-progress", timeout=300)
         assert again.returncode == 0, again.stderr
@@ -178,6 +186,7 @@ def test_kill_9_during_the_upload_frees_its_slot_for_the_next_publish(hub_server
         assert "published bids to" in again.stdout and "verified: OK: 4/4 rows" in again.stdout
         assert time.monotonic() - started < 240
         assert inst.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert not leftover.exists()
         assert not inst.event_log_storage.get_concurrency_info(HUB_POOL).claimed_slots
 
         # another dataset on the same instance publishes too
@@ -246,16 +255,16 @@ def test_an_upload_that_starts_waiting_for_its_slot_is_bounded_too(demo_spec, tm
     jobs = job_names(demo_spec)
     lines: list[str] = []
     with instance() as inst:
-        assert runs.execute_job(defs.resolve_job_def(jobs.prepare), inst, run_config={}).success
+        assert runs.execute_job(defs.resolve_job_def(jobs.prepare), inst, run_config=QUIET).success
         for key in inst.get_dynamic_partitions("demo_shards"):
             assert runs.execute_job(
-                defs.resolve_job_def(jobs.shards), inst, run_config={}, partition_key=key
+                defs.resolve_job_def(jobs.shards), inst, run_config=QUIET, partition_key=key
             ).success
         holder = _foreign_run_holding_the_slot(inst)
         wait = runs.PoolWait(inst, HUB_POOL, 2.0, lines.append)
         started = time.monotonic()
         with pytest.raises(runs.SlotTimeout, match=f"still held by run {holder.run_id}"):
-            runs.execute_job(defs.resolve_job_def(jobs.upload), inst, run_config={}, pool_wait=wait)
+            runs.execute_job(defs.resolve_job_def(jobs.upload), inst, run_config=QUIET, pool_wait=wait)
         assert time.monotonic() - started < 30
         assert any(f"waiting for the hf_hub pool slot held by run {holder.run_id}" in line for line in lines)
         (upload,) = runs_of(inst, jobs.upload)
