@@ -140,8 +140,8 @@ def test_dagster_publishes_to_the_hub_and_load_dataset_reads_it_back(hub_server,
         meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
     assert meta["destination"] == f"{hub_server.endpoint}/datasets/{REPO_ID}"
     assert meta["files_written"] == 5 and meta["files_skipped"] == 0  # 4 shards + card
-    assert meta["num_commits"] == 3  # 2 + 2 files, then the card (a third file would exceed 2)
-    assert meta["commits"].count(f"{hub_server.endpoint}/datasets/{REPO_ID}/commit/") == 3
+    assert meta["num_commits"] == 4  # the manifest, 2 + 2 shards, then the card and final manifest
+    assert meta["commits"].count(f"{hub_server.endpoint}/datasets/{REPO_ID}/commit/") == 4
     assert meta["verification"].startswith("OK: 4/4 rows, 12 files")
     shard_bytes = sum(
         p.stat().st_size for p in (tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet")
