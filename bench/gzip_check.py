@@ -37,10 +37,10 @@ MB = 10**6
 def _child_build(strategy: str, check: bool, root: Path, out: Path) -> str:
     import datasets  # noqa: F401  imports before the clock: interpreter start-up is not the build
 
-    import bids_hub_dagster.hf.embed as embed
-    from bids_hub_dagster.hf.parquet import write_row_groups
-    from bids_hub_dagster.hf.shards import build_shard, plan_for_index
-    from bids_hub_dagster.hf.tables import dataset_from_index, index_to_table
+    import bids_hub_dagster.dataset.embed as embed
+    from bids_hub_dagster.dataset.parquet import write_row_groups
+    from bids_hub_dagster.dataset.shards import build_shard, plan_for_index
+    from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table
     from bids_hub_dagster.spec import spec_for_folder
 
     if not check:
@@ -61,7 +61,7 @@ def _child_check_alone(root: Path) -> str:
     import concurrent.futures
     import gzip
 
-    from bids_hub_dagster.hf.nifti import CHECK_THREADS, check_gzip_bytes
+    from bids_hub_dagster.dataset.nifti import CHECK_THREADS, check_gzip_bytes
 
     files = [p.read_bytes() for p in sorted(root.rglob("*.nii.gz"))]
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def _header_only_problem(data: bytes | None, name: str) -> str | None:
     """The audit's cell check as it was before the full check: the header of the first 64 KB."""
     import zlib
 
-    from bids_hub_dagster.hf.nifti import _expected_data_end
+    from bids_hub_dagster.dataset.nifti import _expected_data_end
 
     if not data:
         return "empty"
@@ -96,7 +96,7 @@ def _header_only_problem(data: bytes | None, name: str) -> str | None:
 
 
 def _child_audit(shards: Path, check: bool) -> str:
-    import bids_hub_dagster.hf.audit as audit
+    import bids_hub_dagster.dataset.audit as audit
 
     if not check:
         audit.nifti_bytes_problem = _header_only_problem

@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bids_hub_dagster_tests.hub_server.server import HubServer  # noqa: E402 - needs ROOT on sys.path
+from bids_hub_dagster.testing.hub_server import HubServer
 
 
 def make_shards(folder: Path, n: int, size: int) -> list[Path]:
@@ -36,7 +32,9 @@ def make_shards(folder: Path, n: int, size: int) -> list[Path]:
         path = folder / "data" / f"train-{i:05d}-of-{n:05d}.parquet"
         path.write_bytes(os.urandom(size))
         files.append(path)
-    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files: data/*\n---\n# bench\n")
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files: data/*\n---\n# bench\n"
+    )
     return files
 
 
@@ -69,11 +67,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-hub-"))
     server = HubServer(tmp / "hub").start()
     os.environ.update(
-        HF_ENDPOINT=server.endpoint, HF_TOKEN=server.token, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1"
+        HF_ENDPOINT=server.endpoint,
+        HF_TOKEN=server.token,
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
     )
     from huggingface_hub import DatasetCard, HfApi  # after HF_ENDPOINT is set: read at import
 
-    from bids_hub_dagster.hf.hub import Backoff, HubOptions, HubRepo
+    from bids_hub_dagster.publish.hub.repo import Backoff, HubOptions, HubRepo
     from bids_hub_dagster.spec import parse_size
 
     size = parse_size(args.size)
@@ -104,7 +105,9 @@ def main() -> None:
 
     print(f"{args.shards} shards of {size / 1e3:.0f} KB, files_per_commit={args.files_per_commit}")
     print(f"{'scenario':<38} {'s':>6} {'time x':>7} {'requests':>9} {'commits':>8} {'LFS PUTs':>9}  outcome")
-    base = {r["label"].split(": ", 1)[1]: r["seconds"] for r in rows if r["label"].startswith("upload_folder")}
+    base = {
+        r["label"].split(": ", 1)[1]: r["seconds"] for r in rows if r["label"].startswith("upload_folder")
+    }
     for r in rows:
         ratio = r["seconds"] / base[r["label"].split(": ", 1)[1]]
         outcome = f"failed ({r['error']})" if r["error"] else "complete"

@@ -98,8 +98,8 @@ def _spec(root: Path, out: Path):
 
 
 def _plan(spec):
-    from bids_hub_dagster.hf.shards import plan_for_index
-    from bids_hub_dagster.hf.tables import dataset_from_index, index_to_table
+    from bids_hub_dagster.dataset.shards import plan_for_index
+    from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table
 
     table = index_to_table(spec.build_index())
     return table, dataset_from_index(table), plan_for_index(table, spec.max_shard_size, spec.num_shards)
@@ -112,7 +112,7 @@ def import_for(method: str) -> None:
     import datasets  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    import bids_hub_dagster.hf.shards  # noqa: F401
+    import bids_hub_dagster.dataset.shards  # noqa: F401
     import bids_hub_dagster.spec  # noqa: F401
 
     if method.startswith("dagster-"):
@@ -155,8 +155,8 @@ def run_method(method: str, root: Path, out: Path) -> int:
     table, ds, plan = _plan(spec)
     n = plan.num_shards
     if method.startswith("core-"):
-        from bids_hub_dagster.hf.parquet import write_row_groups
-        from bids_hub_dagster.hf.shards import build_shard
+        from bids_hub_dagster.dataset.parquet import write_row_groups
+        from bids_hub_dagster.dataset.shards import build_shard
 
         for key in plan.keys():
             shard = build_shard(ds, table, plan, key, strategy=method.split("-")[1])

@@ -242,11 +242,11 @@ def _shards_to_build(spec: DatasetSpec, keys: list[str], instance, rebuild: bool
     import dagster as dg
     import pyarrow.parquet as pq
 
+    from .dataset.shards import plan_for_index
     from .defs.automation import read_built_state
     from .defs.io_managers import BidsHubParquetIOManager, default_storage_dir
-    from .hf.digests import check_recorded
-    from .hf.shards import plan_for_index
-    from .hf.versions import shard_versions
+    from .pipeline.versions import shard_versions
+    from .publish.digests import check_recorded
 
     storage = BidsHubParquetIOManager(base_dir=default_storage_dir())
     table = pq.read_table(storage.asset_path(dg.AssetKey([spec.name, "bids_index"])))
@@ -275,7 +275,7 @@ def _remove_partial_files(instance, spec: DatasetSpec) -> list[Path]:
     """
     from .defs import job_names, runs
     from .defs.io_managers import default_storage_dir
-    from .hf.hub import is_hub_url
+    from .publish.hub.repo import is_hub_url
 
     names = set(dataclasses.astuple(job_names(spec)))
     if any(
@@ -382,7 +382,7 @@ def run_publish(
     from .defs import build_definitions, job_names, runs
     from .defs.assets import shard_partitions_name
     from .defs.resources import HUB_POOL
-    from .hf.publish import parse_destination
+    from .publish.publication import parse_destination
 
     if not spec.destination:
         raise click.UsageError("no destination: pass --to DEST or set `destination:` in the spec.")
@@ -533,7 +533,7 @@ def publish(
 @click.option("--print-spec", is_flag=True, help="Print the spec (columns inferred where absent) as YAML.")
 def index(bids_root, spec_path, row, max_shard_size, num_shards, print_spec) -> None:
     """Summarise what a BIDS folder gives: rows, columns, files and bytes per column, warnings."""
-    from .hf.shards import plan_shards
+    from .dataset.shards import plan_shards
 
     spec = _resolve_spec(bids_root, spec_path, None, row, max_shard_size, num_shards)
     idx = spec.build_index()
@@ -578,8 +578,8 @@ def verify(destination, spec_path, bids_root, row, revision) -> None:
 
     DESTINATION is a folder or hf://datasets/ORG/NAME[@branch].
     """
-    from .hf.publish import parse_destination
-    from .hf.tables import index_to_table
+    from .dataset.tables import index_to_table
+    from .publish.publication import parse_destination
 
     spec = _resolve_spec(bids_root, spec_path, None, row, root_flag="--bids-root")
     idx = spec.build_index()

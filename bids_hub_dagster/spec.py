@@ -14,11 +14,11 @@ import yaml
 from .bids.columns import ColumnRule
 from .bids.errors import BidsError
 from .bids.index import BidsIndex, build_index
-from .hf.destinations import DestinationError
-from .hf.embed import STRATEGIES
-from .hf.hub import HubOptions, is_hub_url, parse_hub_url
-from .hf.parquet import CODECS
-from .hf.shards import DEFAULT_ROW_GROUP_BYTES as DEFAULT_ROW_GROUP_SIZE
+from .dataset.embed import STRATEGIES
+from .dataset.parquet import CODECS
+from .dataset.shards import DEFAULT_ROW_GROUP_BYTES as DEFAULT_ROW_GROUP_SIZE
+from .publish.destinations import DestinationError
+from .publish.hub.repo import HubOptions, is_hub_url, parse_hub_url
 
 DEFAULT_MAX_SHARD_SIZE = 500 * 10**6  # the same default as datasets' push_to_hub
 DEFAULT_SCHEDULE = "0 3 * * 1"  # weekly, Monday 03:00

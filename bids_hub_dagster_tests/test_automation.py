@@ -12,12 +12,12 @@ import pytest
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
+from bids_hub_dagster.dataset.audit import ShardAudit, audit_shard_file, shard_coverage
+from bids_hub_dagster.dataset.shards import plan_for_index
+from bids_hub_dagster.dataset.tables import index_to_table
 from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.automation import REFRESH_TAG, read_built_state
-from bids_hub_dagster.hf.audit import ShardAudit, audit_shard_file, shard_coverage
-from bids_hub_dagster.hf.refresh import plan_refresh
-from bids_hub_dagster.hf.shards import plan_for_index
-from bids_hub_dagster.hf.tables import index_to_table
+from bids_hub_dagster.pipeline.refresh import plan_refresh
 from bids_hub_dagster_tests.conftest import materialize_all
 
 CHANGED = "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii"  # a file of one row of the demo

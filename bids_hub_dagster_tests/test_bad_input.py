@@ -21,10 +21,10 @@ from datasets import List, Nifti, load_dataset
 
 from bids_hub_dagster.bids.errors import BidsError
 from bids_hub_dagster.bids.index import build_index
+from bids_hub_dagster.dataset.nifti import NiftiFileError, check_nifti
 from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.assets import shard_partitions_name
 from bids_hub_dagster.defs.outcomes import failed_check_problems
-from bids_hub_dagster.hf.nifti import NiftiFileError, check_nifti
 from bids_hub_dagster.spec import DatasetSpec, spec_for_folder
 
 # The demo tree has four rows; with num_shards=4 each row is one shard.

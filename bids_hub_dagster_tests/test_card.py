@@ -7,8 +7,8 @@ from datasets import DatasetInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard
 
-from bids_hub_dagster.hf.card import hub_license
-from bids_hub_dagster.hf.tables import IndexInfo, index_to_table
+from bids_hub_dagster.dataset.tables import IndexInfo, index_to_table
+from bids_hub_dagster.publish.card import hub_license
 from bids_hub_dagster_tests.conftest import materialize_all
 
 

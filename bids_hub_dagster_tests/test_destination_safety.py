@@ -18,9 +18,9 @@ import pytest
 from datasets import load_dataset
 
 from bids_hub_dagster.demo import build_demo_bids
-from bids_hub_dagster.hf.destinations import STAGING_PREFIX, DestinationError, LocalFolder
-from bids_hub_dagster.hf.manifest import MANIFEST_NAME, Manifest
-from bids_hub_dagster.hf.publish import parse_destination
+from bids_hub_dagster.publish.destinations import STAGING_PREFIX, DestinationError, LocalFolder
+from bids_hub_dagster.publish.manifest import MANIFEST_NAME, Manifest
+from bids_hub_dagster.publish.publication import parse_destination
 from bids_hub_dagster.spec import load_spec
 from bids_hub_dagster_tests.conftest import materialize_all
 
@@ -262,9 +262,9 @@ def test_rebuild_builds_every_shard_again(bids, tmp_path):
 
 
 def test_a_stored_shard_that_is_not_parquet_names_itself(demo_spec, tmp_path):
-    from bids_hub_dagster.hf.publish import ShardsNotReadyError, ordered_shard_files
-    from bids_hub_dagster.hf.shards import plan_for_index
-    from bids_hub_dagster.hf.tables import index_to_table
+    from bids_hub_dagster.dataset.shards import plan_for_index
+    from bids_hub_dagster.dataset.tables import index_to_table
+    from bids_hub_dagster.publish.publication import ShardsNotReadyError, ordered_shard_files
 
     materialize_all(demo_spec, tmp_path / "storage")
     folder = tmp_path / "storage" / "demo" / "hub_shards"

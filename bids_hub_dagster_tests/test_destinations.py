@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bids_hub_dagster.hf.destinations import STAGING_PREFIX, DestinationError, LocalFolder
-from bids_hub_dagster.hf.publish import parse_destination
-from bids_hub_dagster.hf.tables import index_to_table
-from bids_hub_dagster.hf.verify import verify_published
+from bids_hub_dagster.dataset.tables import index_to_table
+from bids_hub_dagster.publish.destinations import STAGING_PREFIX, DestinationError, LocalFolder
+from bids_hub_dagster.publish.publication import parse_destination
+from bids_hub_dagster.publish.verify import verify_published
 from bids_hub_dagster_tests.conftest import materialize_all
 
 

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from bids_hub_dagster.hf.digests import (
+from bids_hub_dagster.publish.digests import (
     check_recorded,
     file_digest,
     mark_uploaded,
@@ -26,7 +26,7 @@ def test_a_recorded_file_is_trusted_without_reading_it_again(tmp_path, monkeypat
     path = write(tmp_path / "s.parquet", b"shard bytes")
     digest = record_digest(path)
     assert digest == hashlib.sha256(b"shard bytes").hexdigest()
-    import bids_hub_dagster.hf.digests as digests
+    import bids_hub_dagster.publish.digests as digests
 
     monkeypatch.setattr(digests, "sha256_file", lambda p: (_ for _ in ()).throw(AssertionError("read")))
     check = check_recorded(path)

@@ -17,7 +17,13 @@ import pytest
 from bids_hub_dagster.bids.errors import shown
 from bids_hub_dagster.cli import cli
 from bids_hub_dagster.demo import DESCRIPTION, build_demo_bids, write_demo
-from bids_hub_dagster.hf.hub import CONNECT_ATTEMPTS, Backoff, HubRepo, HubTransientError, HubUnreachableError
+from bids_hub_dagster.publish.hub.repo import (
+    CONNECT_ATTEMPTS,
+    Backoff,
+    HubRepo,
+    HubTransientError,
+    HubUnreachableError,
+)
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:

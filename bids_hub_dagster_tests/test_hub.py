@@ -18,11 +18,12 @@ import pytest
 from datasets import List, Nifti, load_dataset
 from huggingface_hub import HfApi
 
+from bids_hub_dagster.dataset.shards import ShardPlan, plan_for_index
 from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.assets import shard_partitions_name
-from bids_hub_dagster.hf.card import render_card
-from bids_hub_dagster.hf.destinations import DestinationError, PublishResult
-from bids_hub_dagster.hf.hub import (
+from bids_hub_dagster.publish.card import render_card
+from bids_hub_dagster.publish.destinations import DestinationError, PublishResult
+from bids_hub_dagster.publish.hub.repo import (
     Backoff,
     HubAccessError,
     HubOptions,
@@ -32,9 +33,8 @@ from bids_hub_dagster.hf.hub import (
     classify,
     plan_batches,
 )
-from bids_hub_dagster.hf.manifest import MANIFEST_NAME, Manifest
-from bids_hub_dagster.hf.publish import card_facts, publish_shards, shard_file_stats
-from bids_hub_dagster.hf.shards import ShardPlan, plan_for_index
+from bids_hub_dagster.publish.manifest import MANIFEST_NAME, Manifest
+from bids_hub_dagster.publish.publication import card_facts, publish_shards, shard_file_stats
 from bids_hub_dagster.spec import DatasetSpec
 from bids_hub_dagster_tests.conftest import materialize_all
 from bids_hub_dagster_tests.hub_server import READ_TOKEN

@@ -25,9 +25,9 @@ from huggingface_hub import (
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import get_session
 
+from bids_hub_dagster.testing.hub_server.server import AUTH_REQUIRED, INVALID_TOKEN
 from bids_hub_dagster_tests.hub_server import HubServer
 from bids_hub_dagster_tests.hub_server import hub_server as hub_server_fixture  # noqa: F401
-from bids_hub_dagster_tests.hub_server.server import AUTH_REQUIRED, INVALID_TOKEN
 
 REPO = "test-user/ds"
 README = b"""---

@@ -22,11 +22,11 @@ import nibabel
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from bids_hub_dagster.hf import embed
 from datasets import load_dataset
 
-from bids_hub_dagster.hf import embed
-from bids_hub_dagster.hf.audit import audit_shard_file
-from bids_hub_dagster.hf.nifti import (
+from bids_hub_dagster.dataset.audit import audit_shard_file
+from bids_hub_dagster.dataset.nifti import (
     GzipCheck,
     GzipStreamError,
     NiftiFileError,
@@ -35,9 +35,9 @@ from bids_hub_dagster.hf.nifti import (
     check_nifti,
     nifti_bytes_problem,
 )
-from bids_hub_dagster.hf.parquet import write_row_groups
-from bids_hub_dagster.hf.shards import ShardFilesError, build_shard, plan_for_index, read_shard_record
-from bids_hub_dagster.hf.tables import dataset_from_index, index_to_table
+from bids_hub_dagster.dataset.parquet import write_row_groups
+from bids_hub_dagster.dataset.shards import ShardFilesError, build_shard, plan_for_index, read_shard_record
+from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table
 from bids_hub_dagster.spec import DatasetSpec
 from bids_hub_dagster_tests.conftest import materialize_all
 from bids_hub_dagster_tests.test_bad_input import (

@@ -11,10 +11,10 @@ import pytest
 from datasets import Features, List, Nifti, load_dataset
 
 from bids_hub_dagster.bids import AmbiguousColumnError
+from bids_hub_dagster.dataset.shards import read_shard_record
 from bids_hub_dagster.defs import build_definitions, job_names
 from bids_hub_dagster.defs.assets import shard_partitions_name
 from bids_hub_dagster.defs.outcomes import failure_message
-from bids_hub_dagster.hf.shards import read_shard_record
 from bids_hub_dagster.spec import spec_for_folder
 from bids_hub_dagster_tests.conftest import materialize_all
 

@@ -15,8 +15,8 @@ from datasets import Dataset, Features, List, Nifti
 
 from bids_hub_dagster.bids.columns import ColumnRule
 from bids_hub_dagster.bids.index import build_index
-from bids_hub_dagster.hf.parquet import write_row_groups
-from bids_hub_dagster.hf.shards import (
+from bids_hub_dagster.dataset.parquet import write_row_groups
+from bids_hub_dagster.dataset.shards import (
     build_shard,
     partition_key,
     plan_for_index,
@@ -24,7 +24,7 @@ from bids_hub_dagster.hf.shards import (
     read_shard_record,
     shard_index,
 )
-from bids_hub_dagster.hf.tables import dataset_from_index, index_to_table, row_sizes
+from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table, row_sizes
 
 # --------------------------------------------------------------------------------------
 # Files opened, seen through the "open" audit event. Audit hooks cannot be removed, so
@@ -374,7 +374,7 @@ def test_pandas_and_arrow_strategies_write_identical_parquet_content(
 
 def test_arrow_strategy_reads_through_an_indices_mapping(multi_tree: Path) -> None:
     """A non-contiguous selection (indices mapping) embeds the selected rows, in that order."""
-    from bids_hub_dagster.hf.embed import embed_rows_arrow, embed_rows_pandas
+    from bids_hub_dagster.dataset.embed import embed_rows_arrow, embed_rows_pandas
 
     table, ds = _index(multi_tree)
     picked = ds.select([5, 0, 2])

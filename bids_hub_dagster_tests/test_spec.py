@@ -11,7 +11,7 @@ import yaml
 from bids_hub_dagster.bids import BidsError, ColumnRule, build_index
 from bids_hub_dagster.bids.columns import ABSENT
 from bids_hub_dagster.demo import DEMO_SPEC, write_demo
-from bids_hub_dagster.hf.hub import HubOptions
+from bids_hub_dagster.publish.hub.repo import HubOptions
 from bids_hub_dagster.spec import (
     DEFAULT_MAX_SHARD_SIZE,
     DatasetSpec,

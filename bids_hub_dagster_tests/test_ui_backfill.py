@@ -18,7 +18,7 @@ from datasets import List, Nifti, load_dataset
 
 from bids_hub_dagster.demo import write_demo
 from bids_hub_dagster.spec import DatasetSpec, load_spec
-from bids_hub_dagster_tests.dagster_servers import LOCATION, REPOSITORY, DagsterServers, dagster_servers
+from bids_hub_dagster.testing.dagster_servers import LOCATION, REPOSITORY, DagsterServers, dagster_servers
 from bids_hub_dagster_tests.hub_server import HubServer
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from bids_hub_dagster.cli import main
 from bids_hub_dagster.defs import assets as assets_module
 from bids_hub_dagster.defs.outcomes import failed_check_problems
-from bids_hub_dagster.hf.verify import DIGEST_CHARS, verify_published
+from bids_hub_dagster.publish.verify import DIGEST_CHARS, verify_published
 from bids_hub_dagster.spec import DatasetSpec
 from bids_hub_dagster_tests.conftest import materialize_all
 
@@ -176,10 +176,10 @@ def test_the_failed_upload_check_prints_its_reasons_in_the_cli(demo_spec, tmp_pa
 def test_a_replaced_hub_file_is_named_with_both_digests_and_sizes(hub_server, demo_spec, tmp_path):
     from huggingface_hub import HfApi
 
-    from bids_hub_dagster.hf.digests import file_digest
-    from bids_hub_dagster.hf.hub import HubRepo
-    from bids_hub_dagster.hf.publish import publish_shards
-    from bids_hub_dagster.hf.shards import plan_for_index
+    from bids_hub_dagster.dataset.shards import plan_for_index
+    from bids_hub_dagster.publish.digests import file_digest
+    from bids_hub_dagster.publish.hub.repo import HubRepo
+    from bids_hub_dagster.publish.publication import publish_shards
 
     spec = demo_spec.with_overrides(destination="hf://datasets/lab/reasons", num_shards=2)
     storage = tmp_path / "storage"

@@ -36,11 +36,9 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bids_hub_dagster_tests.dagster_servers import (  # noqa: E402  (after the repository joins sys.path)
+from bids_hub_dagster.testing.dagster_servers import (
     LOCATION,
+    REPO,
     dagster_servers,
     graphql,
     stop_process_group,

@@ -16,18 +16,18 @@ import pyarrow as pa
 from datasets import Dataset
 
 from ..bids.errors import BidsError
-from ..hf.destinations import DestinationError
-from ..hf.hub import HubRepo, HubTransientError, is_hub_url
-from ..hf.publish import ShardsNotReadyError, publish_shards
-from ..hf.shards import build_shard, plan_for_index, shard_index
-from ..hf.tables import IndexInfo, dataset_from_index, index_to_table
-from ..hf.versions import (
+from ..dataset.shards import build_shard, plan_for_index, shard_index
+from ..dataset.tables import IndexInfo, dataset_from_index, index_to_table
+from ..pipeline.versions import (
     index_fingerprint,
     plan_version,
     publication_version,
     shard_versions,
     structure_version,
 )
+from ..publish.destinations import DestinationError
+from ..publish.hub.repo import HubRepo, HubTransientError, is_hub_url
+from ..publish.publication import ShardsNotReadyError, publish_shards
 from ..spec import DatasetSpec, format_size
 from .outcomes import user_failure
 from .resources import HUB_POOL, HUB_RESOURCE_KEY, HubResource

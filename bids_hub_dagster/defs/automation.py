@@ -21,9 +21,9 @@ import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from ..bids.errors import BidsError
-from ..hf.refresh import BuiltState, RefreshPlan, plan_refresh
-from ..hf.shards import plan_for_index
-from ..hf.tables import index_to_table
+from ..dataset.shards import plan_for_index
+from ..dataset.tables import index_to_table
+from ..pipeline.refresh import BuiltState, RefreshPlan, plan_refresh
 from ..spec import DatasetSpec
 from .assets import DATA_VERSION_TAG, shard_partitions_name
 

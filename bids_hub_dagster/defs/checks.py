@@ -13,8 +13,8 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..hf.audit import audit_shard_file, row_count_problems, shard_coverage
-from ..hf.shards import ShardPlan, plan_for_index
+from ..dataset.audit import audit_shard_file, row_count_problems, shard_coverage
+from ..dataset.shards import ShardPlan, plan_for_index
 from ..spec import DatasetSpec
 from .assets import IO_MANAGER_KEY
 

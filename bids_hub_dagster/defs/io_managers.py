@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 from datasets.table import InMemoryTable
 
-from ..hf.digests import record_digest, sidecar_path
-from ..hf.parquet import WrittenFile, write_row_groups, write_table
-from ..hf.shards import EmbeddedShard, ShardFilesError, read_shard_record
+from ..dataset.parquet import WrittenFile, write_row_groups, write_table
+from ..dataset.shards import EmbeddedShard, ShardFilesError, read_shard_record
+from ..publish.digests import record_digest, sidecar_path
 from .outcomes import user_failure
 
 

@@ -5,9 +5,9 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from ..hf.destinations import Destination
-from ..hf.hub import Backoff
-from ..hf.publish import parse_destination
+from ..publish.destinations import Destination
+from ..publish.hub.repo import Backoff
+from ..publish.publication import parse_destination
 from ..spec import DatasetSpec
 
 HUB_RESOURCE_KEY = "hf_hub"

@@ -26,8 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from .repo import Commit, FileEntry
-from .server import DEFAULT_TOKEN, Fault, HubServer, RequestRecord
+from bids_hub_dagster.testing.hub_server import (
+    DEFAULT_TOKEN,
+    Commit,
+    Fault,
+    FileEntry,
+    HubServer,
+    RequestRecord,
+)
 
 READ_TOKEN = "hf_test_read_only_token"  # the fixture's server accepts it for reads; writes get 403
 

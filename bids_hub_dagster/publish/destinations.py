@@ -21,9 +21,9 @@ from typing import Protocol
 import pyarrow as pa
 from huggingface_hub import DatasetCard
 
+from ..dataset.parquet import atomic_path
 from .card import PUBLISHED_MARK
 from .manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
-from .parquet import atomic_path
 from .verify import VerifyReport, verify_published
 
 log = logging.getLogger(__name__)

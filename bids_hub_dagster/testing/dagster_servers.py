@@ -32,7 +32,7 @@ from typing import Any
 
 import bids_hub_dagster
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the repository root: workspace.yaml
 WORKSPACE = REPO / "workspace.yaml"
 INSTANCE_YAML = Path(bids_hub_dagster.__file__).with_name("dagster.yaml")
 LOCATION = "bids_hub_dagster"  # location_name in workspace.yaml

@@ -46,12 +46,12 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCa
 from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from ..bids.errors import shown
-from .card import PUBLISHED_MARK
-from .destinations import DestinationError, PublishResult, data_file_name
-from .digests import file_digest, mark_uploaded, was_uploaded
-from .manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
-from .verify import DIGEST_CHARS, VerifyReport, short_digest, verify_published
+from ...bids.errors import shown
+from ..card import PUBLISHED_MARK
+from ..destinations import DestinationError, PublishResult, data_file_name
+from ..digests import file_digest, mark_uploaded, was_uploaded
+from ..manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
+from ..verify import DIGEST_CHARS, VerifyReport, short_digest, verify_published
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .parquet import atomic_path
+from ..dataset.parquet import atomic_path
 
 _CHUNK = 8 * 2**20
 

@@ -22,8 +22,8 @@ from datasets.exceptions import DatasetsError
 from huggingface_hub import HfFileSystem
 
 from ..bids.errors import shown
+from ..dataset.tables import IndexInfo
 from .digests import sha256_file
-from .tables import IndexInfo
 
 DIGEST_CHARS = 12  # of a sha256 shown in a problem: enough to tell two files apart
 

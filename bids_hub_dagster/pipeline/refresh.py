@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from .shards import ShardPlan
+from ..dataset.shards import ShardPlan
 from .versions import index_fingerprint, plan_version, publication_version, shard_versions
 
 

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 
-from .shards import ShardPlan, shard_rows
-from .tables import FILES_COLUMN, META_KEY
+from ..dataset.shards import ShardPlan, shard_rows
+from ..dataset.tables import FILES_COLUMN, META_KEY
 
 _STATS = ("size", "mtime_ns")
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..dataset.shards import ShardPlan, read_shard_record, recorded_nifti2, shard_rows
+from ..dataset.tables import IndexInfo
 from .card import CardFacts, render_card
 from .destinations import Destination, DestinationError, LocalFolder, PublishResult
 from .digests import check_recorded
-from .hub import Backoff, HubOptions, HubRepo, is_hub_url
-from .shards import ShardPlan, read_shard_record, recorded_nifti2, shard_rows
-from .tables import IndexInfo
+from .hub.repo import Backoff, HubOptions, HubRepo, is_hub_url
 
 
 def parse_destination(

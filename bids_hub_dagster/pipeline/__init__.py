@@ -1,0 +1,1 @@
+"""Dagster-free policy the orchestration follows: data versions and what is stale."""

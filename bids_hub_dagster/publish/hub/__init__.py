@@ -1,0 +1,1 @@
+"""Publishing to a Hugging Face Hub dataset repo."""
