@@ -6,7 +6,7 @@
 Builds every shard of one generated tree (bench/shards.py's: per session a T1w and a bold
 run, brain-like int16 volumes written by nibabel and gzipped, as OpenNeuro ships them) with
 ``build_shard`` + ``write_row_groups``, for each embedding strategy with the check on (as
-shipped) and off (``hf.embed.check_file_bytes`` replaced by a no-op in the child: the
+shipped) and off (``dataset.embed.check_file_bytes`` replaced by a no-op in the child: the
 build as it was before the check). Each build runs in its own child process, best of
 ``--repeat``; the page cache is warm. Printed side by side: seconds, MB/s of `.nii.gz`,
 the child's peak RSS, and the ratio to the same strategy without the check.

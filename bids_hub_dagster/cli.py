@@ -264,7 +264,7 @@ def _shards_to_build(spec: DatasetSpec, keys: list[str], instance, rebuild: bool
     return todo
 
 
-#: the temporary files of ``hf.parquet.atomic_path``: ``.NAME.<8 hex>.tmp``
+#: the temporary files of ``dataset.parquet.atomic_path``: ``.NAME.<8 hex>.tmp``
 _PARTIAL_FILE = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 

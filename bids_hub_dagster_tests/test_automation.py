@@ -309,7 +309,7 @@ def test_the_sensors_wait_while_runs_of_the_dataset_are_in_flight(pipeline):
 
 
 def test_a_publication_that_failed_verification_is_not_counted(pipeline, monkeypatch):
-    from bids_hub_dagster.hf import destinations, verify
+    from bids_hub_dagster.publish import destinations, verify
 
     monkeypatch.setattr(
         destinations, "verify_published", lambda *a, **k: verify.VerifyReport(rows_expected=4)

@@ -22,7 +22,7 @@ import nibabel
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from bids_hub_dagster.hf import embed
+from bids_hub_dagster.dataset import embed
 from datasets import load_dataset
 
 from bids_hub_dagster.dataset.audit import audit_shard_file

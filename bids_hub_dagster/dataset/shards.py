@@ -275,7 +275,7 @@ def build_shard(
     Args:
         row_group_bytes: embed and write about this many bytes of files at a time (a
             row larger than that is a group of its own); peak memory follows it.
-        strategy: ``pandas`` (the workaround, default) or ``arrow`` (see ``hf.embed``).
+        strategy: ``pandas`` (the workaround, default) or ``arrow`` (see ``dataset.embed``).
         compression: codec of the NIfTI bytes columns, ``auto`` per file type.
         prefetch: embed the next row group while the current one is written.
 

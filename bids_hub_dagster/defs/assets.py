@@ -4,8 +4,8 @@
     bids_index ──► hf_dataset ──► hub_shards[shard-00000 …] ──► hub_upload
 
 Each body is wiring: read inputs, call one core function, return the value with its
-metadata and data version. The logic lives in ``bids_hub_dagster.bids`` and
-``bids_hub_dagster.hf``; the versions are those of ``hf.versions``.
+metadata and data version. The logic lives in ``bids_hub_dagster.bids``, ``.dataset`` and
+``.publish``; the versions are those of ``pipeline.versions``.
 """
 
 import time

@@ -1,6 +1,6 @@
 """Keeping a published dataset current: a schedule, a watch sensor and a chaining sensor per dataset.
 
-All three ask ``hf.refresh.plan_refresh`` what the next step is — re-index, rebuild the
+All three ask ``pipeline.refresh.plan_refresh`` what the next step is — re-index, rebuild the
 stale shards, or publish — and request the runs for it:
 
 - ``<name>_watch`` scans the BIDS folder every ``watch_interval`` seconds (cursor: the

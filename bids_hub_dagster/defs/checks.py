@@ -1,4 +1,4 @@
-"""Asset checks of the shards, read back from the stored files (see ``hf.audit``).
+"""Asset checks of the shards, read back from the stored files (see ``dataset.audit``).
 
 Per shard partition (run with each shard, blocking): the NIfTI cells hold NIfTI bytes,
 and the shard holds exactly its planned rows. Over all shards (run before ``hub_upload``

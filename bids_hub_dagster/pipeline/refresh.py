@@ -1,7 +1,7 @@
 """What to rebuild to bring a published dataset up to date with its BIDS folder.
 
 Compares a fresh index of the folder with what was last built (the versions of
-``hf.versions`` that each materialization recorded) and names the next step of the
+``pipeline.versions`` that each materialization recorded) and names the next step of the
 pipeline that has work to do. Steps run in order, each on the previous one's output:
 
 1. re-index, when any source file changed (the stored index's fingerprint differs) or
