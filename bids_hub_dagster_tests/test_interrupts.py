@@ -337,3 +337,42 @@ def test_a_pool_without_slots_is_a_bounded_wait_and_a_pool_without_limit_no_wait
         assert "dagster instance concurrency set hf_hub 1" in lines[0]
         runs.PoolWait(inst, "a_pool_nobody_limits", 0.0, lines.append).wait()  # returns at once
         assert len(lines) == 1
+
+
+UI_LIKE_RUN = """
+import sys, time
+from pathlib import Path
+import dagster as dg
+
+@dg.asset(pool=sys.argv[2])
+def holds_the_slot() -> None:
+    Path(sys.argv[1]).write_text("started")
+    time.sleep(120)
+
+with dg.DagsterInstance.get() as instance:
+    dg.materialize([holds_the_slot], instance=instance)
+"""
+
+
+def test_the_daemon_sensor_fails_a_run_whose_worker_was_killed_and_frees_its_slot(tmp_path):
+    """A run made outside the CLI (no pid tags, as the UI's are): its worker's pid is read from RUN_START."""
+    marker = tmp_path / "started"
+    with instance() as inst:
+        inst.event_log_storage.set_concurrency_slots(HUB_POOL, 1)
+        worker = subprocess.Popen([sys.executable, "-c", UI_LIKE_RUN, str(marker), HUB_POOL])
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert worker.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        [run] = inst.get_runs(filters=runs.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        assert runs.PID_TAG not in run.tags
+        assert inst.event_log_storage.get_concurrency_info(HUB_POOL).claimed_slots
+        sensor = runs.build_dead_run_sensor()
+        alive = sensor(dg.build_sensor_context(instance=inst))
+        assert "every run in progress has its process" in alive.skip_message  # a live worker is left alone
+        worker.kill()  # kill -9 of the run worker
+        worker.wait(timeout=30)
+        result = sensor(dg.build_sensor_context(instance=inst))
+        assert "marked 1 run(s) failed" in result.skip_message and run.run_id in result.skip_message
+        assert inst.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert not inst.event_log_storage.get_concurrency_info(HUB_POOL).claimed_slots

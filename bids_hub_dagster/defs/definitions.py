@@ -13,6 +13,7 @@ from .automation import build_automation
 from .checks import build_shard_checks
 from .io_managers import BidsHubParquetIOManager, default_storage_dir
 from .resources import HUB_RESOURCE_KEY, hub_resource
+from .runs import build_dead_run_sensor
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ def build_definitions(specs: Sequence[DatasetSpec], storage_dir: str | None = No
         dataset_sensors, dataset_schedules = build_automation(spec, dataset_jobs)
         sensors += dataset_sensors
         schedules += dataset_schedules
+    sensors.append(build_dead_run_sensor())
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

@@ -123,6 +123,49 @@ def gone_reason(run: dg.DagsterRun) -> str | None:
     return f"its process {pid} is gone"
 
 
+def _process_start_epoch(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds since the epoch (Linux), or None."""
+    ticks = _start_time(pid)
+    try:
+        btime = next(
+            float(line.split()[1])
+            for line in open("/proc/stat", encoding="ascii").read().splitlines()
+            if line.startswith("btime ")
+        )
+        return btime + int(ticks) / os.sysconf("SC_CLK_TCK") if ticks is not None else None
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def worker_gone_reason(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
+    """Why the run worker of a started run launched on this machine is gone, or None.
+
+    For runs the CLI did not make (the UI's, launched by the local run launcher): the
+    run worker's pid is the pid of the run's RUN_START event. A pid whose process started
+    after the run did belongs to another process now.
+    """
+    records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1).records
+    if not records or records[0].event_log_entry.dagster_event is None:
+        return None
+    entry = records[0].event_log_entry
+    pid = entry.dagster_event.pid
+    if pid is None:
+        return None
+    if not process_alive(pid):
+        return f"its run worker (pid {pid}) is gone"
+    started = _process_start_epoch(pid)
+    if started is not None and started > entry.timestamp + 5:
+        return f"its run worker (pid {pid}) is gone (the pid now belongs to a process started later)"
+    return None
+
+
+def _local_launcher(instance: dg.DagsterInstance) -> bool:
+    """Whether the instance launches run workers as processes of this machine."""
+    from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
+
+    return isinstance(instance.run_launcher, DefaultRunLauncher)
+
+
 def describe_run(instance: dg.DagsterInstance, run_id: str) -> str:
     """``run 1a2b3c4d (demo_upload, pid 123 on host, started 16:20:11 UTC)`` for messages."""
     record = instance.get_run_record_by_id(run_id)
@@ -158,7 +201,14 @@ class Swept:
 
 
 def sweep(instance: dg.DagsterInstance) -> Swept:
-    """Mark failed the in-progress runs of this host whose process is gone; free slots of ended runs."""
+    """Mark failed the in-progress runs of this host whose process is gone; free slots of ended runs.
+
+    CLI runs are known by their tags; the UI's runs, when the instance launches run
+    workers on this machine (the local run launcher), by the pid of their RUN_START event.
+    The CLI sweeps before each publish; the ``bids_hub_dead_runs`` sensor sweeps every
+    minute in the daemon, because Dagster's run monitoring cannot see a local run worker
+    die (only ``max_runtime_seconds`` would end such a run, after a day).
+    """
     failed: list[tuple[str, str]] = []
     freed: list[str] = []
     host = socket.gethostname()
@@ -174,6 +224,18 @@ def sweep(instance: dg.DagsterInstance) -> Swept:
             ),
         )
         failed.append((run.run_id, run.job_name))
+    if _local_launcher(instance):  # the UI's runs: their workers run on this machine too
+        for run in instance.get_runs(filters=RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+            if PID_TAG in run.tags or (reason := worker_gone_reason(instance, run)) is None:
+                continue
+            instance.report_run_failed(
+                run,
+                message=f"Marked failed by bids-hub-dagster: {reason} (killed?). Re-execute it.",
+                job_failure_data=JobFailureData(
+                    error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION
+                ),
+            )
+            failed.append((run.run_id, run.job_name))
     storage = instance.event_log_storage
     if storage.supports_global_concurrency_limits:
         for run_id in storage.get_concurrency_run_ids():
@@ -544,3 +606,25 @@ def in_worker() -> bool:
 def worker_stopping() -> bool:
     """Whether this shard worker was told to stop (it starts no more runs)."""
     return bool(_PROCESS.get("stopping"))
+
+
+DEAD_RUNS_SENSOR = "bids_hub_dead_runs"
+
+
+def build_dead_run_sensor() -> dg.SensorDefinition:
+    """A sensor of the daemon that sweeps the instance (see :func:`sweep`) every minute."""
+
+    @dg.sensor(
+        name=DEAD_RUNS_SENSOR,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Marks failed the runs whose run worker process is gone (killed, out of memory) and "
+        "frees their concurrency slots, so that no upload waits for a slot nobody will release.",
+    )
+    def bids_hub_dead_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        swept = sweep(context.instance)
+        if summary := swept.summary():
+            context.log.warning(summary)
+        return dg.SkipReason(summary or "every run in progress has its process")
+
+    return bids_hub_dead_runs
