@@ -39,7 +39,7 @@ def _child_build(strategy: str, check: bool, root: Path, out: Path) -> str:
 
     import bids_hub_dagster.dataset.embed as embed
     from bids_hub_dagster.dataset.parquet import write_row_groups
-    from bids_hub_dagster.dataset.shards import build_shard, plan_for_index
+    from bids_hub_dagster.dataset.shards import build_shard
     from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table
     from bids_hub_dagster.spec import spec_for_folder
 
@@ -49,10 +49,10 @@ def _child_build(strategy: str, check: bool, root: Path, out: Path) -> str:
     spec = spec_for_folder(root, destination=str(out / "published"))
     table = index_to_table(spec.build_index())
     ds = dataset_from_index(table)
-    plan = plan_for_index(table, spec.max_shard_size, spec.num_shards)
+    plan = spec.shard_plan(table)
     out.mkdir(parents=True, exist_ok=True)
     for key in plan.keys():
-        shard = build_shard(ds, table, plan, key, strategy=strategy)
+        shard = build_shard(ds, table, plan, key, shard_strategy=strategy)
         write_row_groups(out / f"{key}.parquet", shard.schema, shard.groups, **shard.write_options)
     return f"{time.perf_counter() - t0} {plan.num_shards}"
 

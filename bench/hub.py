@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/hub.py [--shards 300] [--size 200KB] [--files-per-commit 50]
 
-Runs against the offline Hub test server (bids_hub_dagster_tests/hub_server), through the
+Runs against the offline Hub test server (bids_hub_dagster/testing/hub_server), through the
 real huggingface_hub client over HTTP on 127.0.0.1, so it measures the protocol work
 (requests, commits, bytes sent), not a network. Three scenarios, each for both:
 
@@ -74,7 +74,7 @@ def main() -> None:
     )
     from huggingface_hub import DatasetCard, HfApi  # after HF_ENDPOINT is set: read at import
 
-    from bids_hub_dagster.publish.hub.repo import Backoff, HubOptions, HubRepo
+    from bids_hub_dagster.publish.hub import Backoff, HubOptions, HubRepo
     from bids_hub_dagster.spec import parse_size
 
     size = parse_size(args.size)

@@ -98,11 +98,10 @@ def _spec(root: Path, out: Path):
 
 
 def _plan(spec):
-    from bids_hub_dagster.dataset.shards import plan_for_index
     from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table
 
     table = index_to_table(spec.build_index())
-    return table, dataset_from_index(table), plan_for_index(table, spec.max_shard_size, spec.num_shards)
+    return table, dataset_from_index(table), spec.shard_plan(table)
 
 
 def import_for(method: str) -> None:
@@ -134,12 +133,11 @@ def run_method(method: str, root: Path, out: Path) -> int:
     if method.startswith("dagster-"):
         import dagster as dg
 
-        from bids_hub_dagster.defs import build_definitions, job_names
-        from bids_hub_dagster.defs.assets import shard_partitions_name
+        from bids_hub_dagster.defs import build_definitions, names
 
         spec = spec.with_overrides(shard_strategy=method.split("-")[1])
         defs = build_definitions([spec], storage_dir=str(out / "storage"))
-        jobs = job_names(spec)
+        jobs = names(spec).jobs
         quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
         with dg.instance_for_test() as instance:
             assert (
@@ -147,7 +145,7 @@ def run_method(method: str, root: Path, out: Path) -> int:
                 .execute_in_process(instance=instance, run_config=quiet)
                 .success
             )
-            keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
+            keys = instance.get_dynamic_partitions(names(spec).shard_partitions)
             job = defs.resolve_job_def(jobs.shards)
             for key in keys:
                 assert job.execute_in_process(instance=instance, partition_key=key, run_config=quiet).success
@@ -159,7 +157,7 @@ def run_method(method: str, root: Path, out: Path) -> int:
         from bids_hub_dagster.dataset.shards import build_shard
 
         for key in plan.keys():
-            shard = build_shard(ds, table, plan, key, strategy=method.split("-")[1])
+            shard = build_shard(ds, table, plan, key, shard_strategy=method.split("-")[1])
             write_row_groups(out / f"{key}.parquet", shard.schema, shard.groups, **shard.write_options)
         return n
     import pyarrow.parquet as pq

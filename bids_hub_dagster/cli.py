@@ -19,8 +19,9 @@ from pathlib import Path
 
 import click
 
-from .bids.errors import BidsError, shown
-from .spec import DatasetSpec, SpecError, format_size, load_spec, spec_for_folder
+from .bids.errors import shown
+from .errors import ConfigError, UserError
+from .spec import DatasetSpec, format_size, load_spec, spec_for_folder
 
 DEFAULT_HOME = Path.home() / ".bids_hub_dagster" / "dagster_home"
 
@@ -30,10 +31,16 @@ INSTANCE_YAML = Path(__file__).with_name("dagster.yaml")  # pools, run limits, r
 
 def _ensure_dagster_home() -> Path:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_HOME))).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists() or not config.read_text(encoding="utf-8").strip():
-        config.write_text(INSTANCE_YAML.read_text(encoding="utf-8"), encoding="utf-8")  # a user's own is kept
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if not config.exists() or not config.read_text(encoding="utf-8").strip():
+            # a user's own is kept
+            config.write_text(INSTANCE_YAML.read_text(encoding="utf-8"), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"DAGSTER_HOME={shown(home)} cannot be used: {exc.strerror or exc}; set DAGSTER_HOME to a writable folder."
+        ) from None
     return home
 
 
@@ -125,12 +132,12 @@ def build_one_shard(
     """
     import dagster as dg
 
-    from .defs import build_definitions, job_names, runs
+    from .defs import build_definitions, names, runs
 
     cache_key = spec.to_yaml()
     if cache_key not in _DEFS_CACHE:
         _DEFS_CACHE[cache_key] = build_definitions([spec])
-    job = _DEFS_CACHE[cache_key].resolve_job_def(job_names(spec).shards)
+    job = _DEFS_CACHE[cache_key].resolve_job_def(names(spec).jobs.shards)
     if runs.in_worker() and runs.worker_stopping():
         return f"{key}: not built: interrupted"
     try:
@@ -233,35 +240,32 @@ def default_workers(num_shards: int) -> int:
 
 
 def _shards_to_build(spec: DatasetSpec, keys: list[str], instance, rebuild: bool = False) -> list[str]:
-    """The shard partitions to build: all with ``rebuild``; else those whose data version differs
-    from their last build, whose file is gone, or whose file changed since it was written
-    (sha256 against the digest recorded then; such a shard is rebuilt with a warning).
+    """The shard partitions to build: all with ``rebuild``; else the stale ones by the rule the
+    sensors follow (``pipeline.refresh.shards_to_build``): never built, sources changed, stored
+    file gone, or stored file changed since it was written (rebuilt with a warning).
     """
     if rebuild:
         return list(keys)
-    import dagster as dg
     import pyarrow.parquet as pq
 
-    from .dataset.shards import plan_for_index
+    from .defs import names
     from .defs.automation import read_built_state
     from .defs.io_managers import BidsHubParquetIOManager, default_storage_dir
+    from .pipeline.refresh import shards_to_build
     from .pipeline.versions import shard_versions
-    from .publish.digests import check_recorded
 
     storage = BidsHubParquetIOManager(base_dir=default_storage_dir())
-    table = pq.read_table(storage.asset_path(dg.AssetKey([spec.name, "bids_index"])))
-    current = shard_versions(table, plan_for_index(table, spec.max_shard_size, spec.num_shards))
+    n = names(spec)
+    table = pq.read_table(storage.asset_path(n.bids_index))  # just indexed by the prepare run
+    current = shard_versions(table, spec.shard_plan(table))
     built = read_built_state(instance, spec).shard_versions
-    shards = dg.AssetKey([spec.name, "hub_shards"])
-    todo = []
-    for k in keys:
-        path = storage.partition_path(shards, k)
-        if built.get(k) != current.get(k) or not path.is_file():
-            todo.append(k)
-        elif not (digest := check_recorded(path)).ok:
-            click.echo(f"warning: {k}: {digest.describe(path)}; rebuilding it", err=True)
-            todo.append(k)
-    return todo
+    stale = shards_to_build(
+        {k: current[k] for k in keys}, built, lambda key: storage.stored_shard(n.hub_shards, key)
+    )
+    for shard in stale:
+        if shard.warning:
+            click.echo(f"warning: {shard.key}: {shard.warning}; rebuilding it", err=True)
+    return [shard.key for shard in stale]
 
 
 #: the temporary files of ``dataset.parquet.atomic_path``: ``.NAME.<8 hex>.tmp``
@@ -273,16 +277,14 @@ def _remove_partial_files(instance, spec: DatasetSpec) -> list[Path]:
 
     Only when no run of the dataset is in progress: a live one may be writing them.
     """
-    from .defs import job_names, runs
+    from .defs import names, runs
     from .defs.io_managers import default_storage_dir
-    from .publish.hub.repo import is_hub_url
+    from .publish.hub import is_hub_url
 
-    names = set(dataclasses.astuple(job_names(spec)))
-    if any(
-        r.job_name in names for r in instance.get_runs(filters=runs.RunsFilter(statuses=runs.IN_PROGRESS))
-    ):
+    jobs = set(names(spec).jobs)
+    if any(r.job_name in jobs for r in instance.get_runs(filters=runs.RunsFilter(statuses=runs.IN_PROGRESS))):
         return []
-    folders = [Path(default_storage_dir()) / spec.name]
+    folders = [Path(default_storage_dir()) / names(spec).key]
     if spec.destination and not is_hub_url(spec.destination):
         folders.append(Path(spec.destination))
     removed = []
@@ -344,18 +346,17 @@ def _shard_warnings(instance, spec: DatasetSpec, keys: list[str]) -> list[str]:
     """The warnings of the shards just built (e.g. NIfTI-2 files), each said once."""
     import dagster as dg
 
-    key = dg.AssetKey([spec.name, "hub_shards"])
+    from .defs import names
+    from .defs.summaries import ShardSummary
+
+    key = names(spec).hub_shards
     lines: list[str] = []
     for partition in keys:
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
         ).records
-        if not records:
-            continue
-        meta = records[0].asset_materialization.metadata
-        text = meta["warnings"].value if "warnings" in meta else "none"
-        if text != "none":
-            lines += [f"{partition}: {w}" for w in str(text).splitlines() if w]
+        if records and (shard := ShardSummary.from_metadata(records[0].asset_materialization.metadata)):
+            lines += [f"{partition}: {w}" for w in shard.warnings]
     return lines
 
 
@@ -372,16 +373,15 @@ def run_publish(
     Each step is a real run on the persistent instance; ``log_level`` sets what the
     runs print to the console (everything is stored in the instance's event log).
     Shard runs go ``workers`` at a time (default: :func:`default_workers`). The upload
-    waits at most ``slot_timeout`` seconds for the ``hf_hub`` pool slot (default
+    waits at most ``slot_timeout`` seconds for the ``hub_commits`` pool slot (default
     ``$BIDS_HUB_SLOT_TIMEOUT``, else 600). Ctrl-C (or SIGTERM) stops every run, which
     ends canceled, and returns 130 (143).
     """
     import dagster as dg
     from tqdm import tqdm
 
-    from .defs import build_definitions, job_names, runs
-    from .defs.assets import shard_partitions_name
-    from .defs.resources import HUB_POOL
+    from .defs import build_definitions, names, runs
+    from .defs.summaries import IndexSummary, PublishSummary
     from .publish.publication import parse_destination
 
     if not spec.destination:
@@ -394,7 +394,8 @@ def run_publish(
         disable_progress_bars()  # one progress bar, ours; -v shows huggingface_hub's upload bars
     _ensure_dagster_home()
     defs = build_definitions([spec])
-    jobs = job_names(spec)
+    n = names(spec)
+    jobs = n.jobs
     quiet = _quiet(log_level)
     timeout = runs.slot_timeout(slot_timeout)
     with dg.DagsterInstance.get() as instance, _stoppable(instance, spec) as stop:
@@ -410,12 +411,11 @@ def run_publish(
             from .defs.outcomes import is_user_error
 
             return 2 if is_user_error(result.all_events) else 1  # 2: as `index` for the same error
-        index_event = instance.get_latest_materialization_event(dg.AssetKey([spec.name, "bids_index"]))
-        index_warnings = index_event.asset_materialization.metadata["warnings"].value
-        if index_warnings != "none":
-            for line in index_warnings.splitlines():
-                tqdm.write(f"warning: {line}", file=sys.stderr)
-        keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
+        index_event = instance.get_latest_materialization_event(n.bids_index)
+        indexed = IndexSummary.from_metadata(index_event.asset_materialization.metadata) or IndexSummary()
+        for line in indexed.warnings:
+            tqdm.write(f"warning: {line}", file=sys.stderr)
+        keys = instance.get_dynamic_partitions(n.shard_partitions)
         todo = _shards_to_build(spec, keys, instance, rebuild=rebuild)
         if len(todo) < len(keys):
             tqdm.write(
@@ -443,7 +443,7 @@ def run_publish(
         for line in _shard_warnings(instance, spec, todo):
             tqdm.write(f"warning: {line}", file=sys.stderr)
         bar.set_description(f"{spec.name}: publish")
-        pool_wait = runs.PoolWait(instance, HUB_POOL, timeout, lambda line: tqdm.write(line, file=sys.stderr))
+        pool_wait = runs.PoolWait(instance, n.pool, timeout, lambda line: tqdm.write(line, file=sys.stderr))
         pool_wait.wait()  # says which run holds the slot; gives up after the timeout
         result = runs.execute_job(
             defs.resolve_job_def(jobs.upload),
@@ -460,18 +460,20 @@ def run_publish(
             )
             return 1
         for event in result.get_asset_materialization_events():
-            meta = {k: v.value for k, v in event.materialization.metadata.items()}
-            click.echo(f"published {spec.name} to {meta['destination']}")
+            published = PublishSummary.from_metadata(event.materialization.metadata)
+            if published is None:  # not hub_upload
+                continue
+            click.echo(f"published {spec.name} to {published.destination}")
             click.echo(
-                f"files: {meta['files_written']} written, {meta['files_skipped']} unchanged, "
-                f"{meta['files_removed']} removed; {format_size(meta['bytes_written'])} sent"
+                f"files: {published.files_written} written, {published.files_skipped} unchanged, "
+                f"{published.files_removed} removed; {format_size(published.bytes_written)} sent"
             )
-            if "commits" in meta:
-                click.echo(f"commits: {meta['num_commits']}")
-                click.echo(meta["commits"])
-            if "pull_request" in meta:
-                click.echo(f"pull request: {meta['pull_request']}")
-            click.echo(f"verified: {meta['verification']}")
+            if published.commit_urls is not None:
+                click.echo(f"commits: {len(published.commit_urls)}")
+                click.echo(published.commits_text)
+            if published.pull_request:
+                click.echo(f"pull request: {published.pull_request}")
+            click.echo(f"verified: {published.verification.summary()}")
     return stop.code
 
 
@@ -489,7 +491,7 @@ def run_publish(
 @click.option(
     "--slot-timeout",
     type=click.FloatRange(min=0),
-    help="Seconds to wait for the hf_hub pool slot held by another run (default $BIDS_HUB_SLOT_TIMEOUT, else 600).",
+    help="Seconds to wait for the hub_commits pool slot held by another run (default $BIDS_HUB_SLOT_TIMEOUT, else 600).",
 )
 @click.option(
     "--rebuild", is_flag=True, help="Build every shard again, even those unchanged since they were built."
@@ -621,7 +623,7 @@ def cli() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (BidsError, SpecError, NotImplementedError, ValueError, OSError) as exc:
+    except UserError as exc:  # named in the message; any other exception is a bug: its traceback shows
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except click.Abort:

@@ -9,16 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import yaml
 
 from .bids.columns import ColumnRule
 from .bids.errors import BidsError
 from .bids.index import BidsIndex, build_index
 from .dataset.embed import STRATEGIES
-from .dataset.parquet import CODECS
-from .dataset.shards import DEFAULT_ROW_GROUP_BYTES as DEFAULT_ROW_GROUP_SIZE
+from .dataset.parquet import COMPRESSIONS
+from .dataset.shards import DEFAULT_ROW_GROUP_SIZE, ShardPlan, plan_for_index
+from .errors import UserError
 from .publish.destinations import DestinationError
-from .publish.hub.repo import HubOptions, is_hub_url, parse_hub_url
+from .publish.hub import HubOptions, is_hub_url, parse_hub_url
 
 DEFAULT_MAX_SHARD_SIZE = 500 * 10**6  # the same default as datasets' push_to_hub
 DEFAULT_SCHEDULE = "0 3 * * 1"  # weekly, Monday 03:00
@@ -43,7 +45,10 @@ SPEC_KEYS = frozenset(
         "watch_interval",
     }
 )
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# names as Hub repos and OpenNeuro datasets are written (``ds004884-arc``, ``arc.v2``): letters,
+# digits, ``_``, ``-`` and ``.``, not starting or ending with ``-`` or ``.``
+_NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+_NAME_MAX = 96  # as on the Hub
 _CRON_FIELD = r"[\w*/,?-]+"
 _CRON = re.compile(rf"^\s*(@(hourly|daily|weekly|monthly)|{_CRON_FIELD}(\s+{_CRON_FIELD}){{4}})\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -67,7 +72,7 @@ _SpecLoader.yaml_implicit_resolvers = {
 _SpecLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
 
 
-class SpecError(BidsError):
+class SpecError(UserError):
     """The spec file is malformed or contradicts itself."""
 
 
@@ -107,9 +112,43 @@ def exact_size(n: int) -> str | int:
 
 
 def sanitize_name(text: str) -> str:
-    """A valid dataset name (asset key prefix) from any text, e.g. a folder name."""
-    name = re.sub(r"[^A-Za-z0-9_]", "_", text).strip("_").lower() or "dataset"
-    return name if _NAME.match(name) else f"ds_{name}"
+    """A valid dataset name from any text, e.g. a folder name: ``ds004884-ARC`` → ``ds004884-arc``.
+
+    Hyphens and dots are kept (the key makes them ``_``); a name starting with a digit
+    gets ``ds_`` in front, as before names could.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", text).strip("_.-").lower() or "dataset"
+    name = name if name[0].isalpha() else f"ds_{name}"
+    return name[:_NAME_MAX].rstrip(".-")
+
+
+def name_key(name: str) -> str:
+    """The Dagster-safe key of a dataset name: ``ds004884-arc`` → ``ds004884_arc``.
+
+    Dagster names (groups, jobs, partitions, sensors) allow letters, digits and ``_`` only.
+    """
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def check_unique_keys(specs: list[DatasetSpec], where: str = "") -> None:
+    """Refuse two specs whose names give the same key (``arc-v2``, ``arc.v2``, ``arc_v2``, ``ARC_v2``).
+
+    Keys that differ only by case are refused too: their storage folders would be one
+    folder on a case-insensitive file system.
+    """
+    by_key: dict[str, list[str]] = {}
+    for spec in specs:
+        by_key.setdefault(spec.key.lower(), []).append(spec.name)
+    clashes = [names for names in by_key.values() if len(names) > 1]
+    if clashes:
+        shown = "; ".join(
+            f"{' and '.join(repr(n) for n in names)} give the same key {name_key(names[0])!r}"
+            for names in clashes
+        )
+        raise SpecError(
+            f"dataset names must give distinct keys{where}: {shown} (the key names the assets, jobs and "
+            "storage folder); rename one."
+        )
 
 
 @dataclass(frozen=True)
@@ -134,8 +173,11 @@ class DatasetSpec:
     source: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise SpecError(f"name {self.name!r} must be an identifier (letters, digits, _), e.g. 'arc'.")
+        if not isinstance(self.name, str) or not _NAME.match(self.name) or len(self.name) > _NAME_MAX:
+            raise SpecError(
+                f"name {self.name!r} must be letters, digits, '_', '-' and '.' (at most {_NAME_MAX}, "
+                "not starting or ending with '-' or '.'), e.g. 'arc' or 'ds004884-arc'."
+            )
         if self.row not in ("session", "subject"):
             raise SpecError(f"row must be 'session' or 'subject', not {self.row!r}.")
         if self.num_shards is not None and (
@@ -146,8 +188,10 @@ class DatasetSpec:
             raise SpecError(
                 f"shard_strategy must be one of {', '.join(SHARD_STRATEGIES)}, not {self.shard_strategy!r}."
             )
-        if self.compression not in CODECS:
-            raise SpecError(f"compression must be one of {', '.join(CODECS)}, not {self.compression!r}.")
+        if self.compression not in COMPRESSIONS:
+            raise SpecError(
+                f"compression must be one of {', '.join(COMPRESSIONS)}, not {self.compression!r}."
+            )
         if not all(isinstance(o, str) and o for o in self.owners):
             raise SpecError(
                 f"owners must be a list of emails or team:name strings, not {list(self.owners)!r}."
@@ -173,6 +217,19 @@ class DatasetSpec:
                 raise SpecError(
                     f"destination names branch {revision!r} but hub.revision is {self.hub.revision!r}; give one."
                 )
+
+    @property
+    def key(self) -> str:
+        """The Dagster-safe form of ``name`` (``ds004884-arc`` → ``ds004884_arc``).
+
+        It prefixes the asset keys and names the asset group, the jobs, the partitions and
+        the storage folder; ``name`` itself is what people read (card, messages, descriptions).
+        """
+        return name_key(self.name)
+
+    def shard_plan(self, index_table: pa.Table) -> ShardPlan:
+        """The shards of an index table under this spec's ``max_shard_size`` or ``num_shards``."""
+        return plan_for_index(index_table, self.max_shard_size, self.num_shards)
 
     def with_overrides(self, **overrides: Any) -> DatasetSpec:
         """A copy with the given keys replaced; ``None`` values are ignored."""
@@ -331,6 +388,8 @@ def load_spec(path: Path | str) -> DatasetSpec:
         ) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path} is not valid YAML: {exc}") from exc
+    except OSError as exc:  # a folder, no permission: name the file, never a traceback
+        raise SpecError(f"spec file {path} cannot be read: {exc.strerror or exc}.") from None
     return spec_from_mapping(raw or {}, path.parent, source=path)
 
 
@@ -348,6 +407,7 @@ def load_specs(path: Path | str) -> list[DatasetSpec]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SpecError(f"dataset names must be unique across specs; repeated: {dupes}.")
+    check_unique_keys(specs, f" in {path}")
     return specs
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bids_hub_dagster.defs import build_definitions, job_names
-from bids_hub_dagster.defs.assets import shard_partitions_name
+from bids_hub_dagster.defs import build_definitions, job_names, names
 from bids_hub_dagster.demo import NIBABEL_DATA, write_demo
 from bids_hub_dagster.spec import DatasetSpec, load_spec
 from bids_hub_dagster_tests.hub_server import hub_server  # noqa: F401  (the Hub test server fixture)
@@ -63,16 +62,23 @@ def example_source(name: str) -> Path:
     return src
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Keep DAGSTER_HOME, the HF cache and shard storage of each test out of the user's home."""
-    home = tmp_path_factory.mktemp("home")
+def isolate_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """Point DAGSTER_HOME and the HF cache into ``home`` (offline), and unset the project's variables."""
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("BIDS_HUB_SPECS", raising=False)
     monkeypatch.delenv("BIDS_HUB_STORAGE", raising=False)
-    (home / "dagster").mkdir()
+    (home / "dagster").mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Keep DAGSTER_HOME, the HF cache and shard storage of each test out of the user's home.
+
+    Module- or session-scoped fixtures run before it: they isolate themselves with :func:`isolate_home`.
+    """
+    isolate_home(monkeypatch, tmp_path_factory.mktemp("home"))
 
 
 @pytest.fixture
@@ -113,7 +119,7 @@ def materialize_all(
     defs = build_definitions([spec], storage_dir=str(storage))
     jobs = job_names(spec)
     assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
-    keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
+    keys = instance.get_dynamic_partitions(names(spec).shard_partitions)
     for key in keys:
         assert (
             defs.resolve_job_def(jobs.shards).execute_in_process(instance=instance, partition_key=key).success

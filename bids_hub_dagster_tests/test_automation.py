@@ -13,12 +13,13 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.loader import LoadingContextForTest
 
 from bids_hub_dagster.dataset.audit import ShardAudit, audit_shard_file, shard_coverage
-from bids_hub_dagster.dataset.shards import plan_for_index
 from bids_hub_dagster.dataset.tables import index_to_table
-from bids_hub_dagster.defs import build_definitions, job_names
+from bids_hub_dagster.defs import build_definitions, job_names, names
 from bids_hub_dagster.defs.automation import REFRESH_TAG, read_built_state
+from bids_hub_dagster.demo import write_demo
 from bids_hub_dagster.pipeline.refresh import plan_refresh
-from bids_hub_dagster_tests.conftest import materialize_all
+from bids_hub_dagster.spec import load_spec
+from bids_hub_dagster_tests.conftest import isolate_home, materialize_all
 
 CHANGED = "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii"  # a file of one row of the demo
 
@@ -38,8 +39,8 @@ class Pipeline:
         assert result.success
         return result
 
-    def sensor(self, name: str = "watch", cursor: str | None = None):
-        sensor = self.defs.resolve_sensor_def(f"{self.spec.name}_{name}")
+    def sensor(self, cursor: str | None = None):
+        sensor = self.defs.resolve_sensor_def(names(self.spec).watch_sensor)
         context = dg.build_sensor_context(instance=self.instance, cursor=cursor, definitions=self.defs)
         return sensor(context)
 
@@ -56,16 +57,42 @@ class Pipeline:
         resolver = CachingStaleStatusResolver(
             self.instance, self.defs.resolve_asset_graph(), LoadingContextForTest(self.instance)
         )
-        key = dg.AssetKey([self.spec.name, "hub_shards"])
-        return {p: resolver.get_status(key, p) for p in self.instance.get_dynamic_partitions("demo_shards")}
+        key = names(self.spec).hub_shards
+        return {
+            p: resolver.get_status(key, p)
+            for p in self.instance.get_dynamic_partitions(names(self.spec).shard_partitions)
+        }
+
+
+@pytest.fixture(scope="module")
+def built_demo(tmp_path_factory):
+    """The demo materialized once per module in ``work`` (BIDS tree, storage, instance), and a copy of it.
+
+    Building takes seconds; restoring the copy takes milliseconds. The copy goes back to the same path
+    (tests of a module run one after the other), so the paths the instance recorded stay true.
+    """
+    root = tmp_path_factory.mktemp("automation")
+    work = root / "work"
+    spec = load_spec(write_demo(work / "demo")).with_overrides(
+        destination=str(work / "published"), num_shards=4
+    )
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        isolate_home(monkeypatch, root / "home")
+        (work / "instance").mkdir()
+        with dg.instance_for_test(temp_dir=str(work / "instance")) as instance:
+            materialize_all(spec, work / "storage", instance)
+    shutil.copytree(work, root / "pristine", symlinks=True)
+    return spec, work, root / "pristine"
 
 
 @pytest.fixture
-def pipeline(demo_spec, tmp_path):
-    spec = demo_spec.with_overrides(num_shards=4)
-    with dg.instance_for_test() as instance:
-        materialize_all(spec, tmp_path / "storage", instance)
-        yield Pipeline(spec, tmp_path / "storage", instance)
+def pipeline(built_demo):
+    """A fresh copy of the materialized demo (files and instance): tests change both."""
+    spec, work, pristine = built_demo
+    shutil.rmtree(work)
+    shutil.copytree(pristine, work, symlinks=True)
+    with dg.instance_for_test(temp_dir=str(work / "instance")) as instance:
+        yield Pipeline(spec, work / "storage", instance)
 
 
 def touch(path) -> None:
@@ -85,7 +112,7 @@ def changed_shard(pipeline: Pipeline) -> str:
 def test_everything_built_is_up_to_date(pipeline):
     state = read_built_state(pipeline.instance, pipeline.spec)
     table = index_to_table(pipeline.spec.build_index())
-    plan = plan_for_index(table, pipeline.spec.max_shard_size, pipeline.spec.num_shards)
+    plan = pipeline.spec.shard_plan(table)
     refresh = plan_refresh(table, plan, pipeline.spec.destination, state)
     assert refresh.up_to_date, refresh.summary()
     assert sorted(state.shard_versions) == plan.keys() and all(state.shard_versions.values())
@@ -135,7 +162,7 @@ def test_a_new_session_adds_a_partition_and_a_removed_one_drops_it(pipeline):
     grown = Pipeline(spec, pipeline.storage, pipeline.instance)
     result = grown.sensor()
     assert result.dynamic_partitions_requests == [
-        dg.AddDynamicPartitionsRequest("demo_shards", ["shard-00004"])
+        dg.AddDynamicPartitionsRequest(names(pipeline.spec).shard_partitions, ["shard-00004"])
     ]
     assert [r.job_name for r in result.run_requests] == ["demo_prepare"]
 
@@ -143,12 +170,12 @@ def test_a_new_session_adds_a_partition_and_a_removed_one_drops_it(pipeline):
     shrunk = Pipeline(pipeline.spec.with_overrides(num_shards=3), pipeline.storage, pipeline.instance)
     result = shrunk.sensor()
     assert result.dynamic_partitions_requests == [
-        dg.DeleteDynamicPartitionsRequest("demo_shards", ["shard-00003"])
+        dg.DeleteDynamicPartitionsRequest(names(pipeline.spec).shard_partitions, ["shard-00003"])
     ]
 
 
 def test_the_schedule_starts_a_refresh_that_the_chain_sensor_finishes(pipeline):
-    schedule = pipeline.defs.resolve_schedule_def("demo_refresh")
+    schedule = pipeline.defs.resolve_schedule_def(names(pipeline.spec).refresh_schedule)
     assert (
         schedule.default_status == dg.DefaultScheduleStatus.STOPPED and schedule.cron_schedule == "0 3 * * 1"
     )
@@ -162,13 +189,13 @@ def test_the_schedule_starts_a_refresh_that_the_chain_sensor_finishes(pipeline):
     assert request.tags[REFRESH_TAG] == "schedule-20261130T0300"
     prepared = pipeline.run(pipeline.jobs.prepare, tags=request.tags)
 
-    chain = pipeline.defs.resolve_sensor_def("demo_refresh_chain")
+    chain = pipeline.defs.resolve_sensor_def(names(pipeline.spec).refresh_chain_sensor)
     assert chain.default_status == dg.DefaultSensorStatus.RUNNING
 
     def chain_after(result):
         success = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
         context = dg.build_run_status_sensor_context(
-            "demo_refresh_chain", success, pipeline.instance, result.dagster_run
+            names(pipeline.spec).refresh_chain_sensor, success, pipeline.instance, result.dagster_run
         )
         return chain(context)
 
@@ -327,3 +354,30 @@ def test_a_publication_that_failed_verification_is_not_counted(pipeline, monkeyp
                 raise_on_error=False,
             )
     assert read_built_state(pipeline.instance, pipeline.spec).publication_version is None  # not up to date
+
+
+def test_a_stored_shard_lost_or_changed_is_rebuilt_by_the_same_rule_as_the_cli(pipeline):
+    """The sensors follow pipeline.refresh.shards_to_build, as `publish` does: sources unchanged,
+    but a stored shard file gone or no longer holding the bytes written is rebuilt."""
+    from bids_hub_dagster.publish.digests import check_recorded
+
+    first = pipeline.sensor()
+    assert first.run_requests == []
+    stored = pipeline.storage / "demo" / "hub_shards"
+    (stored / "shard-00000.parquet").unlink()
+    with open(stored / "shard-00003.parquet", "r+b") as fh:  # one byte changed in place
+        fh.seek(100)
+        byte = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    step = pipeline.sensor(cursor=first.cursor)
+    assert [(r.job_name, r.partition_key) for r in step.run_requests] == [
+        ("demo_shards", "shard-00000"),
+        ("demo_shards", "shard-00003"),
+    ]
+    missing, changed = (r.run_key for r in step.run_requests)
+    assert ":missing:watch-" in missing and ":changed-" in changed  # never the key of the build before
+    pipeline.perform(step.run_requests)
+    assert check_recorded(stored / "shard-00003.parquet").ok
+    after = pipeline.sensor(cursor=step.cursor)
+    assert all(r.job_name != "demo_shards" for r in getattr(after, "run_requests", None) or [])

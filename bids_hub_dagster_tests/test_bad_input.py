@@ -1,8 +1,8 @@
 """Bad input through Dagster: each problem fails its own run with a message naming the file.
 
 Every run goes through a real Dagster instance and the real parquet IO manager; the
-BIDS trees are the demo tree (real nibabel images) or a shared bids-example, copied to
-tmp and then damaged on purpose.
+BIDS trees are the demo tree (real nibabel images) or one of the bids-examples vendored in
+bids_hub_dagster_tests/data, copied to tmp and then damaged on purpose.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from datasets import List, Nifti, load_dataset
 from bids_hub_dagster.bids.errors import BidsError
 from bids_hub_dagster.bids.index import build_index
 from bids_hub_dagster.dataset.nifti import NiftiFileError, check_nifti
-from bids_hub_dagster.defs import build_definitions, job_names
-from bids_hub_dagster.defs.assets import shard_partitions_name
+from bids_hub_dagster.defs import build_definitions, job_names, names
 from bids_hub_dagster.defs.outcomes import failed_check_problems
 from bids_hub_dagster.spec import DatasetSpec, spec_for_folder
 
@@ -77,10 +76,10 @@ class Pipeline:
 
     @property
     def keys(self) -> list[str]:
-        return self.instance.get_dynamic_partitions(shard_partitions_name(self.spec))
+        return self.instance.get_dynamic_partitions(names(self.spec).shard_partitions)
 
     def materialized_shards(self) -> set[str]:
-        return self.instance.get_materialized_partitions(dg.AssetKey([self.spec.name, "hub_shards"]))
+        return self.instance.get_materialized_partitions(names(self.spec).hub_shards)
 
     def shard_dir(self) -> Path:
         return self.storage / self.spec.name / "hub_shards"

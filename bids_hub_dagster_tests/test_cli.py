@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 from click.testing import CliRunner
 from datasets import load_dataset
@@ -33,7 +34,8 @@ def test_demo_publishes_and_runs_persist_in_dagster_home(tmp_path):
         jobs = {r.job_name for r in instance.get_runs()}
         assert {"demo_prepare", "demo_shards", "demo_upload"} <= jobs
         assert len(instance.get_runs()) == 5  # prepare, three shards, upload
-        assert instance.event_log_storage.get_concurrency_info("hf_hub").slot_count == 1  # its dagster.yaml
+        # its dagster.yaml gives the pool of hub_upload one slot
+        assert instance.event_log_storage.get_concurrency_info("hub_commits").slot_count == 1
 
 
 def test_zero_config_publish_with_overrides(tmp_path):
@@ -114,6 +116,7 @@ def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a subprocess
 def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path):
     proc = run_module("index", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2
@@ -144,6 +147,7 @@ def test_parallel_shard_runs_publish_the_same_dataset(demo_spec, tmp_path):
         assert all(r.is_success for r in shard_runs)
 
 
+@pytest.mark.slow  # a subprocess
 def test_an_unusable_destination_fails_before_any_run(tmp_path):
     root = build_demo_bids(tmp_path / "bids")
     result = run_module("publish", str(root), "--to", str(tmp_path / "pub[v1]"), cwd=tmp_path)
@@ -153,6 +157,7 @@ def test_an_unusable_destination_fails_before_any_run(tmp_path):
         assert instance.get_runs() == []
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_failed_shard_prints_its_error_once_without_stack_traces(demo_spec, tmp_path):
     (demo_spec.bids_root / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii").write_bytes(b"")
     spec_file = tmp_path / "spec.yaml"
@@ -166,6 +171,7 @@ def test_a_failed_shard_prints_its_error_once_without_stack_traces(demo_spec, tm
     assert "ShardFilesError" not in output
 
 
+@pytest.mark.slow  # a subprocess
 def test_verify_of_a_missing_destination_is_a_clear_failure(demo_spec, tmp_path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(demo_spec.to_yaml())
@@ -204,6 +210,7 @@ def test_publish_to_the_hub_with_options_then_rerun_makes_no_commit(hub_server, 
     assert hub_server.token not in result.output + again.output + checked.output
 
 
+@pytest.mark.slow  # a subprocess
 def test_publish_to_the_hub_with_a_bad_token_says_what_to_do(hub_server, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_one")
     root = build_demo_bids(tmp_path / "bids")

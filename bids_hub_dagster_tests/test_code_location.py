@@ -108,6 +108,7 @@ def graphql(url: str, query: str) -> dict:
         return json.load(resp)
 
 
+@pytest.mark.slow  # a real dagster-webserver
 def test_webserver_shows_the_asset_graph(webserver):
     deadline = time.monotonic() + 120
     query = "{ assetNodes { assetKey { path } groupName isPartitioned } }"

@@ -17,7 +17,7 @@ import pytest
 from bids_hub_dagster.bids.errors import shown
 from bids_hub_dagster.cli import cli
 from bids_hub_dagster.demo import DESCRIPTION, build_demo_bids, write_demo
-from bids_hub_dagster.publish.hub.repo import (
+from bids_hub_dagster.publish.hub import (
     CONNECT_ATTEMPTS,
     Backoff,
     HubRepo,
@@ -104,6 +104,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a subprocess
 def test_an_unreachable_hub_is_said_to_be_one_within_seconds(tmp_path):
     root = build_demo_bids(tmp_path / "bids")
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there

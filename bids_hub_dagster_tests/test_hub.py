@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -18,26 +19,26 @@ import pytest
 from datasets import List, Nifti, load_dataset
 from huggingface_hub import HfApi
 
-from bids_hub_dagster.dataset.shards import ShardPlan, plan_for_index
-from bids_hub_dagster.defs import build_definitions, job_names
-from bids_hub_dagster.defs.assets import shard_partitions_name
+from bids_hub_dagster.dataset.shards import ShardPlan
+from bids_hub_dagster.defs import build_definitions, job_names, names
+from bids_hub_dagster.demo import write_demo
 from bids_hub_dagster.publish.card import render_card
 from bids_hub_dagster.publish.destinations import DestinationError, PublishResult
-from bids_hub_dagster.publish.hub.repo import (
+from bids_hub_dagster.publish.hub import (
     Backoff,
     HubAccessError,
     HubOptions,
     HubRepo,
     HubTransientError,
-    _short,
     classify,
     plan_batches,
 )
+from bids_hub_dagster.publish.hub.retry import short_error
 from bids_hub_dagster.publish.manifest import MANIFEST_NAME, Manifest
 from bids_hub_dagster.publish.publication import card_facts, publish_shards, shard_file_stats
-from bids_hub_dagster.spec import DatasetSpec
-from bids_hub_dagster_tests.conftest import materialize_all
-from bids_hub_dagster_tests.hub_server import READ_TOKEN
+from bids_hub_dagster.spec import DatasetSpec, load_spec
+from bids_hub_dagster_tests.conftest import isolate_home, materialize_all
+from bids_hub_dagster_tests.hub_server import READ_TOKEN, HubServer, use_hub_server
 
 REPO_ID = "lab/demo"
 DEST = f"hf://datasets/{REPO_ID}"
@@ -65,7 +66,7 @@ class Built:
 
     @property
     def plan(self) -> ShardPlan:
-        return plan_for_index(self.table, self.spec.max_shard_size, self.spec.num_shards)
+        return self.spec.shard_plan(self.table)
 
     def repo(self, **options) -> HubRepo:
         return HubRepo(
@@ -113,20 +114,46 @@ def failed_prepare_message(spec: DatasetSpec, storage: Path) -> str:
     return next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
 
 
+@pytest.fixture(scope="module")
+def built_shards(tmp_path_factory) -> tuple[DatasetSpec, Path, list[str]]:
+    """The demo's shards, built through Dagster once per module: ``built`` hands each test a copy.
+
+    The prepare step checks the destination, so the build talks to a Hub test server of its own.
+    """
+    from huggingface_hub import HfFileSystem
+    from huggingface_hub.utils import close_session
+
+    root = tmp_path_factory.mktemp("hub-built")
+    spec = hub_spec(load_spec(write_demo(root / "demo")))
+    storage = root / "storage"
+    (root / "server").mkdir()
+    with pytest.MonkeyPatch.context() as monkeypatch, HubServer(root / "server") as server:
+        isolate_home(monkeypatch, root / "home")
+        use_hub_server(server, monkeypatch, root / "hf-home")
+        try:
+            with dg.instance_for_test() as instance:
+                defs = build_definitions([spec], storage_dir=str(storage))
+                jobs = job_names(spec)
+                assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
+                keys = instance.get_dynamic_partitions(names(spec).shard_partitions)
+                for key in keys:
+                    job = defs.resolve_job_def(jobs.shards)
+                    assert job.execute_in_process(instance=instance, partition_key=key).success
+        finally:
+            HfFileSystem.clear_instance_cache()
+            close_session()
+    return spec, storage, keys
+
+
 @pytest.fixture
-def built(hub_server, demo_spec, tmp_path) -> Built:
-    spec = hub_spec(demo_spec)
+def built(hub_server, built_shards, tmp_path) -> Built:
+    spec, template, keys = built_shards
     storage = tmp_path / "storage"
-    with dg.instance_for_test() as instance:
-        defs = build_definitions([spec], storage_dir=str(storage))
-        jobs = job_names(spec)
-        assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
-        keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
-        for key in keys:
-            job = defs.resolve_job_def(jobs.shards)
-            assert job.execute_in_process(instance=instance, partition_key=key).success
+    shutil.copytree(template, storage)
     files = {k: storage / "demo" / "hub_shards" / f"{k}.parquet" for k in keys}
-    return Built(spec, files, storage, hub_server)
+    built = Built(spec, files, storage, hub_server)
+    built.repo().ensure_repo()  # what the prepare step did to this test's server: the repo exists
+    return built
 
 
 # -- through Dagster ------------------------------------------------------------------------
@@ -185,7 +212,7 @@ def test_per_shard_upload_sends_bytes_while_shards_build(hub_server, demo_spec, 
         defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
         jobs = job_names(spec)
         assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
-        keys = instance.get_dynamic_partitions(shard_partitions_name(spec))
+        keys = instance.get_dynamic_partitions(names(spec).shard_partitions)
         sent = 0
         for key in keys:
             result = defs.resolve_job_def(jobs.shards).execute_in_process(
@@ -470,7 +497,9 @@ def test_a_storage_refusal_is_retried_but_an_api_refusal_is_not():
     except RuntimeError as wrapped:
         assert classify(wrapped)[0] == "transient"
     assert classify(http_error(403, "https://huggingface.co/api/datasets/o/n/commit/main"))[0] == "permanent"
-    assert "secret" not in _short(expired) and "https://storage.example/bucket/obj" in _short(expired)
+    assert "secret" not in short_error(expired) and "https://storage.example/bucket/obj" in short_error(
+        expired
+    )
 
 
 @pytest.mark.parametrize(
@@ -520,7 +549,7 @@ def test_a_visibility_that_differs_from_private_is_reported(built):
 def test_the_default_verification_compares_published_files_and_catches_a_replaced_one(built):
     repo = built.repo()
     result = publish_shards(built.spec.name, built.table, built.plan, built.files, repo)
-    report = repo.verify_files(result.shard_files, result.card, built.table)
+    report = repo.verify_quick(result.shard_files, result.card, built.table)
     assert report.ok and report.summary().startswith("OK: 4/4 rows, 5 published files")
 
     HfApi().upload_file(
@@ -529,7 +558,7 @@ def test_the_default_verification_compares_published_files_and_catches_a_replace
     )  # fmt: skip
     later = built.repo()
     later.published_head = built.server.head(REPO_ID)
-    report = later.verify_files(result.shard_files, result.card, built.table)
+    report = later.verify_quick(result.shard_files, result.card, built.table)
     assert not report.ok and "data/train-00001-of-00004.parquet differs" in report.summary()
 
 

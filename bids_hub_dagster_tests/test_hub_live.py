@@ -21,6 +21,7 @@ from bids_hub_dagster_tests.conftest import materialize_all
 LIVE_REPO = os.environ.get("BIDS_HUB_LIVE_REPO")
 pytestmark = [
     pytest.mark.live,
+    pytest.mark.slow,
     pytest.mark.skipif(
         not (LIVE_REPO and os.environ.get("HF_TOKEN")), reason="set HF_TOKEN and BIDS_HUB_LIVE_REPO to run"
     ),

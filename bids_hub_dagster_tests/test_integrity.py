@@ -22,9 +22,9 @@ import nibabel
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from bids_hub_dagster.dataset import embed
 from datasets import load_dataset
 
+from bids_hub_dagster.dataset import embed
 from bids_hub_dagster.dataset.audit import audit_shard_file
 from bids_hub_dagster.dataset.nifti import (
     GzipCheck,
@@ -36,7 +36,7 @@ from bids_hub_dagster.dataset.nifti import (
     nifti_bytes_problem,
 )
 from bids_hub_dagster.dataset.parquet import write_row_groups
-from bids_hub_dagster.dataset.shards import ShardFilesError, build_shard, plan_for_index, read_shard_record
+from bids_hub_dagster.dataset.shards import ShardFilesError, build_shard, read_shard_record
 from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table
 from bids_hub_dagster.spec import DatasetSpec
 from bids_hub_dagster_tests.conftest import materialize_all
@@ -94,10 +94,10 @@ def build_all(spec: DatasetSpec, out: Path, strategy: str, check: bool = True, *
     """Build every shard of ``spec`` into ``out`` (core functions, no Dagster)."""
     table = index_to_table(spec.build_index())
     ds = dataset_from_index(table)
-    plan = plan_for_index(table, spec.max_shard_size, spec.num_shards)
+    plan = spec.shard_plan(table)
     written = []
     for key in plan.keys():
-        shard = build_shard(ds, table, plan, key, strategy=strategy, **options)
+        shard = build_shard(ds, table, plan, key, shard_strategy=strategy, **options)
         path = out / f"{key}.parquet"
         write_row_groups(path, shard.schema, shard.groups, **shard.write_options)
         written.append(path)
@@ -189,7 +189,7 @@ def test_damaged_gzip_fails_the_shard_as_it_is_embedded(
     spec = demo_spec.with_overrides(num_shards=1)
     out = tmp_path / "out"
     with pytest.raises(ShardFilesError) as info:
-        build_all(spec, out, strategy, row_group_bytes=1)  # one row per row group
+        build_all(spec, out, strategy, row_group_size=1)  # one row per row group
     text = str(info.value)
     assert text.startswith("shard-00000: 1 file(s) cannot be embedded:")
     assert f"  - {path}: not a valid gzip stream ({what}" in text

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from bids_hub_dagster.cli import INSTANCE_YAML
-from bids_hub_dagster.defs import build_definitions, job_names, runs
-from bids_hub_dagster.defs.resources import HUB_POOL
+from bids_hub_dagster.defs import build_definitions, job_names, names, runs
+from bids_hub_dagster.defs.names import HUB_POOL
 from bids_hub_dagster.demo import build_demo_bids
 
 pytestmark = pytest.mark.slow
@@ -151,7 +151,7 @@ def test_an_interrupt_stops_every_run_and_the_same_command_resumes(tmp_path, wor
 
 
 def test_kill_9_during_the_upload_frees_its_slot_for_the_next_publish(hub_server, tmp_path):
-    """A CLI killed while its upload holds the hf_hub slot: the next publish marks that run failed and goes on."""
+    """A CLI killed while its upload holds the hub_commits slot: the next publish marks that run failed and goes on."""
     root = build_demo_bids(tmp_path / "bids")
     args = ("publish", str(root), "--to", "hf://datasets/lab/killed", "--num-shards", "2", "--workers", "1")
     # the upload's first call waits a minute (429, Retry-After): the CLI is killed meanwhile
@@ -160,7 +160,7 @@ def test_kill_9_during_the_upload_frees_its_slot_for_the_next_publish(hub_server
     with instance() as inst:
         wait_for(
             lambda: fault.fired and inst.event_log_storage.get_concurrency_info(HUB_POOL).claimed_slots,
-            what="the upload to hold the hf_hub slot",
+            what="the upload to hold the hub_commits slot",
             proc=proc,
         )
         proc.send_signal(signal.SIGKILL)
@@ -197,7 +197,7 @@ def test_kill_9_during_the_upload_frees_its_slot_for_the_next_publish(hub_server
 
 
 def _foreign_run_holding_the_slot(inst: dg.DagsterInstance) -> dg.DagsterRun:
-    """A run of another live process (this test's) that holds the hf_hub slot."""
+    """A run of another live process (this test's) that holds the hub_commits slot."""
     run = inst.add_run(
         dg.DagsterRun(
             job_name="someone_upload",
@@ -223,8 +223,11 @@ def test_a_slot_held_by_a_live_run_stops_the_publish_after_the_timeout_naming_th
         )
         elapsed = time.monotonic() - started
         assert proc.returncode == 1, proc.stderr
-        assert f"waiting for the hf_hub pool slot held by run {holder.run_id} (someone_upload" in proc.stderr
-        assert f"the hf_hub pool slot is still held by run {holder.run_id}" in proc.stderr
+        assert (
+            f"waiting for the hub_commits pool slot held by run {holder.run_id} (someone_upload"
+            in proc.stderr
+        )
+        assert f"the hub_commits pool slot is still held by run {holder.run_id}" in proc.stderr
         assert f"pid {os.getpid()} on {socket.gethostname()}" in proc.stderr
         assert "after 3 s; nothing was published" in proc.stderr and "Traceback" not in proc.stderr
         assert elapsed < 120
@@ -256,7 +259,7 @@ def test_an_upload_that_starts_waiting_for_its_slot_is_bounded_too(demo_spec, tm
     lines: list[str] = []
     with instance() as inst:
         assert runs.execute_job(defs.resolve_job_def(jobs.prepare), inst, run_config=QUIET).success
-        for key in inst.get_dynamic_partitions("demo_shards"):
+        for key in inst.get_dynamic_partitions(names(demo_spec).shard_partitions):
             assert runs.execute_job(
                 defs.resolve_job_def(jobs.shards), inst, run_config=QUIET, partition_key=key
             ).success
@@ -266,7 +269,9 @@ def test_an_upload_that_starts_waiting_for_its_slot_is_bounded_too(demo_spec, tm
         with pytest.raises(runs.SlotTimeout, match=f"still held by run {holder.run_id}"):
             runs.execute_job(defs.resolve_job_def(jobs.upload), inst, run_config=QUIET, pool_wait=wait)
         assert time.monotonic() - started < 30
-        assert any(f"waiting for the hf_hub pool slot held by run {holder.run_id}" in line for line in lines)
+        assert any(
+            f"waiting for the hub_commits pool slot held by run {holder.run_id}" in line for line in lines
+        )
         (upload,) = runs_of(inst, jobs.upload)
         assert upload.status == dg.DagsterRunStatus.CANCELED
         assert upload.tags[runs.PID_TAG] == str(os.getpid())
@@ -334,7 +339,7 @@ def test_a_pool_without_slots_is_a_bounded_wait_and_a_pool_without_limit_no_wait
         with pytest.raises(runs.SlotTimeout, match="the pool has no slot"):
             runs.PoolWait(inst, HUB_POOL, 1.0, lines.append).wait()
         assert time.monotonic() - started < 10
-        assert "dagster instance concurrency set hf_hub 1" in lines[0]
+        assert "dagster instance concurrency set hub_commits 1" in lines[0]
         runs.PoolWait(inst, "a_pool_nobody_limits", 0.0, lines.append).wait()  # returns at once
         assert len(lines) == 1
 

@@ -12,8 +12,7 @@ from datasets import Features, List, Nifti, load_dataset
 
 from bids_hub_dagster.bids import AmbiguousColumnError
 from bids_hub_dagster.dataset.shards import read_shard_record
-from bids_hub_dagster.defs import build_definitions, job_names
-from bids_hub_dagster.defs.assets import shard_partitions_name
+from bids_hub_dagster.defs import build_definitions, job_names, names
 from bids_hub_dagster.defs.outcomes import failure_message
 from bids_hub_dagster.spec import spec_for_folder
 from bids_hub_dagster_tests.conftest import materialize_all
@@ -108,7 +107,7 @@ def test_rerun_with_smaller_plan_removes_stale_partitions_and_files(demo_spec, t
         assert len(materialize_all(demo_spec, storage, instance)) == 3
         bigger = demo_spec.with_overrides(max_shard_size="10MB")
         assert materialize_all(bigger, storage, instance) == ["shard-00000"]
-        assert instance.get_dynamic_partitions(shard_partitions_name(bigger)) == ["shard-00000"]
+        assert instance.get_dynamic_partitions(names(bigger).shard_partitions) == ["shard-00000"]
         # the stored files of dropped partitions are removed with them
         # (with the sidecar that records the shard's sha256)
         assert sorted(p.name for p in (storage / "demo" / "hub_shards").iterdir()) == [

@@ -17,6 +17,7 @@ from bids_hub_dagster.bids.columns import ColumnRule
 from bids_hub_dagster.bids.index import build_index
 from bids_hub_dagster.dataset.parquet import write_row_groups
 from bids_hub_dagster.dataset.shards import (
+    ShardPlanError,
     build_shard,
     partition_key,
     plan_for_index,
@@ -24,7 +25,7 @@ from bids_hub_dagster.dataset.shards import (
     read_shard_record,
     shard_index,
 )
-from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table, row_sizes
+from bids_hub_dagster.dataset.tables import FILES_COLUMN, dataset_from_index, index_to_table, row_sizes
 
 # --------------------------------------------------------------------------------------
 # Files opened, seen through the "open" audit event. Audit hooks cannot be removed, so
@@ -144,7 +145,7 @@ def test_partition_keys() -> None:
     assert partition_key(42) == "shard-00042"
     assert all(shard_index(k) == i for i, k in enumerate(plan.keys()))
     assert plan.range_of("shard-00011") == (11, 12)
-    with pytest.raises(KeyError, match="shard-00012 is not in the current shard plan"):
+    with pytest.raises(ShardPlanError, match="shard-00012 is not in the current shard plan"):
         plan.range_of("shard-00012")
     for bad in ("shard-", "shard-1a", "part-00001", "00001"):
         with pytest.raises(ValueError, match="not a shard partition key"):
@@ -201,7 +202,7 @@ def _index(root: Path):
 
 def _shard_files(table, start: int, stop: int) -> set[str]:
     root = Path(json.loads(table.schema.metadata[b"bids_hub_dagster"])["root"])
-    rows = table.column("_bids_files").to_pylist()[start:stop]
+    rows = table.column(FILES_COLUMN).to_pylist()[start:stop]
     return {os.path.realpath(root / f["relpath"]) for row in rows for f in row}
 
 
@@ -223,10 +224,10 @@ def test_multi_tree_is_what_the_tests_assume(multi_tree: Path) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["pandas", "arrow"])
-@pytest.mark.parametrize("row_group_bytes", [10**9, 1], ids=["one-group", "row-per-group"])
+@pytest.mark.parametrize("row_group_size", [10**9, 1], ids=["one-group", "row-per-group"])
 @pytest.mark.parametrize("num_shards", [2, 3, 4, 7])
 def test_building_a_shard_opens_only_its_own_files(
-    multi_tree: Path, num_shards: int, row_group_bytes: int, strategy: str
+    multi_tree: Path, num_shards: int, row_group_size: int, strategy: str
 ) -> None:
     table, ds = _index(multi_tree)
     plan = plan_for_index(table, max_shard_size=1, num_shards=num_shards)
@@ -235,7 +236,7 @@ def test_building_a_shard_opens_only_its_own_files(
     for key, (start, stop) in zip(plan.keys(), plan.ranges, strict=True):
         expected = _shard_files(table, start, stop)
         with record_opens() as checked:
-            shard = build_shard(ds, table, plan, key, row_group_bytes=row_group_bytes, strategy=strategy)
+            shard = build_shard(ds, table, plan, key, row_group_size=row_group_size, shard_strategy=strategy)
         # the header checks look at this shard's files only
         assert checked == expected, key
         with record_opens() as opened:
@@ -276,7 +277,7 @@ def test_a_middle_slice_of_rows_with_empty_lists_embeds_only_its_rows(
     # plan by size so that shard 1 is exactly rows 1..4
     plan = plan_shards(sizes, max_shard_size=sum(sizes[1:4]), num_shards=None)
     assert plan.range_of("shard-00000") == (0, 1) and plan.range_of("shard-00001") == (1, 4), plan
-    shard = build_shard(ds, table, plan, "shard-00001", strategy=strategy)
+    shard = build_shard(ds, table, plan, "shard-00001", shard_strategy=strategy)
     with record_opens() as opened:
         rows = [r for g in shard.groups for r in g.to_pylist()]
     assert opened == _shard_files(table, 1, 4)
@@ -293,14 +294,14 @@ def _nifti_bytes(row: dict) -> int:
     return len(row["t1w"]["bytes"]) + sum(len(c["bytes"]) for c in row["bold"])
 
 
-@pytest.mark.parametrize("row_group_bytes", [1, 150_000, 400_000])
+@pytest.mark.parametrize("row_group_size", [1, 150_000, 400_000])
 def test_shard_file_row_groups_stay_under_the_limit(
-    multi_tree: Path, tmp_path: Path, row_group_bytes: int
+    multi_tree: Path, tmp_path: Path, row_group_size: int
 ) -> None:
     table, ds = _index(multi_tree)
     plan = plan_shards(row_sizes(table), max_shard_size=10**9)
     assert plan.num_shards == 1
-    shard = build_shard(ds, table, plan, "shard-00000", row_group_bytes=row_group_bytes)
+    shard = build_shard(ds, table, plan, "shard-00000", row_group_size=row_group_size)
     path = tmp_path / "out" / "shard-00000.parquet"
     written = write_row_groups(path, shard.schema, shard.groups)
 
@@ -314,11 +315,11 @@ def test_shard_file_row_groups_stay_under_the_limit(
         group = pf.read_row_group(i).to_pylist()
         n = len(group)
         recorded = sum(sizes[offset : offset + n])
-        assert n == 1 or recorded <= row_group_bytes, (i, n, recorded)
+        assert n == 1 or recorded <= row_group_size, (i, n, recorded)
         assert sum(_nifti_bytes(r) for r in group) == recorded
         offset += n
     assert offset == table.num_rows
-    if row_group_bytes == 1:
+    if row_group_size == 1:
         assert pf.metadata.num_row_groups == table.num_rows
 
     schema = pq.read_schema(path)
@@ -335,7 +336,7 @@ def test_shard_file_row_groups_stay_under_the_limit(
 def test_written_shard_loads_back_with_datasets(multi_tree: Path, tmp_path: Path) -> None:
     table, ds = _index(multi_tree)
     plan = plan_for_index(table, max_shard_size=1, num_shards=2)
-    shard = build_shard(ds, table, plan, "shard-00001", row_group_bytes=100_000)
+    shard = build_shard(ds, table, plan, "shard-00001", row_group_size=100_000)
     path = tmp_path / "s.parquet"
     write_row_groups(path, shard.schema, shard.groups)
     loaded = Dataset.from_parquet(str(path), cache_dir=str(tmp_path / "cache"))
@@ -352,16 +353,16 @@ def test_written_shard_loads_back_with_datasets(multi_tree: Path, tmp_path: Path
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("row_group_bytes", [1, 150_000, 10**9])
+@pytest.mark.parametrize("row_group_size", [1, 150_000, 10**9])
 def test_pandas_and_arrow_strategies_write_identical_parquet_content(
-    multi_tree: Path, tmp_path: Path, row_group_bytes: int
+    multi_tree: Path, tmp_path: Path, row_group_size: int
 ) -> None:
     table, ds = _index(multi_tree)
     plan = plan_for_index(table, max_shard_size=1, num_shards=3)
     for key in plan.keys():
         written = {}
         for strategy in ("pandas", "arrow"):
-            shard = build_shard(ds, table, plan, key, row_group_bytes=row_group_bytes, strategy=strategy)
+            shard = build_shard(ds, table, plan, key, row_group_size=row_group_size, shard_strategy=strategy)
             path = tmp_path / strategy / f"{key}.parquet"
             write_row_groups(path, shard.schema, shard.groups, **shard.write_options)
             written[strategy] = pq.read_table(path)

@@ -11,7 +11,8 @@ import yaml
 from bids_hub_dagster.bids import BidsError, ColumnRule, build_index
 from bids_hub_dagster.bids.columns import ABSENT
 from bids_hub_dagster.demo import DEMO_SPEC, write_demo
-from bids_hub_dagster.publish.hub.repo import HubOptions
+from bids_hub_dagster.errors import UserError
+from bids_hub_dagster.publish.hub import HubOptions
 from bids_hub_dagster.spec import (
     DEFAULT_MAX_SHARD_SIZE,
     DatasetSpec,
@@ -90,8 +91,9 @@ def test_defaults(tmp_path):
 
 def test_name_defaults_to_a_sanitized_folder_name(tmp_path):
     spec = load_spec(write(tmp_path / "s.yaml", "bids_root: ./My-Study 2\n"))
-    assert spec.name == "my_study_2"
-    assert sanitize_name("123-abc") == "ds_123_abc"
+    assert (spec.name, spec.key) == ("my-study_2", "my_study_2")  # the key as before hyphens were kept
+    assert sanitize_name("123-abc") == "ds_123-abc"
+    assert sanitize_name("ds004884-ARC.v2") == "ds004884-arc.v2"
     assert sanitize_name("---") == "dataset"
     assert sanitize_name("ds000117") == "ds000117"
 
@@ -203,7 +205,9 @@ def test_unknown_keys_are_an_error(tmp_path):
         ("", "bids_root is required"),
         ("- a\n- b\n", "a spec must be a YAML mapping, got list"),
         ("name: s\nbids_root: b\nrow: scan\n", "row must be 'session' or 'subject'"),
-        ("name: my-data\nbids_root: b\n", "must be an identifier"),
+        ("name: my data\nbids_root: b\n", "must be letters, digits, '_', '-' and '.'"),
+        ("name: -arc\nbids_root: b\n", "not starting or ending with '-' or '.'"),
+        ("name: arc.\nbids_root: b\n", "not starting or ending with '-' or '.'"),
         ("name: s\nbids_root: b\ncolumns: {}\n", "columns must be a non-empty mapping"),
         ("name: s\nbids_root: b\ncolumns: [t1w]\n", "columns must be a non-empty mapping"),
         ("name: s\nbids_root: b\nphenotype: age\n", "phenotype must be a list"),
@@ -222,24 +226,28 @@ def test_missing_spec_file(tmp_path):
 
 
 def test_bad_column_rules_in_a_spec(tmp_path):
-    with pytest.raises(BidsError, match="'colour' is not a BIDS entity"):
+    with pytest.raises(SpecError, match="'colour' is not a BIDS entity"):
         load_spec(
             write(tmp_path / "s.yaml", "name: s\nbids_root: b\ncolumns:\n  t1w: {suffix: T1w, colour: red}\n")
         )
-    with pytest.raises(BidsError, match="'anatomy' is not a BIDS datatype"):
+    with pytest.raises(SpecError, match="'anatomy' is not a BIDS datatype"):
         load_spec(write(tmp_path / "s.yaml", "name: s\nbids_root: b\ncolumns:\n  t1w: {datatype: anatomy}\n"))
 
 
 def test_dataset_spec_validates_directly():
-    with pytest.raises(SpecError, match="must be an identifier"):
-        DatasetSpec(name="1abc", bids_root=Path("/x"))
+    with pytest.raises(SpecError, match="must be letters, digits"):
+        DatasetSpec(name="a/b", bids_root=Path("/x"))
+    with pytest.raises(SpecError, match="at most 96"):
+        DatasetSpec(name="a" * 97, bids_root=Path("/x"))
     with pytest.raises(SpecError, match="row must be"):
         DatasetSpec(name="a", bids_root=Path("/x"), row="run")
     with pytest.raises(SpecError, match="num_shards"):
         DatasetSpec(name="a", bids_root=Path("/x"), num_shards=True)
     with pytest.raises(SpecError, match="num_shards"):
         DatasetSpec(name="a", bids_root=Path("/x"), num_shards=0)
-    assert issubclass(SpecError, BidsError)
+    # one root for the user's errors; a spec error is not an error of the BIDS folder
+    assert issubclass(SpecError, UserError) and issubclass(BidsError, UserError)
+    assert not issubclass(SpecError, BidsError)
 
 
 def test_column_yaml_forms(tmp_path):
@@ -352,6 +360,30 @@ def test_load_specs_duplicate_names(tmp_path):
         load_specs(tmp_path / "specs")
 
 
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [("ds004884-arc", "ds004884_arc"), ("arc.v2", "arc_v2"), ("Arc_2", "Arc_2"), ("004884", "004884")],
+)
+def test_hub_style_names_are_accepted_and_give_a_dagster_key(tmp_path, name, key):
+    spec = load_spec(write(tmp_path / "s.yaml", f"name: {name}\nbids_root: b\n"))
+    assert (spec.name, spec.key) == (name, key)
+    assert spec.to_mapping()["name"] == name  # the spec keeps the name as written
+
+
+def test_names_with_one_key_are_refused(tmp_path):
+    write(tmp_path / "specs" / "a.yaml", "name: ds004884-arc\nbids_root: a\n")
+    write(tmp_path / "specs" / "b.yaml", "name: ds004884.arc\nbids_root: b\n")
+    with pytest.raises(
+        SpecError, match=r"'ds004884-arc' and 'ds004884.arc' give the same key 'ds004884_arc'"
+    ):
+        load_specs(tmp_path / "specs")
+    # keys that differ only by case would share a storage folder on macOS and Windows
+    write(tmp_path / "case" / "a.yaml", "name: arc\nbids_root: a\n")
+    write(tmp_path / "case" / "b.yaml", "name: ARC\nbids_root: b\n")
+    with pytest.raises(SpecError, match="give the same key"):
+        load_specs(tmp_path / "case")
+
+
 def test_load_specs_duplicate_default_names(tmp_path):
     # two specs without a name, pointing at folders with the same name
     write(tmp_path / "specs" / "a.yaml", "bids_root: ../one/bids\n")
@@ -400,14 +432,14 @@ def test_with_overrides_validates(tmp_path):
         spec.with_overrides(max_shard_size="huge")
     with pytest.raises(SpecError, match="num_shards"):
         spec.with_overrides(num_shards=0)
-    with pytest.raises(SpecError, match="must be an identifier"):
+    with pytest.raises(SpecError, match="must be letters, digits"):
         spec.with_overrides(name="bad name")
 
 
 def test_spec_for_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = spec_for_folder("ds-001", destination="pub", max_shard_size="1MB")
-    assert spec.name == "ds_001"
+    assert (spec.name, spec.key) == ("ds-001", "ds_001")
     assert spec.bids_root == (tmp_path / "ds-001").resolve()
     assert spec.destination == str((tmp_path / "pub").resolve())
     assert spec.max_shard_size == 10**6

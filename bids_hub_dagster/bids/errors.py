@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import UserError
 
-class BidsError(ValueError):
+
+class BidsError(UserError):
     """The BIDS folder (or the spec's view of it) cannot be indexed as asked."""
 
 

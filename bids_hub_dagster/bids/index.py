@@ -18,7 +18,7 @@ from .sidecars import SidecarResolver
 
 log = logging.getLogger(__name__)
 
-RowKey = tuple[str, str | None]
+RowKey = tuple[str, str | None]  # (subject_id, session_id): one row of the dataset; session None per subject
 RESERVED_NAMES = frozenset({"subject_id", "session_id"})
 
 

@@ -102,7 +102,13 @@ def load_bidsignore(root: Path) -> pathspec.PathSpec | None:
     path = root / ".bidsignore"
     if not path.is_file():
         return None
-    return pathspec.GitIgnoreSpec.from_lines(path.read_text(encoding="utf-8").splitlines())
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise BidsError(f"{shown(path)} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
+    except OSError as exc:
+        raise BidsError(f"{shown(path)} cannot be read: {exc.strerror or exc}.") from None
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
 def _datatype_of(parts: list[str]) -> str | None:
@@ -146,7 +152,12 @@ def walk(root: Path, scopes: Iterable[str] = ("",)) -> Iterator[tuple[str, str, 
                 if name.startswith("."):
                     continue
                 local = rel + name
-                is_dir = entry.is_dir()
+                try:
+                    is_dir = entry.is_dir()
+                except OSError as exc:  # a symlink loop: name the file, never a traceback
+                    raise BidsError(
+                        f"{shown(prefix + local)} cannot be read: {exc.strerror or exc}; fix or remove it"
+                    ) from None
                 if top and not (is_dir and name.startswith("sub-")):
                     # At the top of a scope only sub-* folders hold per-subject data;
                     # top-level files are read separately (sidecars, participants).
@@ -196,6 +207,10 @@ def scan(root: Path, scopes: Iterable[str] = ("",)) -> tuple[list[BidsFile], lis
         except FileNotFoundError:
             broken = True
             size, mtime = 0, entry.stat(follow_symlinks=False).st_mtime_ns
+        except OSError as exc:  # a symlink loop, no permission: name the file, never a traceback
+            raise BidsError(
+                f"{shown(relpath)} cannot be read: {exc.strerror or exc}; fix or remove it"
+            ) from None
         parts = relpath.split("/")
         name = parse_filename(entry.name)
         # walk() yields only files below a sub-* folder at the top of the scope.

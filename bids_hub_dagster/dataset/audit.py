@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from datasets import Features, List, Nifti
+from datasets import Features
 
 from .nifti import CHECK_THREADS, nifti_bytes_problem
 from .shards import read_shard_record
+from .tables import nifti_columns
 
 _BATCH_ROWS = 8  # rows read at a time: a row can hold hundreds of MB of images
 
@@ -29,17 +30,6 @@ class ShardAudit:
     cells: int = 0  # NIfTI cells looked at
     record: dict | None = None  # key, start, stop, fingerprint written with the shard
     problems: list[str] = field(default_factory=list)
-
-
-def _nifti_columns(features: Features) -> dict[str, bool]:
-    """NIfTI columns of a dataset: name -> many (a list of images)."""
-    out = {}
-    for name, feature in features.items():
-        if isinstance(feature, Nifti):
-            out[name] = False
-        elif isinstance(feature, List) and isinstance(feature.feature, Nifti):
-            out[name] = True
-    return out
 
 
 def audit_shard_file(path: Path | str, check_cells: bool = True) -> ShardAudit:
@@ -55,7 +45,7 @@ def audit_shard_file(path: Path | str, check_cells: bool = True) -> ShardAudit:
         audit.problems.append(f"{audit.path.name} has no shard record: it was not written by this tool")
     if not check_cells:
         return audit
-    columns = _nifti_columns(Features.from_arrow_schema(parquet.schema_arrow))
+    columns = nifti_columns(Features.from_arrow_schema(parquet.schema_arrow))
     row = 0
     # a .gz cell is decompressed whole (CRC-32 and length): cells are checked on a few threads
     with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="audit") as pool:

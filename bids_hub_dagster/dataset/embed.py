@@ -26,11 +26,12 @@ import datasets as hf_datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, Features, List, Nifti
+from datasets import Dataset, Features
 from datasets.table import embed_table_storage
 
 from ..bids.errors import shown
 from .nifti import CHECK_THREADS, check_file_bytes
+from .tables import nifti_columns
 
 Embedder = Callable[[Dataset, Features], pa.Table]
 
@@ -82,13 +83,11 @@ def embed_rows_pandas(part: Dataset, features: Features) -> pa.Table:
     return embedded
 
 
-def _nifti_structs(column: pa.ChunkedArray, feature: object) -> pa.StructArray | None:
-    """The ``{bytes, path}`` structs of a NIfTI column, one per file (lists flattened); else None."""
-    if isinstance(feature, Nifti):
-        return column.combine_chunks()
-    if isinstance(feature, List) and isinstance(feature.feature, Nifti):
+def _nifti_structs(column: pa.ChunkedArray, many: bool) -> pa.StructArray:
+    """The ``{bytes, path}`` structs of a NIfTI column, one per file (lists flattened)."""
+    if many:
         return column.combine_chunks().flatten()  # flatten() honours a slice; .values does not
-    return None
+    return column.combine_chunks()
 
 
 def _check_read_files(before: pa.Table, after: pa.Table, features: Features) -> None:
@@ -98,11 +97,9 @@ def _check_read_files(before: pa.Table, after: pa.Table, features: Features) -> 
     ones keep the file name only), ``after`` the embedded table, in the same shape.
     """
     checks = _FileChecks()
-    for name, feature in features.items():
-        source = _nifti_structs(before.column(name), feature)
-        if source is None:
-            continue
-        embedded = _nifti_structs(after.column(name), feature)
+    for name, many in nifti_columns(features).items():
+        source = _nifti_structs(before.column(name), many)
+        embedded = _nifti_structs(after.column(name), many)
         paths = pc.struct_field(source, "path")
         given = pc.struct_field(source, "bytes")
         data = pc.struct_field(embedded, "bytes")
@@ -185,11 +182,12 @@ def embed_rows_arrow(part: Dataset, features: Features) -> pa.Table:
     """Embed the bytes of ``part``'s files by building the Arrow structs directly."""
     table = part.with_format("arrow")[:]  # applies any indices mapping; a zero-copy slice otherwise
     columns = []
-    for name, feature in features.items():
+    nifti = nifti_columns(features)
+    for name in features:
         column = table.column(name).combine_chunks()
-        if isinstance(feature, Nifti):
+        if nifti.get(name) is False:
             column = _embed_struct_array(column)
-        elif isinstance(feature, List) and isinstance(feature.feature, Nifti):
+        elif nifti.get(name):
             lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
             offsets = np.zeros(len(column) + 1, dtype=np.int32)
             np.cumsum(lengths, out=offsets[1:])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bids.errors import shown
+from ..errors import UserError
 
 #: Arrow ``binary`` arrays use 32-bit offsets: one array holds at most 2 GiB - 1 bytes.
 ARROW_BINARY_LIMIT = 2**31 - 1
@@ -24,7 +25,7 @@ _NIFTI1_MAGICS = (b"n+1\x00", b"ni1\x00")
 _NIFTI2_MAGIC = b"n+2\x00\r\n\x1a\n"
 
 
-class NiftiFileError(ValueError):
+class NiftiFileError(UserError):
     """A file cannot go into a NIfTI column; the message names it and says what to do."""
 
     def __init__(self, path: Path | str, problem: str) -> None:

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Features, List, Nifti
+from datasets import Features
 
-#: Codecs a spec may ask for; ``auto`` picks per column (see :func:`write_options`).
-CODECS = ("auto", "none", "snappy", "lz4", "zstd")
+from .tables import nifti_columns
+
+#: The values of a spec's ``compression``: one codec for every NIfTI bytes column, or
+#: ``auto``, which picks one per column (see :func:`write_options`).
+COMPRESSIONS = ("auto", "none", "snappy", "lz4", "zstd")
 #: Below this share of gzip-compressed bytes, a NIfTI column is compressed with zstd:
 #: measured on brain-like int16 volumes, zstd level 1 shrinks ``.nii`` 2.8× and
 #: ``.nii.gz`` not at all (see BENCHMARKS.md).
@@ -44,16 +47,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 def nifti_leaves(features: Features) -> dict[str, tuple[str, str]]:
     """Parquet leaf paths of each NIfTI column: ``{column: (bytes leaf, path leaf)}``."""
-    leaves = {}
-    for name, feature in features.items():
-        if isinstance(feature, Nifti):
-            leaves[name] = (f"{name}.bytes", f"{name}.path")
-        elif isinstance(feature, List) and isinstance(feature.feature, Nifti):
-            leaves[name] = (f"{name}.list.element.bytes", f"{name}.list.element.path")
-    return leaves
+    return {
+        name: (f"{name}.list.element.bytes", f"{name}.list.element.path")
+        if many
+        else (f"{name}.bytes", f"{name}.path")
+        for name, many in nifti_columns(features).items()
+    }
 
 
-def write_options(features: Features, gzip_share: dict[str, float], codec: str = "auto") -> dict:
+def write_options(features: Features, gzip_share: dict[str, float], compression: str = "auto") -> dict:
     """ParquetWriter options for a shard.
 
     NIfTI bytes columns get no dictionary and no statistics (min/max of whole images
@@ -64,27 +66,27 @@ def write_options(features: Features, gzip_share: dict[str, float], codec: str =
     Args:
         features: the dataset's features.
         gzip_share: per NIfTI column, the share of its bytes in gzip-compressed files.
-        codec: ``auto`` or one codec for every NIfTI bytes column.
+        compression: ``auto``, or the one codec of every NIfTI bytes column.
     """
-    if codec not in CODECS:
-        raise ValueError(f"compression must be one of {', '.join(CODECS)}, not {codec!r}.")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}.")
     leaves = nifti_leaves(features)
-    compression: dict[str, str] = {}
+    codecs: dict[str, str] = {}
     for name, (bytes_leaf, path_leaf) in leaves.items():
-        chosen = codec
-        if codec == "auto":
+        chosen = compression
+        if compression == "auto":
             chosen = "none" if gzip_share.get(name, 1.0) >= GZIP_SHARE_FOR_NO_COMPRESSION else "zstd"
-        compression[bytes_leaf] = chosen
-        compression[path_leaf] = "zstd"
+        codecs[bytes_leaf] = chosen
+        codecs[path_leaf] = "zstd"
     others = [n for n in features if n not in leaves]
     for name in others:
-        compression[name] = "zstd"
+        codecs[name] = "zstd"
     small = others + [p for _, p in leaves.values()]
     return {
         # pages as large as an image: fewer, bigger writes (measured faster than 1 MiB pages)
         "data_page_size": 64 * 2**20,
-        "compression": compression,
-        "compression_level": {leaf: 1 for leaf, c in compression.items() if c == "zstd"},
+        "compression": codecs,
+        "compression_level": {leaf: 1 for leaf, c in codecs.items() if c == "zstd"},
         "use_dictionary": small,
         "write_statistics": small,
     }

@@ -5,7 +5,7 @@ exactly its own rows: the slice is broken (pandas round trip) before
 ``embed_table_storage`` runs, because on ``datasets`` < 5.2 embedding a ``select``/
 ``shard`` slice with a ``List(Nifti())`` column read every file of the whole dataset
 (``ListArray.values`` ignores the slice offset). The bytes stream out in row groups of
-about ``row_group_bytes``: memory holds the group being written and the next one being
+about ``row_group_size``: memory holds the group being written and the next one being
 read, never a whole shard.
 """
 
@@ -22,13 +22,14 @@ import pyarrow as pa
 from datasets import Dataset, Features
 
 from ..bids.errors import shown
+from ..errors import UserError
 from .embed import STRATEGIES
 from .nifti import ARROW_BINARY_LIMIT, NiftiFileError, inspect_nifti
 from .parquet import write_options
 from .tables import FILES_COLUMN, IndexInfo, row_sizes
 
 SHARD_META_KEY = b"bids_hub_dagster_shard"
-DEFAULT_ROW_GROUP_BYTES = 100 * 10**6
+DEFAULT_ROW_GROUP_SIZE = 100 * 10**6
 PARTITION_PREFIX = "shard-"
 
 
@@ -61,6 +62,10 @@ def _greedy_ranges(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
     return ranges
 
 
+class ShardPlanError(UserError):
+    """A shard the current plan does not have, or inputs of two different plans: re-plan (hf_dataset)."""
+
+
 @dataclass(frozen=True)
 class ShardPlan:
     """Row ranges ``[start, stop)`` of every shard, in row order."""
@@ -78,7 +83,7 @@ class ShardPlan:
     def range_of(self, key: str) -> tuple[int, int]:
         i = shard_index(key)
         if i >= self.num_shards:
-            raise KeyError(
+            raise ShardPlanError(
                 f"{key} is not in the current shard plan ({self.num_shards} shards, up to "
                 f"{partition_key(self.num_shards - 1)}); the dataset was re-planned: materialize hf_dataset "
                 "again and drop stale partitions."
@@ -205,7 +210,7 @@ def check_shard_files(rows: ShardRows) -> ShardCheck:
     return ShardCheck(problems=problems, nifti2=nifti2, nifti2_columns=nifti2_columns)
 
 
-class ShardFilesError(ValueError):
+class ShardFilesError(UserError):
     """One or more files of a shard cannot be embedded; the message lists them all."""
 
     def __init__(self, key: str, problems: list[NiftiFileError]) -> None:
@@ -265,18 +270,18 @@ def build_shard(
     index_table: pa.Table,
     plan: ShardPlan,
     key: str,
-    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
-    strategy: str = "pandas",
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    shard_strategy: str = "pandas",
     compression: str = "auto",
     prefetch: bool = True,
 ) -> EmbeddedShard:
     """Prepare shard ``key``: check its files, then stream its embedded row groups lazily.
 
     Args:
-        row_group_bytes: embed and write about this many bytes of files at a time (a
+        row_group_size: embed and write about this many bytes of files at a time (a
             row larger than that is a group of its own); peak memory follows it.
-        strategy: ``pandas`` (the workaround, default) or ``arrow`` (see ``dataset.embed``).
-        compression: codec of the NIfTI bytes columns, ``auto`` per file type.
+        shard_strategy: ``pandas`` (the workaround, default) or ``arrow`` (see ``dataset.embed``).
+        compression: the codec of the NIfTI bytes columns, or ``auto`` (chosen per file type).
         prefetch: embed the next row group while the current one is written.
 
     Raises:
@@ -287,13 +292,13 @@ def build_shard(
             the bytes being embedded); the writer then leaves no file.
     """
     if len(dataset) != index_table.num_rows:
-        raise ValueError(
+        raise ShardPlanError(
             f"dataset has {len(dataset)} rows but the index has {index_table.num_rows}: both must come "
-            "from the same materialization."
+            "from the same materialization; materialize hf_dataset again."
         )
-    if strategy not in STRATEGIES:
-        raise ValueError(f"shard_strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}.")
-    embed = STRATEGIES[strategy]
+    if shard_strategy not in STRATEGIES:
+        raise ValueError(f"shard_strategy must be one of {', '.join(STRATEGIES)}, not {shard_strategy!r}.")
+    embed = STRATEGIES[shard_strategy]
     start, stop = plan.range_of(key)
     rows = shard_rows(index_table, start, stop)
     checked = check_shard_files(rows)
@@ -322,7 +327,7 @@ def build_shard(
     def groups() -> Iterator[pa.Table]:
         # The next group is read while the caller writes this one: reading and writing
         # overlap (both release the GIL), and at most two groups are in memory.
-        ranges = _greedy_ranges(rows.sizes, row_group_bytes)
+        ranges = _greedy_ranges(rows.sizes, row_group_size)
         with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed") as pool:
             pending = pool.submit(embed_group, ranges[0]) if ranges and prefetch else None
             for i, bounds in enumerate(ranges):

@@ -78,6 +78,21 @@ class IndexInfo:
         return Features(feats)
 
 
+def nifti_columns(features: Features) -> dict[str, bool]:
+    """The NIfTI columns of ``features``: ``{name: many}``, many when a cell holds a list of images.
+
+    ``Nifti()`` gives False and ``List(Nifti())`` True; other columns (ids, phenotype)
+    are left out. The one place that tells a NIfTI column and its shape from its feature.
+    """
+    out = {}
+    for name, feature in features.items():
+        if isinstance(feature, Nifti):
+            out[name] = False
+        elif isinstance(feature, List) and isinstance(feature.feature, Nifti):
+            out[name] = True
+    return out
+
+
 def index_to_table(index: BidsIndex) -> pa.Table:
     """The index as an Arrow table (see the module docstring for its layout)."""
     many = {c.name: c.many for c in index.columns}

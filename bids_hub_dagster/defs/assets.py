@@ -9,15 +9,16 @@ metadata and data version. The logic lives in ``bids_hub_dagster.bids``, ``.data
 """
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 from datasets import Dataset
 
-from ..bids.errors import BidsError
-from ..dataset.shards import build_shard, plan_for_index, shard_index
+from ..dataset.shards import build_shard, shard_index
 from ..dataset.tables import IndexInfo, dataset_from_index, index_to_table
+from ..errors import UserError
 from ..pipeline.versions import (
     index_fingerprint,
     plan_version,
@@ -25,12 +26,14 @@ from ..pipeline.versions import (
     shard_versions,
     structure_version,
 )
-from ..publish.destinations import DestinationError
-from ..publish.hub.repo import HubRepo, HubTransientError, is_hub_url
-from ..publish.publication import ShardsNotReadyError, publish_shards
+from ..publish.destinations import DestinationError, Link, Markdown
+from ..publish.hub import HubTransientError
+from ..publish.publication import publish_shards
 from ..spec import DatasetSpec, format_size
+from .names import names
 from .outcomes import user_failure
-from .resources import HUB_POOL, HUB_RESOURCE_KEY, HubResource
+from .resources import HUB_RESOURCE_KEY, HubResource
+from .summaries import IndexSummary, PublishSummary, ShardSummary
 
 IO_MANAGER_KEY = "bids_hub_io_manager"
 # transient Hub faults are retried inside the upload; this retries the whole step after an outage
@@ -42,10 +45,6 @@ UPLOAD_RETRY = dg.RetryPolicy(
 SHARD_RETRY = dg.RetryPolicy(max_retries=1, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 CARD_PREVIEW_CHARS = 4000
 DATA_VERSION_TAG = "dagster/data_version"
-
-
-def shard_partitions_name(spec: DatasetSpec) -> str:
-    return f"{spec.name}_shards"
 
 
 def _markdown_table(rows: list[dict], limit: int = 10) -> str:
@@ -66,43 +65,83 @@ def _column_schema(schema: pa.Schema, descriptions: dict[str, str]) -> dg.TableS
     )
 
 
+def _metadata_values(values: Mapping[str, object]) -> dict[str, object]:
+    """A destination's metadata (plain values) as Dagster shows it: paths, links and markdown typed."""
+
+    def typed(value: object) -> object:
+        if isinstance(value, Path):
+            return dg.MetadataValue.path(str(value))
+        if isinstance(value, Link):
+            return dg.MetadataValue.url(str(value))
+        if isinstance(value, Markdown):
+            return dg.MetadataValue.md(str(value))
+        return value
+
+    return {k: typed(v) for k, v in values.items()}
+
+
+def _preupload(
+    context: dg.AssetExecutionContext, spec: DatasetSpec, shard: object, num_shards: int
+) -> tuple[object, dict[str, object]]:
+    """Send a built shard to the destination ahead of the publish, when it takes one (the Hub).
+
+    Returns what the asset outputs (the stored shard file, or ``shard`` unchanged) and the
+    pre-upload's metadata. A failed pre-upload is a warning: hub_upload sends the file anyway.
+    """
+    hf_hub: HubResource = getattr(context.resources, HUB_RESOURCE_KEY)
+    try:
+        destination = hf_hub.destination(spec, progress=context.log.info)
+    except DestinationError as exc:
+        context.log.warning(f"no pre-upload; hub_upload will publish the shard: {exc}")
+        return shard, {}
+    if not destination.supports_preupload:  # a local folder links the stored shards when publishing
+        return shard, {}
+    key = context.partition_key
+    # store the file now, so its bytes can go to the destination before the run ends
+    stored = getattr(context.resources, IO_MANAGER_KEY).store_shard(context.asset_key, key, shard)
+    try:
+        sent = destination.preupload_shard(stored.path, shard_index(key), num_shards)
+    except (DestinationError, HubTransientError) as exc:  # the upload sends it later anyway
+        context.log.warning(f"pre-upload to {destination.url} failed; hub_upload will send it: {exc}")
+        sent = 0
+    return stored, {"hub_bytes_sent": sent} | _metadata_values(destination.metadata())
+
+
 def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
-    """The assets of one dataset, keyed ``[spec.name, ...]`` in group ``spec.name``."""
-    prefix = spec.name
-    shards_def = dg.DynamicPartitionsDefinition(name=shard_partitions_name(spec))
-    common = {"group_name": spec.name, "io_manager_key": IO_MANAGER_KEY, "owners": list(spec.owners)}
+    """The assets of one dataset, keyed ``[spec.key, ...]`` in group ``spec.key`` (see ``names``)."""
+    n = names(spec)
+    shards_def = dg.DynamicPartitionsDefinition(name=n.shard_partitions)
+    common = {"group_name": n.group, "io_manager_key": IO_MANAGER_KEY, "owners": list(spec.owners)}
     destination_text = spec.destination or "(no destination set)"
 
     @dg.observable_source_asset(
-        key=[prefix, "bids_files"],
+        key=n.bids_files,
         partitions_def=shards_def,
-        group_name=spec.name,
-        description=f"The source files of each shard, under {spec.bids_root}: observing them records a "
+        group_name=n.group,
+        description=f"The source files of each shard of {spec.name}, under {spec.bids_root}: observing "
+        "them records a "
         "data version per shard (paths, sizes, mtimes), so a changed file marks its shard stale.",
     )
     def bids_files(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
         table = index_to_table(spec.build_index())
-        plan = plan_for_index(table, spec.max_shard_size, spec.num_shards)
-        versions = shard_versions(table, plan)
+        versions = shard_versions(table, spec.shard_plan(table))
         known = set(context.instance.get_dynamic_partitions(shards_def.name))
         return dg.DataVersionsByPartition({k: dg.DataVersion(v) for k, v in versions.items() if k in known})
 
     @dg.asset(
-        key=[prefix, "bids_index"],
-        description=f"Rows, files per column, phenotype and sidecars of the BIDS folder {spec.bids_root}.",
+        key=n.bids_index,
+        description=f"Rows, files per column, phenotype and sidecars of {spec.name}: the BIDS folder "
+        f"{spec.bids_root}.",
         kinds={"bids", "parquet"},
         **common,
     )
     def bids_index(context: dg.AssetExecutionContext, hf_hub: HubResource) -> dg.Output[pa.Table]:
         started = time.monotonic()
-        if spec.destination:  # refuse an unusable destination (or token) before any shard is built
-            try:
-                hf_hub.destination(spec, progress=context.log.info).check()
-            except DestinationError as exc:
-                raise user_failure(exc) from None
         try:
+            if spec.destination:  # refuse an unusable destination (or token) before any shard is built
+                hf_hub.destination(spec, progress=context.log.info).check()
             index = spec.build_index()
-        except BidsError as exc:  # a bad file or spec, named in the message: a retry fails the same way
+        except UserError as exc:  # a bad file, spec or destination, named: a retry fails the same way
             raise user_failure(exc) from None
         for warning in index.warnings:
             context.log.warning(warning)
@@ -126,16 +165,17 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 "bytes_per_column": index.bytes_per_column(),
                 "total_bytes": sum(index.bytes_per_column().values()),
                 "index_fingerprint": index_fingerprint(table),
-                "warnings": "\n".join(index.warnings) or "none",
+                **IndexSummary(tuple(index.warnings)).metadata(),
                 "preview": dg.MetadataValue.md(_markdown_table(preview)),
                 "duration_s": round(time.monotonic() - started, 2),
             },
         )
 
     @dg.asset(
-        key=[prefix, "hf_dataset"],
-        ins={"bids_index": dg.AssetIn(key=[prefix, "bids_index"])},
-        description="The typed Hugging Face dataset: Nifti()/List(Nifti()) columns holding file paths. "
+        key=n.hf_dataset,
+        ins={"bids_index": dg.AssetIn(key=n.bids_index)},
+        description=f"{spec.name} as a typed Hugging Face dataset: Nifti()/List(Nifti()) columns holding "
+        "file paths. "
         "Materializing it plans the shards and registers one hub_shards partition per shard.",
         kinds={"huggingface", "parquet"},
         required_resource_keys={IO_MANAGER_KEY},
@@ -144,7 +184,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     def hf_dataset(context: dg.AssetExecutionContext, bids_index: pa.Table) -> dg.Output[Dataset]:
         started = time.monotonic()
         ds = dataset_from_index(bids_index)
-        plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
+        plan = spec.shard_plan(bids_index)
         name = shards_def.name
         wanted = plan.keys()
         existing = context.instance.get_dynamic_partitions(name)
@@ -152,13 +192,21 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             context.instance.delete_dynamic_partition(name, key)
         # shard files of removed partitions, or built for other rows, can never be published: drop them
         removed = getattr(context.resources, IO_MANAGER_KEY).delete_stale_partitions(
-            dg.AssetKey([prefix, "hub_shards"]), dict(zip(wanted, plan.ranges, strict=True))
+            n.hub_shards, dict(zip(wanted, plan.ranges, strict=True))
         )
         if removed:
             context.log.info(
                 f"removed {len(removed)} shard file(s) the new plan cannot use: {[p.stem for p in removed]}"
             )
         context.instance.add_dynamic_partitions(name, [k for k in wanted if k not in existing])
+        if legacy := context.instance.get_dynamic_partitions(n.legacy_shard_partitions):
+            # earlier releases named the partitions like the shards job; materializations are kept by
+            # partition key, so registering the keys under the new name is all a stored instance needs
+            for key in legacy:
+                context.instance.delete_dynamic_partition(n.legacy_shard_partitions, key)
+            context.log.info(
+                f"shard partitions moved from {n.legacy_shard_partitions!r} to {name!r} ({len(legacy)} keys)"
+            )
         # the source files of each shard as indexed now: shards built next record these versions, and
         # the UI marks a shard stale when a later observation (the watch sensor) differs
         for key, version in shard_versions(bids_index, plan).items():
@@ -180,11 +228,8 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
-        key=[prefix, "hub_shards"],
-        ins={
-            "hf_dataset": dg.AssetIn(key=[prefix, "hf_dataset"]),
-            "bids_index": dg.AssetIn(key=[prefix, "bids_index"]),
-        },
+        key=n.hub_shards,
+        ins={"hf_dataset": dg.AssetIn(key=n.hf_dataset), "bids_index": dg.AssetIn(key=n.bids_index)},
         deps=[bids_files],
         partitions_def=shards_def,
         description="One parquet shard per partition, NIfTI bytes embedded, written row group by row group"
@@ -196,7 +241,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     )
     def hub_shards(context: dg.AssetExecutionContext, hf_dataset: Dataset, bids_index: pa.Table) -> dg.Output:
         key = context.partition_key
-        plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
+        plan = spec.shard_plan(bids_index)
         version = shard_versions(bids_index, plan)[key]
         try:
             shard = build_shard(
@@ -204,28 +249,17 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 bids_index,
                 plan,
                 key,
-                row_group_bytes=spec.row_group_size,
-                strategy=spec.shard_strategy,
+                row_group_size=spec.row_group_size,
+                shard_strategy=spec.shard_strategy,
                 compression=spec.compression,
             )
-        except (ValueError, KeyError) as exc:  # bad files, a stale plan: a retry would fail the same way
-            raise dg.Failure(str(exc).strip("'\""), allow_retries=False) from exc
+        except UserError as exc:  # bad files, a stale plan: a retry would fail the same way
+            raise user_failure(exc) from exc
         for warning in shard.warnings:
             context.log.warning(warning)
-        value: object = shard
-        uploaded = {}
-        if spec.hub.upload_shards and spec.destination and is_hub_url(spec.destination):
-            hf_hub: HubResource = getattr(context.resources, HUB_RESOURCE_KEY)
-            destination = hf_hub.destination(spec, progress=context.log.info)
-            assert isinstance(destination, HubRepo)
-            # store the file now, so its bytes can go to the Hub before the run ends
-            value = getattr(context.resources, IO_MANAGER_KEY).store_shard(context.asset_key, key, shard)
-            try:
-                sent = destination.preupload_shard(value.path, shard_index(key), plan.num_shards)
-            except (DestinationError, HubTransientError) as exc:  # the upload sends it later anyway
-                context.log.warning(f"pre-upload to {destination.url} failed; hub_upload will send it: {exc}")
-                sent = 0
-            uploaded = {"hub_bytes_sent": sent, "hub_repo": dg.MetadataValue.url(destination.repo_url)}
+        value, uploaded = shard, {}
+        if spec.hub.upload_shards and spec.destination:
+            value, uploaded = _preupload(context, spec, shard, plan.num_shards)
         files_per_column: dict[str, int] = {}
         for row in shard.rows.files:
             for f in row:
@@ -236,32 +270,28 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             metadata=uploaded
             | {
                 "dagster/row_count": shard.num_rows,
-                "rows": f"{shard.start}–{shard.stop - 1}",
                 "first_row": shard.rows.labels[0],
                 "last_row": shard.rows.labels[-1],
-                "files": shard.rows.num_files,
                 "files_per_column": files_per_column,
-                "nifti_bytes": shard.nbytes,
-                "warnings": "\n".join(shard.warnings) or "none",
-            },
+            }
+            | ShardSummary(
+                key, shard.start, shard.stop, shard.rows.num_files, shard.nbytes, tuple(shard.warnings)
+            ).metadata(),
         )
 
     @dg.asset(
-        key=[prefix, "hub_upload"],
-        ins={
-            "hub_shards": dg.AssetIn(key=[prefix, "hub_shards"]),
-            "bids_index": dg.AssetIn(key=[prefix, "bids_index"]),
-        },
-        description=f"The published dataset at {destination_text}, verified by sha256.",
+        key=n.hub_upload,
+        ins={"hub_shards": dg.AssetIn(key=n.hub_shards), "bids_index": dg.AssetIn(key=n.bids_index)},
+        description=f"{spec.name}, published to {destination_text} with its card, verified by sha256.",
         kinds={"huggingface"},
-        group_name=spec.name,
+        group_name=n.group,
         owners=list(spec.owners),
-        pool=HUB_POOL,  # two uploads never commit to the Hub at once
+        pool=n.pool,  # two publications never commit to the Hub at once
         retry_policy=UPLOAD_RETRY,
         check_specs=[
             dg.AssetCheckSpec(
-                "published_copy_verifies",
-                asset=dg.AssetKey([prefix, "hub_upload"]),
+                n.checks.published_copy_verifies,
+                asset=n.hub_upload,
                 blocking=True,
                 description="Every published file matches its source by sha256 (see `verify`).",
             )
@@ -273,52 +303,34 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         bids_index: pa.Table,
         hf_hub: HubResource,
     ) -> dg.MaterializeResult:
-        plan = plan_for_index(bids_index, spec.max_shard_size, spec.num_shards)
+        plan = spec.shard_plan(bids_index)
         started = time.monotonic()
         try:
             destination = hf_hub.destination(spec, progress=context.log.info)
             result = publish_shards(spec.name, bids_index, plan, hub_shards, destination)
-        except (DestinationError, ShardsNotReadyError, ValueError) as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from None  # retrying cannot fix these
-        if isinstance(destination, HubRepo) and not spec.hub.verify_download:
-            report = destination.verify_files(result.shard_files, result.card, bids_index)
-        else:
-            report = destination.verify(bids_index)
+        except UserError as exc:  # an unusable destination, shards not ready: retrying cannot fix these
+            raise user_failure(exc) from None
+        report = destination.verify_after_publish(result, bids_index)  # its own default: quick or full
         context.log.info(report.summary())
-        hub = isinstance(destination, HubRepo)
-        commits = "\n".join(f"- {url}" for url in result.commit_urls) or "no commit: nothing had changed"
         card = str(result.card)
+        where = destination.metadata(result)
+        summary = PublishSummary.of(result, report, where)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(
                 publication_version(shard_versions(bids_index, plan), spec.destination or "")
             ),
-            metadata={
-                "destination": dg.MetadataValue.url(destination.url)
-                if hub
-                else dg.MetadataValue.path(destination.url),
-                "dagster/row_count": report.rows_found,
-                "files_written": len(result.files_written),
-                "files_skipped": len(result.files_skipped),
-                "files_removed": len(result.files_removed),
-                "bytes_written": result.bytes_written,
-                "verified_files": report.files_checked,
-                "verified_bytes": report.bytes_checked,
-                "verification": report.summary(),
+            metadata=_metadata_values(where)
+            | summary.metadata()
+            | {
                 "duration_s": round(time.monotonic() - started, 2),
                 "columns": ", ".join(IndexInfo.of(bids_index).columns),
                 "card": dg.MetadataValue.md(
                     card if len(card) <= CARD_PREVIEW_CHARS else card[:CARD_PREVIEW_CHARS] + "\n\n…"
                 ),
-            }
-            | (
-                {"commits": dg.MetadataValue.md(commits), "num_commits": len(result.commit_urls)}
-                | ({"pull_request": dg.MetadataValue.url(result.pr_url)} if result.pr_url else {})
-                if hub
-                else {}
-            ),
+            },
             check_results=[
                 dg.AssetCheckResult(
-                    check_name="published_copy_verifies",
+                    check_name=n.checks.published_copy_verifies,
                     passed=report.ok,
                     severity=dg.AssetCheckSeverity.ERROR,
                     metadata={

@@ -3,7 +3,7 @@
 Per shard partition (run with each shard, blocking): the NIfTI cells hold NIfTI bytes,
 and the shard holds exactly its planned rows. Over all shards (run before ``hub_upload``
 by the upload job, and with shard runs too): every row of the dataset is in exactly one
-shard; a row twice or a shard of another plan is an error that blocks the upload, shards
+shard; a row twice or a shard of another plan is an error that blocks publishing, shards
 not built yet only warn. The published copy's check lives on ``hub_upload``.
 """
 
@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..dataset.audit import audit_shard_file, row_count_problems, shard_coverage
-from ..dataset.shards import ShardPlan, plan_for_index
+from ..dataset.shards import ShardPlan
 from ..spec import DatasetSpec
 from .assets import IO_MANAGER_KEY
+from .names import names
 
 
 def _shown(problems: list[str]) -> str:
@@ -35,8 +36,9 @@ def _result(problems: list[str], warnings: Sequence[str] = (), **metadata: objec
 
 def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
     """The checks of one dataset's ``hub_shards``: two per partition, one over all of them."""
+    n = names(spec)
     key = shards.key
-    index_key = dg.AssetKey([spec.name, "bids_index"])
+    index_key = n.bids_index
 
     def stored(context: dg.AssetCheckExecutionContext):
         return getattr(context.resources, IO_MANAGER_KEY)
@@ -44,11 +46,11 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
     def current_plan(context: dg.AssetCheckExecutionContext) -> tuple[pa.Table, ShardPlan]:
         """The stored index and the shard plan it gives."""
         table = pq.read_table(stored(context).asset_path(index_key))
-        return table, plan_for_index(table, spec.max_shard_size, spec.num_shards)
+        return table, spec.shard_plan(table)
 
     @dg.asset_check(
         asset=key,
-        name="shard_files_are_nifti",
+        name=n.checks.shard_files_are_nifti,
         partitions_def=shards.partitions_def,
         blocking=True,
         required_resource_keys={IO_MANAGER_KEY},
@@ -61,7 +63,7 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
 
     @dg.asset_check(
         asset=key,
-        name="shard_row_count_matches_plan",
+        name=n.checks.shard_row_count_matches_plan,
         partitions_def=shards.partitions_def,
         blocking=True,
         required_resource_keys={IO_MANAGER_KEY},
@@ -79,7 +81,7 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
 
     @dg.asset_check(
         asset=key,
-        name="shards_hold_every_row_once",
+        name=n.checks.shards_hold_every_row_once,
         blocking=True,
         required_resource_keys={IO_MANAGER_KEY},
         description="Taken together, the shards of the current plan hold every row of the dataset exactly once.",
@@ -91,7 +93,7 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
             for k in plan.keys()
         }
         coverage = shard_coverage(audits, table.num_rows, dict(zip(plan.keys(), plan.ranges, strict=True)))
-        # shards not built yet only warn: they are normal while a backfill runs, and the upload
+        # shards not built yet only warn: they are normal while a backfill runs, and hub_upload
         # refuses them itself, naming them
         return _result(coverage.errors, coverage.missing, rows=table.num_rows, shards=plan.num_shards)
 

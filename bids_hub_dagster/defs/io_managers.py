@@ -20,7 +20,9 @@ from datasets import Dataset
 from datasets.table import InMemoryTable
 
 from ..dataset.parquet import WrittenFile, write_row_groups, write_table
-from ..dataset.shards import EmbeddedShard, ShardFilesError, read_shard_record
+from ..dataset.shards import EmbeddedShard, read_shard_record
+from ..errors import UserError
+from ..pipeline.refresh import StoredShard, stored_shard_file
 from ..publish.digests import record_digest, sidecar_path
 from .outcomes import user_failure
 
@@ -52,6 +54,10 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         """Where the file of one partition (a shard) is stored."""
         return self._path(key, partition)
 
+    def stored_shard(self, key: dg.AssetKey, partition: str) -> StoredShard:
+        """Whether a partition's file is stored and intact (``pipeline.refresh.shards_to_build``)."""
+        return stored_shard_file(self._path(key, partition))
+
     def delete_stale_partitions(self, key: dg.AssetKey, planned: dict[str, tuple[int, int]]) -> list[Path]:
         """Remove stored shard files that the plan no longer has, or that hold other rows than planned.
 
@@ -80,7 +86,7 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
             written = write_row_groups(
                 self._path(key, partition), shard.schema, shard.groups, **shard.write_options
             )
-        except ShardFilesError as exc:  # a damaged file found as its bytes were embedded: no retry
+        except UserError as exc:  # a damaged file found as its bytes were embedded: no retry
             raise user_failure(exc) from exc
         record_digest(written.path)  # what the cache compares with before it reuses the file
         return written

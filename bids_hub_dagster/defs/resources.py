@@ -5,13 +5,12 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from ..publish.destinations import Destination
-from ..publish.hub.repo import Backoff
+from ..publish.destinations import Destination, DestinationError
+from ..publish.hub import Backoff
 from ..publish.publication import parse_destination
 from ..spec import DatasetSpec
 
-HUB_RESOURCE_KEY = "hf_hub"
-HUB_POOL = "hf_hub"  # the concurrency pool commits to the Hub run in
+HUB_RESOURCE_KEY = "hf_hub"  # the resource key; the pool hub_upload runs in is names.HUB_POOL
 
 
 class HubResource(dg.ConfigurableResource):
@@ -30,7 +29,9 @@ class HubResource(dg.ConfigurableResource):
     def destination(self, spec: DatasetSpec, progress: Callable[[str], None] | None = None) -> Destination:
         """The spec's destination; Hub ones are opened with this resource's token and endpoint."""
         if not spec.destination:
-            raise ValueError(f"dataset {spec.name!r} has no destination: set `destination:` in its spec.")
+            raise DestinationError(
+                f"dataset {spec.name!r} has no destination: set `destination:` in its spec."
+            )
         return parse_destination(
             spec.destination,
             hub=spec.hub,

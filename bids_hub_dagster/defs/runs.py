@@ -31,6 +31,8 @@ from dagster._core.events import JobFailureData, RunFailureReason
 from dagster._core.storage.dagster_run import RunsFilter
 from dagster._core.utils import make_new_run_id
 
+from ..errors import ConfigError
+
 PID_TAG = "bids_hub/pid"
 HOST_TAG = "bids_hub/host"
 START_TAG = "bids_hub/pid_start"  # the process's start time (clock ticks after boot): pids are reused
@@ -74,7 +76,9 @@ def slot_timeout(value: float | None = None) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ValueError(f"{SLOT_TIMEOUT_ENV}={raw!r} is not a number of seconds.") from None
+        raise ConfigError(
+            f"{SLOT_TIMEOUT_ENV}={raw!r} is not a number of seconds; set it to e.g. 600."
+        ) from None
 
 
 # --- who runs a run ------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Data versions: what each stage of a dataset was built from, as short stable hashes.
 
-Dagster compares these to tell what is stale, and the refresh logic compares them to
-decide what to rebuild:
+Two words, one idea each: a *fingerprint* hashes the source files as they are on disk
+(paths, sizes, mtimes) — of one shard's rows (``ShardRows.fingerprint``, recorded in the
+shard file) or of the whole index (:func:`index_fingerprint`, the watch sensor's cursor);
+a *version* is what a built thing is recorded with and compared by — by Dagster to tell
+what is stale, and by the refresh logic to decide what to rebuild:
 
 - the *structure* of an index: its columns, their types and the dataset's metadata. It
   is the data version of ``bids_index`` and ``hf_dataset``, which every shard reads: what

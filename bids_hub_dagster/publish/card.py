@@ -11,6 +11,8 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from ..dataset.tables import nifti_columns
+
 PUBLISHED_MARK = "Published with bids_hub_dagster."
 
 #: License ids the Hub knows (its license list), as normalised BIDS ``License`` text maps to them.
@@ -133,6 +135,7 @@ def _authors(value: Any) -> str:
 def _nifti2_lines(facts: CardFacts) -> list[str]:
     """How to read NIfTI-2 cells: datasets decodes ``Nifti()`` cells as NIfTI-1 only."""
     columns = [c for c in facts.features if facts.nifti2_files.get(c)]
+    nifti = nifti_columns(facts.features)
     counts = ", ".join(f"`{c}` ({facts.nifti2_files[c]})" for c in columns)
     lines = [
         "## NIfTI-2 images",
@@ -151,10 +154,10 @@ def _nifti2_lines(facts: CardFacts) -> list[str]:
         f'ds = load_dataset("{facts.load_id}", split="train")',
     ]
     for column in columns:
-        many = type(facts.features[column]).__name__ == "List"
+        many = nifti[column]
         cast = "List(Nifti(decode=False))" if many else "Nifti(decode=False)"
         lines.append(f'ds = ds.cast_column("{column}", {cast})  # cells stay {{"bytes", "path"}}')
-    if any(type(facts.features[c]).__name__ == "List" for c in columns):
+    if any(nifti[c] for c in columns):
         lines += [
             "# casting a List column writes a copy of the dataset into the cache once; streaming needs none:",
             f'# ds = load_dataset("{facts.load_id}", split="train", streaming=True).decode(False)',
@@ -177,7 +180,7 @@ def _nifti2_lines(facts: CardFacts) -> list[str]:
         "row = ds[0]",
     ]
     for column in columns:
-        if type(facts.features[column]).__name__ == "List":
+        if nifti[column]:
             lines.append(f'{column} = [to_image(cell) for cell in row["{column}"] or []]')
         else:
             lines.append(f'{column} = to_image(row["{column}"])')
@@ -228,7 +231,7 @@ def render_card(facts: CardFacts) -> DatasetCard:
         )
     lines += ["", "## Load it", "", "```python", "from datasets import load_dataset", ""]
     lines += [f'ds = load_dataset("{facts.load_id}", split="train")', "row = ds[0]"]
-    first_nifti = next((n for n, f in facts.features.items() if type(f).__name__ in ("Nifti", "List")), None)
+    first_nifti = next(iter(nifti_columns(facts.features)), None)
     if first_nifti:
         lines.append(f'img = row["{first_nifti}"]  # nibabel image(s)')
     lines += ["```", ""]

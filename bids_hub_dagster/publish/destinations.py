@@ -1,13 +1,14 @@
 """Where a dataset is published: a local folder laid out like a Hub dataset repo, or the Hub.
 
 Both take the same input, the shard files in order and the card, and produce
-``data/train-XXXXX-of-NNNNN.parquet`` plus ``README.md``. The Hub repo is in ``hub.py``;
+``data/train-XXXXX-of-NNNNN.parquet`` plus ``README.md``. The Hub repo is in ``hub/``;
 ``publish.parse_destination`` picks one from a spec's ``destination`` string.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -19,12 +20,15 @@ from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard
 
 from ..dataset.parquet import atomic_path
+from ..errors import UserError
 from .card import PUBLISHED_MARK
+from .digests import check_recorded, file_digest, sha256_file
 from .manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
-from .verify import VerifyReport, verify_published
+from .verify import VerifyReport, short_digest, verify_published
 
 log = logging.getLogger(__name__)
 STAGING_PREFIX = ".bids_hub_staging-"
@@ -50,11 +54,25 @@ class PublishResult:
     card: DatasetCard | None = None
 
 
+class Link(str):
+    """A web address, as a destination's metadata gives it (the UI shows a link)."""
+
+
+class Markdown(str):
+    """Text in markdown, as a destination's metadata gives it."""
+
+
 class Destination(Protocol):
-    """A place a dataset can be published to."""
+    """A place a dataset can be published to.
+
+    What differs between destinations is asked of them, never of their type: how to
+    verify a publication by default, whether a shard can be sent ahead of the publish,
+    and what the UI shows of them.
+    """
 
     url: str  # shown to users: a folder path or a Hub URL
     load_id: str  # what `datasets.load_dataset` takes to read it back
+    supports_preupload: bool  # whether `preupload_shard` sends anything ahead of `publish`
 
     def check(self) -> None:
         """Raise DestinationError now if publishing cannot work."""
@@ -63,6 +81,20 @@ class Destination(Protocol):
 
     def verify(self, index_table: pa.Table) -> VerifyReport:
         """Read the published copy back with ``datasets.load_dataset`` and compare it with the index."""
+
+    def verify_quick(
+        self, shard_files: Sequence[Path], card: DatasetCard, index_table: pa.Table
+    ) -> VerifyReport:
+        """Compare each published file with its shard and README.md with the card, without reading the dataset."""
+
+    def verify_after_publish(self, result: PublishResult, index_table: pa.Table) -> VerifyReport:
+        """The verification this destination runs after each publish: :meth:`verify` or :meth:`verify_quick`."""
+
+    def preupload_shard(self, path: Path, index: int, num_shards: int) -> int:
+        """Send one shard's bytes ahead of the publish, if the destination can; returns the bytes sent."""
+
+    def metadata(self, result: PublishResult | None = None) -> dict[str, object]:
+        """What the UI shows of the destination (and of ``result``): plain values, Path, Link, Markdown."""
 
 
 def shown(path: Path | str) -> str:
@@ -78,7 +110,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-class DestinationError(ValueError):
+class DestinationError(UserError):
     """A destination that cannot be published to; the message says why and what to do."""
 
 
@@ -262,8 +294,75 @@ class LocalFolder:
                 os.replace(old, data)
             raise
 
+    # -- after publishing --------------------------------------------------------------
+
+    supports_preupload = False  # a local publish links the stored shards: nothing to send ahead
+
+    def preupload_shard(self, path: Path, index: int, num_shards: int) -> int:
+        return 0
+
     def verify(self, index_table: pa.Table) -> VerifyReport:
         return verify_published(self.load_id, index_table)
+
+    def verify_after_publish(self, result: PublishResult, index_table: pa.Table) -> VerifyReport:
+        """The full read-back (:meth:`verify`): on a local disk it costs one read of the files."""
+        return self.verify(index_table)
+
+    def verify_quick(
+        self, shard_files: Sequence[Path], card: DatasetCard, index_table: pa.Table
+    ) -> VerifyReport:
+        """Compare each published data file with its shard, and README.md with the card.
+
+        A data file that is the shard itself (a hard link) is trusted when the shard's
+        recorded digest still holds (its stamp, else a hash); a copy is hashed. Data files
+        that no shard of this publication gave are problems too. The shards were checked
+        against their sources when they were built; the full read-back is :meth:`verify`.
+        """
+        shard_files = [Path(p) for p in shard_files]
+        n = len(shard_files)
+        report = VerifyReport(rows_expected=index_table.num_rows, unit="published files")
+        for i, shard in enumerate(shard_files):
+            name = data_file_name(i, n)
+            published = self.folder / name
+            if not published.is_file():
+                report.problems.append(f"{shown(published)} is missing (expected a copy of {shown(shard)})")
+                continue
+            size = published.stat().st_size
+            if _same_file(published, shard):
+                check = check_recorded(shard)
+                if not check.ok:
+                    report.problems.append(
+                        f"{shown(published)} differs from what was published: " + check.describe(shard)
+                    )
+                    continue
+            elif (found := sha256_file(published)) != (digest := file_digest(shard)):
+                report.problems.append(
+                    f"{shown(published)} differs from {shown(shard)}: sha256 expected {short_digest(digest)}, "
+                    f"found {short_digest(found)}; size expected {shard.stat().st_size}, found {size}"
+                )
+                continue
+            report.files_checked += 1
+            report.bytes_checked += size
+            report.rows_found += pq.ParquetFile(published).metadata.num_rows
+        wanted = {data_file_name(i, n) for i in range(n)}
+        extra = sorted(p for p in self._present() if p.startswith("data/") and p not in wanted)
+        report.problems += [f"{shown(self.folder / p)} is not a shard of this publication" for p in extra]
+        readme = self.folder / README
+        content = str(card).encode("utf-8")
+        if not readme.is_file():
+            report.problems.append(f"{shown(readme)} is missing (expected the card of this publication)")
+        elif (found := sha256_file(readme)) != (digest := hashlib.sha256(content).hexdigest()):
+            report.problems.append(
+                f"{shown(readme)} is not the card of this publication: sha256 expected {short_digest(digest)}, "
+                f"found {short_digest(found)}"
+            )
+        else:
+            report.files_checked += 1
+            report.bytes_checked += len(content)
+        return report
+
+    def metadata(self, result: PublishResult | None = None) -> dict[str, object]:
+        return {"destination": self.folder}
 
 
 def _remove_own_tree(staging: Path) -> None:

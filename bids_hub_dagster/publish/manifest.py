@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..errors import UserError
+
 MANIFEST_NAME = ".bids_hub_manifest.json"
 TOOL = "bids_hub_dagster"
 FORMAT = 1
@@ -28,7 +30,7 @@ DATA_FILE = re.compile(r"^data/train-(\d{5})-of-(\d{5})\.parquet$")
 SHOWN = 10
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A manifest that cannot be read; the message names it and says what to do."""
 
 

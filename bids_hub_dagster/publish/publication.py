@@ -11,11 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..dataset.shards import ShardPlan, read_shard_record, recorded_nifti2, shard_rows
-from ..dataset.tables import IndexInfo
+from ..dataset.tables import FILES_COLUMN, IndexInfo
+from ..errors import UserError
 from .card import CardFacts, render_card
 from .destinations import Destination, DestinationError, LocalFolder, PublishResult
 from .digests import check_recorded
-from .hub.repo import Backoff, HubOptions, HubRepo, is_hub_url
+from .hub import Backoff, HubOptions, HubRepo, is_hub_url
 
 
 def parse_destination(
@@ -49,7 +50,7 @@ def parse_destination(
     return LocalFolder(value, sources=sources)
 
 
-class ShardsNotReadyError(RuntimeError):
+class ShardsNotReadyError(UserError):
     """Some shards of the current plan are missing or were built from other data."""
 
 
@@ -127,7 +128,7 @@ def card_facts(
     bytes_per_column = {c: 0 for c in info.columns}
     subjects = index_table.column("subject_id").to_pylist()
     sessions = set()  # from the files' entities, so that rows per subject still count sessions
-    for subject, row in zip(subjects, index_table.column("_bids_files").to_pylist(), strict=True):
+    for subject, row in zip(subjects, index_table.column(FILES_COLUMN).to_pylist(), strict=True):
         for f in row:
             files_per_column[f["column"]] += 1
             bytes_per_column[f["column"]] += f["size"]

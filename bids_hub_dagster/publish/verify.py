@@ -22,6 +22,7 @@ from datasets.exceptions import DatasetsError
 from huggingface_hub import HfFileSystem
 
 from ..bids.errors import shown
+from ..bids.index import RowKey
 from ..dataset.tables import IndexInfo
 from .digests import sha256_file
 
@@ -58,9 +59,6 @@ class VerifyReport:
         if not lines and not self.ok:
             lines.append(f"{self.rows_found} rows found, {self.rows_expected} expected")
         return lines
-
-
-RowKey = tuple[str, str | None]
 
 
 def short_digest(digest: str | None) -> str:
