@@ -1,7 +1,9 @@
 """Keeping a published dataset current: a schedule, a watch sensor and a chaining sensor per dataset.
 
 All three ask ``pipeline.refresh.plan_refresh`` what the next step is — re-index, rebuild the
-stale shards, or publish — and request the runs for it:
+stale shards, or publish — and request the runs for it. A stale shard is what
+``pipeline.refresh.shards_to_build`` says, the rule ``bids-hub-dagster publish`` follows too:
+never built, sources changed, or its stored file gone or changed since it was written.
 
 - ``<key>_watch`` scans the BIDS folder every ``watch_interval`` seconds (cursor: the
   index fingerprint). When files changed it records a data version per shard on

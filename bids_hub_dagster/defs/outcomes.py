@@ -4,11 +4,15 @@ from collections.abc import Iterable
 
 import dagster as dg
 
+from ..errors import UserError
+
 USER_ERROR = "user_error"  # metadata key of a step failure caused by the user's input
 
 
-def user_failure(exc: Exception) -> dg.Failure:
-    """The step failure of an error in the user's input (a BIDS file, the spec, the destination).
+def user_failure(exc: UserError) -> dg.Failure:
+    """The step failure of an error in the user's input (a :class:`UserError`: a BIDS file, the
+    spec, the destination). Assets turn only these into failures; any other exception is a bug
+    or a passing fault, left to propagate with its traceback (the retry policy may retry it).
 
     Its message names the file and what to do; a retry would fail the same way, so none is
     made; the CLI exits 2 for it, as for the same error found before any run.
