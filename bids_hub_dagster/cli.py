@@ -7,21 +7,27 @@ so every run it makes shows up later in ``dagster dev``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import re
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .bids.errors import shown
 from .errors import ConfigError, UserError
-from .spec import DatasetSpec, format_size, load_spec, spec_for_folder
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from .spec import DatasetSpec
+
+# Only light modules are imported above: Ctrl-C is the CLI's own from the moment cli() starts, so
+# the others (bids → bidsschematools, spec → datasets and pyarrow, Dagster) are imported where used.
 
 DEFAULT_HOME = Path.home() / ".bids_hub_dagster" / "dagster_home"
 
@@ -30,6 +36,8 @@ INSTANCE_YAML = Path(__file__).with_name("dagster.yaml")  # pools, run limits, r
 
 
 def _ensure_dagster_home() -> Path:
+    from .bids.errors import shown
+
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_HOME))).expanduser()
     config = home / "dagster.yaml"
     try:
@@ -55,6 +63,8 @@ def _resolve_spec(
 ) -> DatasetSpec:
     if bool(bids_root) == bool(spec_path):
         raise click.UsageError(f"give either {root_flag} or --spec SPEC.yaml (one of them).")
+    from .spec import load_spec, spec_for_folder
+
     spec = load_spec(spec_path) if spec_path else spec_for_folder(bids_root)
     return spec.with_overrides(destination=to, row=row, max_shard_size=max_shard_size, num_shards=num_shards)
 
@@ -173,6 +183,9 @@ def _run_shards(
                 failures[key] = error
             bar.update(1)
         return failures
+    import concurrent.futures
+    import multiprocessing
+
     from .defs import runs
 
     bar.set_description(f"{spec.name}: shards ({workers} workers)")
@@ -315,7 +328,7 @@ class _Stop:
             click.echo(f"error: {reason}", err=True)
             self.code = 1
         else:
-            click.echo("interrupted; run the same command to resume", err=True)
+            click.echo(INTERRUPTED, err=True)
             self.code = reason.exit_code
         sys.stdout.flush()
         sys.stderr.flush()
@@ -381,13 +394,17 @@ def run_publish(
     from tqdm import tqdm
 
     from .defs import build_definitions, names, runs
+    from .defs.resources import tool_folders
     from .defs.summaries import IndexSummary, PublishSummary
     from .publish.publication import parse_destination
+    from .spec import format_size
 
     if not spec.destination:
         raise click.UsageError("no destination: pass --to DEST or set `destination:` in the spec.")
     # a malformed destination fails now; the token and repo are checked by the first run
-    parse_destination(spec.destination, hub=spec.hub, sources=spec.source_folders())
+    parse_destination(
+        spec.destination, hub=spec.hub, sources=spec.source_folders(), tool_folders=tool_folders()
+    )
     if log_level == "CRITICAL":
         from huggingface_hub.utils import disable_progress_bars
 
@@ -535,7 +552,9 @@ def publish(
 @click.option("--print-spec", is_flag=True, help="Print the spec (columns inferred where absent) as YAML.")
 def index(bids_root, spec_path, row, max_shard_size, num_shards, print_spec) -> None:
     """Summarise what a BIDS folder gives: rows, columns, files and bytes per column, warnings."""
+    from .bids.errors import shown
     from .dataset.shards import plan_shards
+    from .spec import format_size
 
     spec = _resolve_spec(bids_root, spec_path, None, row, max_shard_size, num_shards)
     idx = spec.build_index()
@@ -581,11 +600,15 @@ def verify(destination, spec_path, bids_root, row, revision) -> None:
     DESTINATION is a folder or hf://datasets/ORG/NAME[@branch].
     """
     from .dataset.tables import index_to_table
+    from .publish.destinations import DestinationError
+    from .publish.hub import is_hub_url
     from .publish.publication import parse_destination
 
     spec = _resolve_spec(bids_root, spec_path, None, row, root_flag="--bids-root")
     idx = spec.build_index()
     target = parse_destination(destination, hub=_with_hub(spec, revision=revision).hub)
+    if not is_hub_url(destination) and not Path(target.url).is_dir():
+        raise DestinationError(f"{destination}: no such folder; nothing to verify.")
     report = target.verify(index_to_table(idx))
     click.echo(report.summary())
     sys.exit(0 if report.ok else 1)
@@ -596,7 +619,9 @@ def verify(destination, spec_path, bids_root, row, revision) -> None:
     "--to", default="./published/demo", show_default=True, help="Where to publish the demo dataset."
 )
 @click.option(
-    "--workdir", type=click.Path(file_okay=False), help="Where to build the demo BIDS tree and spec."
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="Where to build the demo BIDS tree (DIR/bids) and spec (DIR/demo.yaml); files the demo did not write are never replaced.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
@@ -606,6 +631,7 @@ def verify(destination, spec_path, bids_root, row, revision) -> None:
 def demo(obj, to, workdir, no_progress, workers) -> None:
     """Build a small BIDS dataset from the images nibabel ships, and publish it."""
     from .demo import demo_home, write_demo
+    from .spec import load_spec
 
     _ensure_dagster_home()
     spec_path = write_demo(Path(workdir) if workdir else demo_home())
@@ -614,8 +640,36 @@ def demo(obj, to, workdir, no_progress, workers) -> None:
     sys.exit(run_publish(spec, progress=not no_progress, log_level=obj["log_level"], workers=workers))
 
 
+INTERRUPTED = "interrupted; run the same command to resume"
+
+
+class _CtrlC(BaseException):
+    """SIGINT outside a publish's own handling; not a KeyboardInterrupt, which click turns into a
+    blank line and ``Abort``."""
+
+
+def _on_sigint(signum, frame) -> None:
+    raise _CtrlC()
+
+
 def cli() -> None:
-    """Console entry point: user errors print a message and exit 2, without a traceback."""
+    """Console entry point: user errors print a message and exit 2, without a traceback.
+
+    Ctrl-C at any moment prints one line and exits 130 (a publish first stops its runs).
+    """
+    previous = signal.signal(signal.SIGINT, _on_sigint)  # first: the heavy imports happen under it
+    try:
+        try:
+            _main()
+        finally:  # as it was (cli() may be called in a process that goes on, e.g. a test)
+            signal.signal(signal.SIGINT, previous)
+    except (_CtrlC, KeyboardInterrupt, click.Abort):
+        with contextlib.suppress(BaseException):
+            click.echo(INTERRUPTED, err=True)
+        sys.exit(130)
+
+
+def _main() -> None:
     try:
         main(standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -626,6 +680,3 @@ def cli() -> None:
     except UserError as exc:  # named in the message; any other exception is a bug: its traceback shows
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel
 
-from .spec import DatasetSpec, load_spec
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .spec import DatasetSpec
 
 NIBABEL_DATA = Path(nibabel.__file__).parent / "tests" / "data"
 
@@ -59,8 +62,18 @@ PARTICIPANTS_JSON = {
     "group": {"Description": "study arm", "Levels": {"1": "treatment", "2": "control"}},
 }
 
-DEMO_SPEC = """\
-# The demo dataset: edit and copy this file to describe your own.
+#: the file that marks a BIDS tree as the demo's: only a tree that carries it is ever replaced
+DEMO_MARKER = ".bids_hub_demo"
+#: the first line of the spec the demo writes: only a spec file that starts with it is ever rewritten
+DEMO_SPEC_MARK = (
+    "# Written by `bids-hub-dagster demo` (rewritten by each demo run): copy it to describe your own."
+)
+#: the first line of the spec of releases before the mark: such a spec is the demo's when it is unedited
+_OLD_DEMO_SPEC_MARK = "# The demo dataset: edit and copy this file to describe your own."
+
+DEMO_SPEC = (
+    DEMO_SPEC_MARK
+    + """
 name: demo
 bids_root: bids
 destination: ./published/demo
@@ -72,47 +85,140 @@ columns:
 phenotype: [sex, age, group]
 max_shard_size: 400KB
 """
+)
 
 
-def build_demo_bids(target: Path | str) -> Path:
-    """Write the demo BIDS tree to ``target`` (replacing what is there); return its path."""
-    root = Path(target)
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+class DemoFolderError(UserError):
+    """The demo would replace files it did not write."""
+
+
+def demo_contents() -> dict[str, bytes]:
+    """Every file of the demo BIDS tree (its marker aside): relative path → bytes."""
+    files: dict[str, bytes] = {}
     for rel, source in DEMO_FILES.items():
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if rel.endswith(".gz") and not source.endswith(".gz"):
-            dest.write_bytes(gzip.compress((NIBABEL_DATA / source).read_bytes(), mtime=0))
-        else:
-            shutil.copyfile(NIBABEL_DATA / source, dest)
-    (root / "dataset_description.json").write_text(json.dumps(DESCRIPTION, indent=2))
-    (root / "participants.tsv").write_text(PARTICIPANTS_TSV)
-    (root / "participants.json").write_text(json.dumps(PARTICIPANTS_JSON, indent=2))
-    (root / "task-rest_bold.json").write_text(json.dumps({"TaskName": "rest", "RepetitionTime": 2.0}))
-    (root / "sub-01" / "sub-01_task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 2.5}))
-    (root / "README").write_text("Demo BIDS dataset built by bids_hub_dagster from nibabel's test images.\n")
-    deriv = root / "derivatives" / "lesion_masks"
-    (deriv / "dataset_description.json").write_text(
-        json.dumps(
+        data = (NIBABEL_DATA / source).read_bytes()
+        files[rel] = (
+            gzip.compress(data, mtime=0) if rel.endswith(".gz") and not source.endswith(".gz") else data
+        )
+    texts = {
+        "dataset_description.json": json.dumps(DESCRIPTION, indent=2),
+        "participants.tsv": PARTICIPANTS_TSV,
+        "participants.json": json.dumps(PARTICIPANTS_JSON, indent=2),
+        "task-rest_bold.json": json.dumps({"TaskName": "rest", "RepetitionTime": 2.0}),
+        "sub-01/sub-01_task-rest_bold.json": json.dumps({"RepetitionTime": 2.5}),
+        "README": "Demo BIDS dataset built by bids_hub_dagster from nibabel's test images.\n",
+        "derivatives/lesion_masks/dataset_description.json": json.dumps(
             {
                 "Name": "lesion masks",
                 "BIDSVersion": "1.10.0",
                 "DatasetType": "derivative",
                 "GeneratedBy": [{"Name": "manual"}],
             }
+        ),
+    }
+    files.update({rel: text.encode() for rel, text in texts.items()})
+    return files
+
+
+def _other_files(root: Path, contents: dict[str, bytes]) -> list[str]:
+    """The files under ``root`` that are not the demo's (its marker aside), and links of any kind."""
+    others = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink() or (path.is_file() and rel not in contents and rel != DEMO_MARKER):
+            others.append(rel)
+        elif not path.is_dir() and not path.is_file():
+            others.append(rel)
+    return others
+
+
+def _check_demo_tree(root: Path, contents: dict[str, bytes]) -> None:
+    """Raise :class:`DemoFolderError` unless ``root`` is missing, empty, or a demo tree holding only the demo's files.
+
+    A tree from before the marker is the demo's when every file in it is byte for byte one the demo writes.
+    """
+    from .bids.errors import shown
+
+    if not root.exists() and not root.is_symlink():
+        return
+    advice = "the demo replaces only a tree it built; move them away or choose another --workdir."
+    if root.is_symlink() or not root.is_dir():
+        raise DemoFolderError(
+            f"{shown(root)} exists and is not a folder the demo built: choose another --workdir."
         )
+    if not any(root.iterdir()):
+        return
+    others = _other_files(root, contents)
+    if others:
+        listed = ", ".join(map(shown, others[:5])) + (
+            f" (and {len(others) - 5} more)" if len(others) > 5 else ""
+        )
+        raise DemoFolderError(f"{shown(root)} holds files the demo did not write ({listed}): {advice}")
+    if (root / DEMO_MARKER).is_file():
+        return
+    changed = [
+        rel for rel, data in contents.items() if (root / rel).is_file() and (root / rel).read_bytes() != data
+    ]
+    if changed:
+        raise DemoFolderError(
+            f"{shown(root)} is not marked as the demo's ({DEMO_MARKER}) and {shown(changed[0])} differs from the "
+            f"demo's: {advice}"
+        )
+
+
+def _check_demo_spec(path: Path) -> None:
+    """Raise :class:`DemoFolderError` unless ``path`` is missing or a spec file the demo wrote."""
+    from .bids.errors import shown
+
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        text = path.read_text(encoding="utf-8") if path.is_file() and not path.is_symlink() else None
+    except (OSError, UnicodeDecodeError):
+        text = None
+    old = _OLD_DEMO_SPEC_MARK + DEMO_SPEC[len(DEMO_SPEC_MARK) :]  # an earlier demo's, unedited
+    if text is not None and (text.startswith(DEMO_SPEC_MARK + "\n") or text == old):
+        return
+    raise DemoFolderError(
+        f"{shown(path)} exists and was not written by the demo (its first line is not {DEMO_SPEC_MARK!r}): "
+        "the demo would replace it; move it away or choose another --workdir."
     )
+
+
+def build_demo_bids(target: Path | str) -> Path:
+    """Write the demo BIDS tree to ``target``; return its path.
+
+    ``target`` may be missing or empty, or a tree the demo built (marked by :data:`DEMO_MARKER`), which is
+    rebuilt; anything else raises :class:`DemoFolderError` and is left as it is.
+    """
+    root = Path(target)
+    contents = demo_contents()
+    _check_demo_tree(root, contents)  # so it holds none but the demo's files
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / DEMO_MARKER
+    if not marker.is_file():
+        marker.write_text("Built by `bids-hub-dagster demo`, which rewrites the files of this folder.\n")
+    for rel, data in contents.items():
+        dest = root / rel
+        if dest.is_file() and dest.read_bytes() == data:
+            continue  # unchanged: a demo run again rebuilds no shard
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
     return root
 
 
 def write_demo(folder: Path | str) -> Path:
-    """Build the demo BIDS tree in ``folder/bids`` and its spec in ``folder/demo.yaml``."""
+    """Build the demo BIDS tree in ``folder/bids`` and its spec in ``folder/demo.yaml``.
+
+    Nothing is replaced that the demo did not write: both are checked before either is written.
+    """
     folder = Path(folder).resolve()
-    build_demo_bids(folder / "bids")
     spec_path = folder / "demo.yaml"
-    spec_path.write_text(DEMO_SPEC)
+    _check_demo_tree(folder / "bids", demo_contents())
+    _check_demo_spec(spec_path)
+    build_demo_bids(folder / "bids")
+    if not spec_path.is_file() or spec_path.read_text(encoding="utf-8") != DEMO_SPEC:
+        spec_path.write_text(DEMO_SPEC, encoding="utf-8")
     return spec_path
 
 
@@ -123,6 +229,8 @@ def demo_home() -> Path:
 
 def ensure_demo_spec() -> DatasetSpec:
     """The demo spec, building the demo tree first if it is not there yet."""
+    from .spec import load_spec
+
     folder = demo_home()
     spec_path = folder / "demo.yaml"
     if not spec_path.is_file() or not (folder / "bids" / "dataset_description.json").is_file():

@@ -18,6 +18,7 @@ so Dagster shows its traceback and the retry policy may try again.
     ├── DestinationError        publish/destinations.py: cannot publish there
     │   └── HubAccessError      publish/hub: a permanent Hub refusal (token, rights, repo)
     ├── ManifestError           publish/manifest.py: a destination's manifest cannot be read
+    ├── DemoFolderError         demo.py: the demo would replace files it did not write
     └── ShardsNotReadyError     publish/publication.py: shards missing or built from other data
 """
 

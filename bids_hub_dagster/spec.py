@@ -320,6 +320,8 @@ def hub_options(raw: Any, where: str = "") -> HubOptions:
 
 def resolve_destination(dest: str, base: Path) -> str:
     """Local destinations resolve against ``base``; ``hf://`` URLs stay as written."""
+    if not dest.strip():  # "" would resolve to ``base`` itself: the folder the user is in
+        raise DestinationError("the destination is empty: give a folder or hf://datasets/ORG/NAME.")
     if "://" in dest:
         return dest
     return str((base / Path(dest).expanduser()).resolve())

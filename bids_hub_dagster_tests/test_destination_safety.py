@@ -145,7 +145,10 @@ def test_the_manifest_lists_what_was_written_and_is_never_loaded_as_data(demo_sp
     materialize_all(demo_spec, tmp_path / "storage")
     dest = Path(demo_spec.destination)
     manifest = Manifest.parse((dest / MANIFEST_NAME).read_bytes(), "manifest")
-    written = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()} - {MANIFEST_NAME}
+    written = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()} - {
+        MANIFEST_NAME,
+        ".bids_hub_lock",  # held while a publish writes here
+    }
     assert manifest.files == written
     ds = load_dataset(str(dest), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(ds) == 4 and "files" not in ds.column_names and "tool" not in ds.column_names
@@ -227,7 +230,7 @@ def test_a_failed_rename_puts_the_previous_publication_back(demo_spec, tmp_path,
         k: v for k, v in before.items() if k != MANIFEST_NAME
     }
     assert Manifest.parse((dest / MANIFEST_NAME).read_bytes(), "m").files >= {
-        k for k in before if k != MANIFEST_NAME
+        k for k in before if k not in (MANIFEST_NAME, ".bids_hub_lock")
     }
     assert not list(dest.glob(f"{STAGING_PREFIX}*"))
 
@@ -282,3 +285,117 @@ def test_a_stored_shard_that_is_not_parquet_names_itself(demo_spec, tmp_path):
     with pytest.raises(ShardsNotReadyError, match=r"shard-00001 \(.*shard-00001\.parquet"):
         ordered_shard_files(plan, files, table)
     shutil.rmtree(folder)
+
+
+# -- found by a review as a new user ---------------------------------------------------------
+
+
+def test_a_readme_that_only_quotes_the_mark_is_not_adopted(bids, tmp_path):
+    dest = tmp_path / "proj"
+    (dest / "data").mkdir(parents=True)
+    (dest / "README.md").write_text(
+        "# Lab project\nThe copy in ./published was Published with bids_hub_dagster.\n"
+    )
+    (dest / "data" / "train-00000-of-00002.parquet").write_bytes(b"the lab's own parquet")
+    before = snapshot(dest)
+    run = publish_cli(str(bids), "--to", str(dest))
+    assert run.returncode == 2, run.stderr
+    assert "README.md" in run.stderr and "data/train-00000-of-00002.parquet" in run.stderr
+    assert snapshot(dest) == before
+
+
+def test_a_manifest_listing_files_the_tool_never_writes_is_refused(bids, tmp_path):
+    dest = tmp_path / "dest"
+    (dest / "data" / "raw").mkdir(parents=True)
+    (dest / "data" / "results.csv").write_text("r")
+    (dest / "data" / "raw" / "a.txt").write_text("a")
+    (dest / MANIFEST_NAME).write_text(
+        json.dumps({"tool": "bids_hub_dagster", "format": 1, "files": ["data/results.csv", "data/raw/a.txt"]})
+    )
+    before = snapshot(dest)
+    run = publish_cli(str(bids), "--to", str(dest))
+    assert run.returncode == 2 and "files the tool never writes" in run.stderr, run.stderr
+    assert snapshot(dest) == before
+
+
+def test_an_empty_destination_is_refused(bids, tmp_path):
+    run = subprocess.run(
+        [*CLI, "publish", str(bids), "--to", "", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2 and "destination is empty" in run.stderr, run.stderr
+    assert sorted(os.listdir(tmp_path)) == ["bids"]
+
+
+def test_a_destination_inside_the_tools_own_storage_is_refused(bids, tmp_path):
+    storage = Path(os.environ["DAGSTER_HOME"]) / "bids_hub_storage"
+    run = publish_cli(str(bids), "--to", str(storage / "published"))
+    assert run.returncode == 2 and "a folder of bids_hub_dagster itself" in run.stderr, run.stderr
+
+
+def test_two_publishes_never_write_one_folder_together(demo_spec, tmp_path):
+    import fcntl
+
+    materialize_all(demo_spec, tmp_path / "storage")
+    dest = Path(demo_spec.destination)
+    shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet"))
+    before = snapshot(dest)
+    with open(dest / ".bids_hub_lock", "a+") as held:  # what a running publish holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(DestinationError, match="is writing to this folder now"):
+            LocalFolder(dest).publish(shards[:1], card=(dest / "README.md").read_text())
+    assert snapshot(dest) == before
+
+
+def test_ctrl_c_between_the_renames_puts_the_previous_publication_back(demo_spec, tmp_path, monkeypatch):
+    materialize_all(demo_spec, tmp_path / "storage")
+    dest = Path(demo_spec.destination)
+    before = {k: v for k, v in snapshot(dest).items() if k != MANIFEST_NAME}
+    shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet"))
+    real_replace = os.replace
+
+    fired = []
+
+    def interrupted(src, dst):
+        if Path(dst).name == "data" and Path(src).name == "data" and not fired:
+            fired.append(src)
+            raise KeyboardInterrupt  # after data/ went to old-data, before the new one came in
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        LocalFolder(dest).publish(shards[:1], card=(dest / "README.md").read_text())
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert {k: v for k, v in snapshot(dest).items() if k != MANIFEST_NAME} == before
+    assert not list(dest.glob(f"{STAGING_PREFIX}*"))
+
+
+def test_a_file_written_into_data_during_the_swap_is_kept(demo_spec, tmp_path, monkeypatch):
+    materialize_all(demo_spec, tmp_path / "storage")
+    dest = Path(demo_spec.destination)
+    shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet"))
+    real_replace = os.replace
+
+    def someone_writes_first(src, dst):
+        if Path(dst).name == "old-data":
+            (dest / "data" / "late.csv").write_text("written meanwhile")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", someone_writes_first)
+    LocalFolder(dest).publish(shards, card=(dest / "README.md").read_text())
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (dest / "data" / "late.csv").read_text() == "written meanwhile"
+    assert not list(dest.glob(f"{STAGING_PREFIX}*"))
+
+
+def test_verify_of_a_missing_folder_is_a_user_error(bids, tmp_path):
+    run = subprocess.run(
+        [*CLI, "verify", str(tmp_path / "nowhere"), "--bids-root", str(bids)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "no such folder" in run.stderr, run.stderr

@@ -170,3 +170,14 @@ def test_connect_errors_give_up_after_a_few_tries_but_dropped_connections_keep_e
     with pytest.raises(HubTransientError) as info:
         repo._call("read the branch head", always_dropped)
     assert not isinstance(info.value, HubUnreachableError) and "failed 6 times" in str(info.value)
+
+
+def test_a_folder_name_with_a_newline_cannot_forge_output_lines(tmp_path, monkeypatch, capsys):
+    root = build_demo_bids(tmp_path / "bids")
+    (root / "sub-03").rename(root / f"sub-03\n{FORGED}")  # its files still say sub-03
+
+    code, output = run_cli(monkeypatch, capsys, "index", str(root))
+    assert code == 2, output
+    assert "its name says sub-03 but it sits in the " + shown(f"sub-03\n{FORGED}") + " folder" in output
+    assert not any(line.startswith(FORGED) for line in output.splitlines()), output
+    assert "Traceback" not in output

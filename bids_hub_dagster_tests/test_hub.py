@@ -628,3 +628,31 @@ def test_without_a_manifest_or_the_tools_mark_nothing_is_deleted(built):
     with pytest.raises(DestinationError, match="did not write"):
         built.publish()  # the old shards are not the tool's any more: refused, not deleted
     assert len([p for p in built.server.files(REPO_ID) if p.startswith("data/")]) == 4
+
+
+def test_a_readme_of_someone_else_in_the_repo_is_refused_and_kept(built):
+    HfApi().upload_file(
+        path_or_fileobj=b"# My hand-written card\n",
+        path_in_repo="README.md",
+        repo_id=REPO_ID,
+        repo_type="dataset",
+    )
+    with pytest.raises(DestinationError, match=r"did not write: README\.md"):
+        built.publish()
+    assert built.server.files(REPO_ID)["README.md"] == b"# My hand-written card\n"
+
+
+def test_a_manifest_naming_a_file_the_tool_never_writes_is_refused(built):
+    api = HfApi()
+    api.upload_file(
+        path_or_fileobj=b"labels", path_in_repo="data/labels.csv", repo_id=REPO_ID, repo_type="dataset"
+    )
+    api.upload_file(
+        path_or_fileobj=b'{"tool": "bids_hub_dagster", "format": 1, "files": ["data/labels.csv"]}',
+        path_in_repo=MANIFEST_NAME,
+        repo_id=REPO_ID,
+        repo_type="dataset",
+    )
+    with pytest.raises(DestinationError, match="never writes"):
+        built.publish()
+    assert built.server.files(REPO_ID)["data/labels.csv"] == b"labels"

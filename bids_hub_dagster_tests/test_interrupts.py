@@ -381,3 +381,16 @@ def test_the_daemon_sensor_fails_a_run_whose_worker_was_killed_and_frees_its_slo
         assert "marked 1 run(s) failed" in result.skip_message and run.run_id in result.skip_message
         assert inst.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
         assert not inst.event_log_storage.get_concurrency_info(HUB_POOL).claimed_slots
+
+
+@pytest.mark.parametrize("after", [0.3, 1.2])
+def test_ctrl_c_while_the_cli_starts_says_one_line_and_exits_130(tmp_path, after):
+    """Before a publish runs anything (imports, the Definitions): one line, no traceback, no `aborted`."""
+    root = build_demo_bids(tmp_path / "bids")
+    proc = start("publish", str(root), "--to", str(tmp_path / "out"), "--no-progress")
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr == "interrupted; run the same command to resume\n", stderr
+    assert not (tmp_path / "out" / "README.md").exists()

@@ -150,7 +150,7 @@ def build_index(
     for rule in rules:
         assigned = _assign(rule, files, row)
         if not assigned:
-            where = f" in {rule.scope}" if rule.scope else ""
+            where = f" in {shown(rule.scope)}" if rule.scope else ""
             warnings.append(
                 f"column {rule.name!r} matches no file{where}: check its filters ({rule.to_mapping()})."
             )
@@ -178,7 +178,7 @@ def build_index(
     warnings.extend(participants.warnings)
     no_data = sorted(set(participants.records) - subjects_with_data, key=natural_key)
     if no_data:
-        log.info("participants without data (no row): %s", ", ".join(no_data))
+        log.info("participants without data (no row): %s", ", ".join(map(shown, no_data)))
     empty = {p: None for p in participants.columns}
     rows = [
         Row(

@@ -222,8 +222,8 @@ def scan(root: Path, scopes: Iterable[str] = ("",)) -> tuple[list[BidsFile], lis
             if name.entities.get(key, label) != label:
                 # The row comes from the name: a mismatch would file the data under another subject.
                 raise BidsError(
-                    f"{shown(relpath)}: its name says {key}-{name.entities[key]} but it sits in the "
-                    f"{key}-{label} folder; rename or move the file."
+                    f"{shown(relpath)}: its name says {shown(f'{key}-{name.entities[key]}')} but it sits in the "
+                    f"{shown(f'{key}-{label}')} folder; rename or move the file."
                 )
         missing = {k: v for k, v in folders.items() if k not in name.entities}
         if missing:

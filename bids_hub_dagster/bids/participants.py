@@ -37,7 +37,7 @@ class Participants:
             return self
         missing = [n for n in names if n not in self.columns]
         if missing:
-            have = ", ".join(self.columns) or "none"
+            have = ", ".join(map(shown, self.columns)) or "none"
             raise BidsError(f"phenotype column(s) {missing} are not in participants.tsv (it has: {have}).")
         return Participants(
             columns={n: self.columns[n] for n in names},

@@ -2,6 +2,7 @@
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 
@@ -9,6 +10,7 @@ from ..publish.destinations import Destination, DestinationError
 from ..publish.hub import Backoff
 from ..publish.publication import parse_destination
 from ..spec import DatasetSpec
+from .io_managers import default_storage_dir
 
 HUB_RESOURCE_KEY = "hf_hub"  # the resource key; the pool hub_upload runs in is names.HUB_POOL
 
@@ -40,7 +42,19 @@ class HubResource(dg.ConfigurableResource):
             backoff=Backoff(attempts=self.retry_attempts, base=self.retry_base_seconds),
             progress=progress,
             sources=spec.source_folders(),
+            tool_folders=tool_folders(),
         )
+
+
+def tool_folders() -> tuple[Path, ...]:
+    """The folders of the tool itself, which no destination may be or lie inside: the shard
+    storage, and the folders where the Dagster instance keeps its runs, event logs and logs.
+    (Other folders under ``$DAGSTER_HOME``, like the UI demo's, may hold a publication.)"""
+    folders = [Path(default_storage_dir())]
+    if os.environ.get("DAGSTER_HOME"):
+        home = Path(os.environ["DAGSTER_HOME"])
+        folders += [home / "storage", home / "history", home / "schedules", home / "logs"]
+    return tuple(folders)
 
 
 def hub_resource() -> HubResource:

@@ -187,6 +187,24 @@ def _nifti2_lines(facts: CardFacts) -> list[str]:
     return lines + ["```", ""]
 
 
+def is_tool_card(text: str) -> bool:
+    """Whether a README.md is a card this tool rendered: the YAML header push_to_hub writes
+    (``dataset_info`` and ``configs`` reading ``data/train-*``) and the mark on a line of its own.
+
+    A README that only quotes the mark (a project's own notes about a publication) is not one.
+    """
+    if not text.startswith("---\n"):
+        return False
+    header, sep, body = text[4:].partition("\n---\n")
+    return (
+        bool(sep)
+        and "\ndataset_info:" in f"\n{header}"
+        and "\nconfigs:" in f"\n{header}"
+        and "path: data/train-*" in header
+        and PUBLISHED_MARK in (line.strip() for line in body.splitlines())
+    )
+
+
 def render_card(facts: CardFacts) -> DatasetCard:
     """The whole README.md: YAML header and a body a reader can act on."""
     d = facts.description

@@ -8,13 +8,15 @@ Both take the same input, the shard files in order and the card, and produce
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import re
 import shutil
+import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +27,7 @@ from huggingface_hub import DatasetCard
 
 from ..dataset.parquet import atomic_path
 from ..errors import UserError
-from .card import PUBLISHED_MARK
+from .card import is_tool_card
 from .digests import check_recorded, file_digest, sha256_file
 from .manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
 from .verify import VerifyReport, short_digest, verify_published
@@ -33,6 +35,7 @@ from .verify import VerifyReport, short_digest, verify_published
 log = logging.getLogger(__name__)
 STAGING_PREFIX = ".bids_hub_staging-"
 STAGING_MARKER = ".bids_hub_staging"
+LOCK_NAME = ".bids_hub_lock"
 DATA_FILE = re.compile(r"^train-(\d{5})-of-(\d{5})\.parquet$")
 
 
@@ -130,9 +133,18 @@ class LocalFolder:
     removed, one by one. A failed rename puts the previous publication back.
     """
 
-    def __init__(self, folder: Path | str, sources: Sequence[Path | str] = ()) -> None:
+    def __init__(
+        self,
+        folder: Path | str,
+        sources: Sequence[Path | str] = (),
+        tool_folders: Sequence[Path | str] = (),
+    ) -> None:
+        if not str(folder).strip():
+            raise DestinationError("the destination is empty: give a folder or hf://datasets/ORG/NAME.")
         self.folder = Path(folder).expanduser().resolve()
         self.sources = tuple(Path(s).expanduser().resolve() for s in sources)
+        #: the tool's own folders (instance, shard storage): a destination may not be one or lie inside
+        self.tool_folders = tuple(Path(s).expanduser().resolve() for s in tool_folders)
         self.url = str(self.folder)
         self.load_id = str(self.folder)
         self.check()
@@ -153,7 +165,7 @@ class LocalFolder:
             except ManifestError as exc:
                 raise DestinationError(str(exc)) from None
         readme = self.folder / README
-        if readme.is_file() and PUBLISHED_MARK in readme.read_text(encoding="utf-8", errors="replace"):
+        if readme.is_file() and is_tool_card(readme.read_text(encoding="utf-8", errors="replace")):
             return adopted(self._present())
         return Manifest.of(())
 
@@ -186,6 +198,12 @@ class LocalFolder:
                 raise self._refuse(
                     f"holds the source folder {shown(source)}: publishing there could replace the BIDS "
                     "dataset. Choose a destination that does not contain it."
+                )
+        for own in self.tool_folders:
+            if self.folder == own or self.folder.is_relative_to(own):
+                raise self._refuse(
+                    f"lies inside {shown(own)}, a folder of bids_hub_dagster itself (its Dagster instance or "
+                    "shard storage). Choose a destination outside it."
                 )
         for parent in (self.folder, *self.folder.parents):
             if parent.exists():
@@ -227,11 +245,36 @@ class LocalFolder:
     def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult:
         if not shard_files:
             raise self._refuse("nothing to publish (no shard files).")
-        owned = self.check()
+        self.check()
         try:
-            return self._publish(shard_files, card, owned)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with self._lock():
+                owned = self.check()  # again, now that no other publish of this tool can write here
+                return self._publish(shard_files, card, owned)
         except OSError as exc:  # a local file system fault is not transient: say it, never retry it
             raise self._refuse(f"publishing failed, the previous publication is kept: {exc}") from None
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Hold ``.bids_hub_lock`` in the folder: two publishes never write one destination together."""
+        with open(self.folder / LOCK_NAME, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise self._refuse(
+                    f"another publish ({shown(holder)}) is writing to this folder now; run again when it "
+                    "has finished."
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _publish(self, shard_files: Sequence[Path], card: DatasetCard, owned: Manifest) -> PublishResult:
         result = PublishResult(url=self.url)
@@ -243,6 +286,7 @@ class LocalFolder:
         (staging / STAGING_MARKER).write_text("a staging folder of bids_hub_dagster; safe to delete\n")
         n = len(shard_files)
         names = [data_file_name(i, n) for i in range(n)]
+        new = Manifest.of([*names, README])
         try:
             (staging / "data").mkdir()
             for name, src in zip(names, shard_files, strict=True):
@@ -256,12 +300,12 @@ class LocalFolder:
                 except OSError:
                     shutil.copyfile(src, staging / name)
             (staging / README).write_text(str(card), encoding="utf-8")
-            new = Manifest.of([*names, README])
             # a crash from here on leaves a manifest that covers whatever data/ then holds
             self._write_manifest(Manifest(owned.files | new.files))
             self._swap(staging, data, readme)
             self._write_manifest(new)
             result.files_written.append(README)
+        finally:  # also after Ctrl-C: the previous data files go, whatever someone else wrote stays
             old = staging / "old-data"  # the previous data/: only files the tool wrote (checked above)
             for rel in sorted(owned.files):
                 previous = old / rel.removeprefix("data/")
@@ -269,7 +313,8 @@ class LocalFolder:
                     previous.unlink()
                     if rel not in new.files:
                         result.files_removed.append(rel)
-        finally:
+            if data.is_dir():
+                _put_back(old, data)  # written into data/ by someone else meanwhile: kept
             _remove_own_tree(staging)
         return result
 
@@ -282,13 +327,13 @@ class LocalFolder:
             os.replace(data, old)
         try:
             os.replace(staging / "data", data)
-        except OSError:
+        except BaseException:  # an OS error, or Ctrl-C between the two renames
             if had_data:
                 os.replace(old, data)
             raise
         try:
             os.replace(staging / README, readme)
-        except OSError:
+        except BaseException:
             os.replace(data, staging / "data")
             if had_data:
                 os.replace(old, data)
@@ -363,6 +408,30 @@ class LocalFolder:
 
     def metadata(self, result: PublishResult | None = None) -> dict[str, object]:
         return {"destination": self.folder}
+
+
+def _put_back(old: Path, data: Path) -> list[str]:
+    """Move files still in the previous ``data/`` (not the tool's) into the new one; their paths.
+
+    The check before publishing refuses a ``data/`` with files the tool did not write, so
+    these can only have been written while the publication was swapped in: they are kept.
+    """
+    kept = []
+    for dirpath, _, filenames in os.walk(old) if old.is_dir() else ():
+        for name in filenames:
+            src = Path(dirpath, name)
+            rel = src.relative_to(old)
+            dest = data / rel
+            if os.path.lexists(dest):
+                continue  # left in the staging folder, which is then kept and named
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            kept.append(f"data/{rel.as_posix()}")
+    if kept:
+        log.warning(
+            "kept %d file(s) written into data/ during the publication: %s", len(kept), describe(kept)
+        )
+    return kept
 
 
 def _remove_own_tree(staging: Path) -> None:

@@ -68,19 +68,14 @@ class Manifest:
             not isinstance(raw, dict)
             or raw.get("tool") != TOOL
             or not isinstance(files, list)
-            or not all(isinstance(f, str) and _safe(f) for f in files)
+            or not all(isinstance(f, str) and (f == README or DATA_FILE.match(f)) for f in files)
         ):
             raise ManifestError(
-                f"{where} was not written by bids_hub_dagster (no tool mark or a malformed file list); "
+                f"{where} was not written by bids_hub_dagster (no tool mark, a malformed file list, or "
+                "files the tool never writes: it writes only README.md and data/train-*.parquet); "
                 "move it away, or publish to a new destination."
             )
         return cls(frozenset(files))
-
-
-def _safe(path: str) -> bool:
-    """A relative path that stays inside the destination."""
-    parts = path.split("/")
-    return bool(path) and not path.startswith("/") and ".." not in parts and "" not in parts
 
 
 def adopted(paths: Iterable[str]) -> Manifest:

@@ -28,13 +28,15 @@ def parse_destination(
     backoff: Backoff | None = None,
     progress: Callable[[str], None] | None = None,
     sources: Sequence[Path] = (),
+    tool_folders: Sequence[Path] = (),
 ) -> Destination:
     """A destination from its spec string: a local folder path, or ``hf://datasets/ORG/NAME[@branch]``.
 
     ``hub``, ``token`` and ``endpoint`` apply to Hub destinations only; the token defaults
     to ``huggingface_hub``'s own lookup (``HF_TOKEN``, then the saved login). ``sources``
     are the folders a local destination must neither be, hold, nor lie inside (the BIDS
-    root and scope folders).
+    root and scope folders); ``tool_folders`` those it must neither be nor lie inside (the
+    Dagster instance, the shard storage).
     """
     if is_hub_url(value):
         return HubRepo.from_url(
@@ -47,7 +49,7 @@ def parse_destination(
         )
     if "://" in value:
         raise DestinationError(f"{value}: destinations are a local folder or hf://datasets/ORG/NAME.")
-    return LocalFolder(value, sources=sources)
+    return LocalFolder(value, sources=sources, tool_folders=tool_folders)
 
 
 class ShardsNotReadyError(UserError):

@@ -44,7 +44,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCa
 from huggingface_hub.hf_api import RepoFile
 
 from ...bids.errors import shown
-from ..card import PUBLISHED_MARK
+from ..card import is_tool_card
 from ..destinations import DestinationError, Link, Markdown, PublishResult, data_file_name
 from ..digests import file_digest, mark_uploaded, was_uploaded
 from ..manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
@@ -256,8 +256,9 @@ class HubRepo:
     def owned(self, remote: Mapping[str, RemoteFile], revision: str) -> Manifest:
         """What earlier publications wrote to the repo: its manifest, else (no manifest) what it adopts.
 
-        A repo published before manifests existed is adopted when its README.md carries
-        the tool's mark; otherwise the tool owns nothing there and deletes nothing.
+        A repo published before manifests existed is adopted when its README.md is a card
+        the tool rendered (:func:`..card.is_tool_card`); otherwise the tool owns nothing
+        there and deletes nothing.
         """
         if MANIFEST_NAME in remote:
             data = self._read_remote(MANIFEST_NAME, revision)
@@ -265,20 +266,20 @@ class HubRepo:
                 return Manifest.parse(data, f"{self.url}/{MANIFEST_NAME}")
             except ManifestError as exc:
                 raise DestinationError(str(exc)) from None
-        if README in remote and PUBLISHED_MARK in self._read_remote(README, revision).decode(
-            "utf-8", "replace"
-        ):
+        if README in remote and is_tool_card(self._read_remote(README, revision).decode("utf-8", "replace")):
             return adopted(remote)
         return Manifest.of(())
 
     def _refuse_foreign(self, remote: Mapping[str, RemoteFile], owned: Manifest) -> None:
-        """Files under data/ that no publication of this tool wrote would mix with the dataset: refuse."""
-        foreign = [p for p in remote if p.startswith("data/") and p not in owned.files]
+        """Files under data/ that no publication of this tool wrote would mix with the dataset, and a
+        README.md of someone else would be replaced by the card: refuse."""
+        foreign = [p for p in remote if (p.startswith("data/") or p == README) and p not in owned.files]
         if foreign:
             raise DestinationError(
-                f"{self.url}: data/ holds {len(foreign)} file(s) that bids_hub_dagster did not write: "
-                f"{describe(foreign)}. datasets would load them with the published shards; remove them from "
-                "the repo, or publish to another repo or branch (hub.revision)."
+                f"{self.url} holds {len(foreign)} file(s) that bids_hub_dagster did not write: "
+                f"{describe(foreign)}. Publishing would replace README.md with the dataset card, and datasets "
+                "would load files under data/ with the published shards; remove them from the repo (its "
+                "history keeps them), or publish to another repo or branch (hub.revision)."
             )
 
     def plan(
