@@ -297,16 +297,46 @@ def _remove_partial_files(instance, spec: DatasetSpec) -> list[Path]:
     jobs = set(names(spec).jobs)
     if any(r.job_name in jobs for r in instance.get_runs(filters=runs.RunsFilter(statuses=runs.IN_PROGRESS))):
         return []
-    folders = [Path(default_storage_dir()) / names(spec).key]
+    candidates = _own_temporary_files(Path(default_storage_dir()) / names(spec).key, recursive=True)
     if spec.destination and not is_hub_url(spec.destination):
-        folders.append(Path(spec.destination))
+        candidates += _destination_temporary_files(Path(spec.destination))
     removed = []
-    for folder in folders:
-        for path in folder.rglob(".*.tmp") if folder.is_dir() else []:
-            if _PARTIAL_FILE.fullmatch(path.name) and path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(path)
+    for path in candidates:
+        if _PARTIAL_FILE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
+
+
+def _own_temporary_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The ``.NAME.<8 hex>.tmp`` files in ``folder`` (and below, ``recursive``): call only on the tool's folders."""
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return list(folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"))
+
+
+def _destination_temporary_files(dest: Path) -> list[Path]:
+    """The temporary files the tool can have left in a local destination, which is the user's folder too.
+
+    Only the temporary names of the files the tool writes atomically at its top (``.README.md.<8 hex>.tmp``,
+    ``.bids_hub_manifest.json.<8 hex>.tmp``) and the files of its own staging folders (those that carry the
+    staging marker): never a walk of the destination, so a user's ``notes/.draft.deadbeef.tmp`` is not touched.
+    """
+    from .publish.destinations import STAGING_MARKER, STAGING_PREFIX
+    from .publish.manifest import MANIFEST_NAME, README
+
+    if not dest.is_dir():
+        return []
+    found = [
+        path
+        for name in (README, MANIFEST_NAME)
+        for path in dest.glob(f".{name}.*.tmp")  # no glob character in either name
+        if re.fullmatch(rf"\.{re.escape(name)}\.[0-9a-f]{{8}}\.tmp", path.name)
+    ]
+    for staging in dest.glob(f"{STAGING_PREFIX}*"):
+        if staging.is_dir() and not staging.is_symlink() and (staging / STAGING_MARKER).is_file():
+            found += _own_temporary_files(staging, recursive=True)
+    return found
 
 
 @dataclasses.dataclass

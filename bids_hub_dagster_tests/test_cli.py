@@ -116,7 +116,7 @@ def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path):
     proc = run_module("index", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2
@@ -132,6 +132,7 @@ def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path):
     assert proc.returncode == 2 and "give either BIDS_ROOT or --spec" in proc.stderr
 
 
+@pytest.mark.slow  # worker processes
 def test_parallel_shard_runs_publish_the_same_dataset(demo_spec, tmp_path):
     """Shards built by two worker processes, each a real run on the persistent instance."""
     spec_file = tmp_path / "spec.yaml"
@@ -147,7 +148,7 @@ def test_parallel_shard_runs_publish_the_same_dataset(demo_spec, tmp_path):
         assert all(r.is_success for r in shard_runs)
 
 
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_an_unusable_destination_fails_before_any_run(tmp_path):
     root = build_demo_bids(tmp_path / "bids")
     result = run_module("publish", str(root), "--to", str(tmp_path / "pub[v1]"), cwd=tmp_path)
@@ -157,7 +158,7 @@ def test_an_unusable_destination_fails_before_any_run(tmp_path):
         assert instance.get_runs() == []
 
 
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_a_failed_shard_prints_its_error_once_without_stack_traces(demo_spec, tmp_path):
     (demo_spec.bids_root / "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii").write_bytes(b"")
     spec_file = tmp_path / "spec.yaml"
@@ -171,13 +172,13 @@ def test_a_failed_shard_prints_its_error_once_without_stack_traces(demo_spec, tm
     assert "ShardFilesError" not in output
 
 
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_verify_of_a_missing_destination_is_a_clear_failure(demo_spec, tmp_path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(demo_spec.to_yaml())
     proc = run_module("verify", str(tmp_path / "nowhere"), "--spec", str(spec_file), cwd=tmp_path)
-    assert proc.returncode == 1
-    assert "FAILED: 0/4 rows" in proc.stdout and "cannot load" in proc.stdout
+    assert proc.returncode == 2  # a user error: there is nothing to verify
+    assert "nowhere: no such folder; nothing to verify" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -210,7 +211,7 @@ def test_publish_to_the_hub_with_options_then_rerun_makes_no_commit(hub_server, 
     assert hub_server.token not in result.output + again.output + checked.output
 
 
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_publish_to_the_hub_with_a_bad_token_says_what_to_do(hub_server, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_one")
     root = build_demo_bids(tmp_path / "bids")

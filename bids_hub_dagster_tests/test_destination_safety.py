@@ -50,7 +50,7 @@ def bids(tmp_path) -> Path:
 # -- refused up front, nothing touched ------------------------------------------------------
 
 
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_foreign_files_under_data_are_refused_by_name_and_kept(bids, tmp_path):
     dest = tmp_path / "dest"
     (dest / "data" / "raw").mkdir(parents=True)
@@ -83,7 +83,7 @@ def test_a_foreign_readme_beside_a_data_folder_is_refused_and_kept(tmp_path):
         pytest.param(lambda root: root / "derivatives" / "published", id="inside-the-bids-root"),
     ],
 )
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_a_destination_overlapping_the_bids_root_is_refused_before_anything_runs(tmp_path, where):
     # the reported case: a BIDS root at P/data/mybids published --to P
     root = build_demo_bids(tmp_path / "P" / "data" / "mybids")
@@ -121,7 +121,7 @@ def test_a_scope_folder_that_links_elsewhere_is_protected_too(tmp_path):
         ),
     ],
 )
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_an_unusable_local_destination_fails_at_once_without_retries(bids, tmp_path, make):
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -238,7 +238,7 @@ def test_a_failed_rename_puts_the_previous_publication_back(demo_spec, tmp_path,
 # -- the stored shards: a changed file is never reused ------------------------------------------
 
 
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_a_published_file_overwritten_in_place_is_rebuilt_not_republished(bids, tmp_path):
     dest = tmp_path / "dest"
     assert publish_cli(str(bids), "--to", str(dest), "--num-shards", "2").returncode == 0
@@ -258,7 +258,7 @@ def test_a_published_file_overwritten_in_place_is_rebuilt_not_republished(bids, 
     assert published.read_bytes() != corrupted
 
 
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_rebuild_builds_every_shard_again(bids, tmp_path):
     dest = tmp_path / "dest"
     assert publish_cli(str(bids), "--to", str(dest), "--num-shards", "2").returncode == 0

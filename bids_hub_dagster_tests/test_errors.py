@@ -97,6 +97,7 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_an_unreadable_file_in_the_bids_folder_is_a_clean_error(demo_spec, tmp_path):
     loop = demo_spec.bids_root / "sub-03/ses-1/anat/sub-03_ses-1_T2w.nii"
     loop.symlink_to(loop.name)  # a symlink to itself: stat fails with ELOOP, an OSError
@@ -109,6 +110,7 @@ def test_an_unreadable_file_in_the_bids_folder_is_a_clean_error(demo_spec, tmp_p
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_an_unusable_setting_is_a_clean_error(demo_spec, tmp_path):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")

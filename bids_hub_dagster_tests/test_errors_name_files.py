@@ -104,7 +104,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # a subprocess
+@pytest.mark.slow  # the CLI in a subprocess
 def test_an_unreachable_hub_is_said_to_be_one_within_seconds(tmp_path):
     root = build_demo_bids(tmp_path / "bids")
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there

@@ -241,6 +241,9 @@ def verify_published(
     ``token`` are for Hub repos: a branch or ``refs/pr/N``, and the token a private repo
     needs. Each problem names the row, the column, the file and the digests.
     """
+    from .hub.http import bound_http_waits
+
+    bound_http_waits()  # a Hub that never answers is given up on
     HfFileSystem.clear_instance_cache()  # its listings are cached per process: read the repo as it is now
     info = IndexInfo.of(index_table)
     expected: dict[RowKey, dict[str, list[Any]]] = {}

@@ -50,6 +50,7 @@ from ..digests import file_digest, mark_uploaded, was_uploaded
 from ..manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
 from ..verify import DIGEST_CHARS, VerifyReport, short_digest, verify_published
 from .batching import NOTHING_OWNED, Batch, RemoteFile, git_blob_id, plan_commits, still_needed
+from .http import bound_http_waits
 from .options import HubOptions, parse_hub_url
 from .retry import (
     Backoff,
@@ -98,6 +99,7 @@ class HubRepo:
         sleep: Callable[[float], None] = time.sleep,
         progress: Callable[[str], None] | None = None,
     ) -> None:
+        self.http_timeout = bound_http_waits()  # no request to the Hub waits forever
         self.repo_id = repo_id
         self.options = options
         self.branch = options.revision or constants.DEFAULT_REVISION

@@ -1,7 +1,7 @@
 """Faults of Hub calls: which are worth a retry, how long to wait, and what to tell the user.
 
 ``huggingface_hub`` retries uploads itself, but not commits or repo reads. Here every
-call is retried on HTTP 429 (after its Retry-After), 5xx and dropped connections, with
+call is retried on HTTP 429 (after its Retry-After), 5xx, dropped connections and timeouts, with
 exponential backoff (:class:`Backoff`, :func:`call_with_retries`). 401, 403 and 404 are
 permanent: they become :class:`HubAccessError` saying what to do (:func:`refusal`). No
 message of this module holds the token, nor the query string of a presigned URL.
@@ -122,13 +122,35 @@ def unreachable(exc: BaseException) -> BaseException | None:
     )
 
 
+def no_answer(exc: BaseException) -> httpx2.TimeoutException | None:
+    """The cause that says the Hub took a request but did not answer (or take its bytes) in time, if any.
+
+    A read or write timeout (:mod:`.http` bounds every wait): retried like a refused connection, a
+    few times only, since a Hub that is not answering is unlikely to start within seconds.
+    """
+    return next(
+        (c for c in causes(exc) if isinstance(c, (httpx2.ReadTimeout, httpx2.WriteTimeout))),
+        None,
+    )
+
+
+def _timeout_of(exc: httpx2.TimeoutException) -> float | None:
+    """The read (or write) timeout the request that timed out had, in seconds."""
+    try:
+        limits = exc.request.extensions.get("timeout") or {}
+    except RuntimeError:  # an error raised without its request
+        return None
+    kind = "write" if isinstance(exc, httpx2.WriteTimeout) else "read"
+    return limits.get(kind)
+
+
 def classify(exc: BaseException) -> tuple[str, float | None]:
     """``("transient" | "conflict" | "permanent", retry_after)`` of an error from a Hub call.
 
     The chain of causes is searched, because ``huggingface_hub`` wraps upload errors in
     a ``RuntimeError`` naming the file. Permanent: the Hub API refused (4xx other than
     408/409/412/429), or a bug (``TypeError``…). Everything else is retried: 429, 5xx,
-    dropped connections, a storage PUT refused (its presigned URL may have expired: the
+    dropped connections, timeouts (read, write: see :func:`no_answer`), a storage PUT refused (its presigned URL may have expired: the
     retry asks for fresh ones), and unknown runtime errors (Xet reports network faults
     as a bare ``RuntimeError``). ``HF_HUB_OFFLINE=1`` is permanent: it stays set.
     """
@@ -217,7 +239,8 @@ def call_with_retries(
             (uploads), so that retries do not multiply.
 
     Raises:
-        HubUnreachableError: after :data:`CONNECT_ATTEMPTS` tries that reached no host.
+        HubUnreachableError: after :data:`CONNECT_ATTEMPTS` tries that reached no host, or that the
+            Hub did not answer in time.
         HubTransientError: when every try failed with a transient fault.
     """
     tries = min(attempts or backoff.attempts, backoff.attempts)
@@ -233,6 +256,14 @@ def call_with_retries(
                     f"{what}: cannot reach the Hub at {endpoint} (network): {short_error(cause)}; "
                     f"check your connection and HF_ENDPOINT (tried {attempt + 1} times). Run again once "
                     "it is reachable: what is already uploaded is kept."
+                ) from None
+            if (late := no_answer(exc)) is not None and attempt + 1 >= min(tries, CONNECT_ATTEMPTS):
+                seconds = _timeout_of(late)
+                within = f"within {seconds:g} s" if seconds is not None else "in time"
+                raise HubUnreachableError(
+                    f"{what}: the Hub at {endpoint} did not answer {within} (tried {attempt + 1} times); "
+                    "check HF_ENDPOINT and your connection, or allow a slow Hub more time with "
+                    "BIDS_HUB_HTTP_TIMEOUT (seconds). Run again once it answers: what is already uploaded is kept."
                 ) from None
             if attempt + 1 == tries:
                 raise HubTransientError(
