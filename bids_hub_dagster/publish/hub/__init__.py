@@ -2,6 +2,7 @@
 
 - options.py   the spec's ``hub:`` options (HubOptions) and ``hf://datasets/ORG/NAME[@branch]`` URLs
 - retry.py     which faults are retried and how long to wait (Backoff), the Hub's errors
+- http.py      bounded HTTP waits for huggingface_hub's clients (BIDS_HUB_HTTP_TIMEOUT)
 - batching.py  which files a publish still needs, in which commits (no network)
 - repo.py      HubRepo: the destination itself (check, publish, verify, pre-upload)
 """
