@@ -27,7 +27,7 @@ from ..pipeline.versions import (
     structure_version,
 )
 from ..publish.destinations import DestinationError, Link, Markdown
-from ..publish.hub import HubTransientError
+from ..publish.hub import HubTransientError, is_hub_url
 from ..publish.publication import publish_shards
 from ..spec import DatasetSpec, format_size
 from .names import names
@@ -233,7 +233,11 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         deps=[bids_files],
         partitions_def=shards_def,
         description="One parquet shard per partition, NIfTI bytes embedded, written row group by row group"
-        + (f"; pre-uploaded to {spec.destination} once built." if spec.hub.upload_shards else "."),
+        + (
+            f"; pre-uploaded to {spec.destination} once built."
+            if spec.hub.upload_shards and spec.destination and is_hub_url(spec.destination)
+            else "."
+        ),
         kinds={"parquet"},
         required_resource_keys={IO_MANAGER_KEY, HUB_RESOURCE_KEY},
         retry_policy=SHARD_RETRY,
