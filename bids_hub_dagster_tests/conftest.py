@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from bids_hub_dagster.cli import cli
 from bids_hub_dagster.defs import build_definitions, job_names, names
 from bids_hub_dagster.demo import NIBABEL_DATA, write_demo
 from bids_hub_dagster.spec import DatasetSpec, load_spec
@@ -126,3 +128,15 @@ def materialize_all(
         )
     assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
     return keys
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run the console entry point in this process: its exit code and everything it printed."""
+    monkeypatch.setattr(sys, "argv", ["bids-hub-dagster", *args])
+    try:
+        cli()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err

@@ -15,7 +15,6 @@ import httpx2
 import pytest
 
 from bids_hub_dagster.bids.errors import shown
-from bids_hub_dagster.cli import cli
 from bids_hub_dagster.demo import DESCRIPTION, build_demo_bids, write_demo
 from bids_hub_dagster.publish.hub import (
     CONNECT_ATTEMPTS,
@@ -24,19 +23,7 @@ from bids_hub_dagster.publish.hub import (
     HubTransientError,
     HubUnreachableError,
 )
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run the console entry point in this process: its exit code and everything it printed."""
-    monkeypatch.setattr(sys, "argv", ["bids-hub-dagster", *args])
-    try:
-        cli()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
+from bids_hub_dagster_tests.conftest import run_cli
 
 BAD_JSON = {
     "not JSON": (

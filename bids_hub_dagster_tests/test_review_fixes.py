@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from bids_hub_dagster.cli import cli
 from bids_hub_dagster.demo import (
     DEMO_MARKER,
     DEMO_SPEC,
@@ -24,18 +23,7 @@ from bids_hub_dagster.demo import (
     build_demo_bids,
     write_demo,
 )
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run the console entry point in this process: its exit code and everything it printed."""
-    monkeypatch.setattr(sys, "argv", ["bids-hub-dagster", *args])
-    try:
-        cli()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+from bids_hub_dagster_tests.conftest import run_cli
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

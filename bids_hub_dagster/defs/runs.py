@@ -216,30 +216,24 @@ def sweep(instance: dg.DagsterInstance) -> Swept:
     failed: list[tuple[str, str]] = []
     freed: list[str] = []
     host = socket.gethostname()
-    for run in instance.get_runs(filters=RunsFilter(statuses=IN_PROGRESS, tags={HOST_TAG: host})):
-        reason = gone_reason(run)
-        if reason is None:
-            continue
+
+    def mark_failed(run: dg.DagsterRun, reason: str, then: str) -> None:
         instance.report_run_failed(
             run,
-            message=f"Marked failed by bids-hub-dagster: {reason} (killed?). Run the same command again.",
+            message=f"Marked failed by bids-hub-dagster: {reason} (killed?). {then}",
             job_failure_data=JobFailureData(
                 error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION
             ),
         )
         failed.append((run.run_id, run.job_name))
+
+    for run in instance.get_runs(filters=RunsFilter(statuses=IN_PROGRESS, tags={HOST_TAG: host})):
+        if (reason := gone_reason(run)) is not None:
+            mark_failed(run, reason, "Run the same command again.")
     if _local_launcher(instance):  # the UI's runs: their workers run on this machine too
         for run in instance.get_runs(filters=RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-            if PID_TAG in run.tags or (reason := worker_gone_reason(instance, run)) is None:
-                continue
-            instance.report_run_failed(
-                run,
-                message=f"Marked failed by bids-hub-dagster: {reason} (killed?). Re-execute it.",
-                job_failure_data=JobFailureData(
-                    error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION
-                ),
-            )
-            failed.append((run.run_id, run.job_name))
+            if PID_TAG not in run.tags and (reason := worker_gone_reason(instance, run)) is not None:
+                mark_failed(run, reason, "Re-execute it.")
     storage = instance.event_log_storage
     if storage.supports_global_concurrency_limits:
         for run_id in storage.get_concurrency_run_ids():
