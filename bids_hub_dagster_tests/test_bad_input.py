@@ -86,9 +86,12 @@ class Pipeline:
 
 
 def files_under(folder: Path) -> list[str]:
+    """Every file below ``folder`` but the lock a publish holds there (``.bids_hub_lock``)."""
     if not folder.exists():
         return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir() and p.name != ".bids_hub_lock"
+    )
 
 
 def assert_nothing_written_for(pipe: Pipeline, key: str) -> None:

@@ -290,6 +290,7 @@ def test_a_stored_shard_that_is_not_parquet_names_itself(demo_spec, tmp_path):
 # -- found by a review as a new user ---------------------------------------------------------
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_a_readme_that_only_quotes_the_mark_is_not_adopted(bids, tmp_path):
     dest = tmp_path / "proj"
     (dest / "data").mkdir(parents=True)
@@ -304,6 +305,7 @@ def test_a_readme_that_only_quotes_the_mark_is_not_adopted(bids, tmp_path):
     assert snapshot(dest) == before
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_a_manifest_listing_files_the_tool_never_writes_is_refused(bids, tmp_path):
     dest = tmp_path / "dest"
     (dest / "data" / "raw").mkdir(parents=True)
@@ -318,6 +320,7 @@ def test_a_manifest_listing_files_the_tool_never_writes_is_refused(bids, tmp_pat
     assert snapshot(dest) == before
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_an_empty_destination_is_refused(bids, tmp_path):
     run = subprocess.run(
         [*CLI, "publish", str(bids), "--to", "", "--no-progress"],
@@ -330,6 +333,7 @@ def test_an_empty_destination_is_refused(bids, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bids"]
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_a_destination_inside_the_tools_own_storage_is_refused(bids, tmp_path):
     storage = Path(os.environ["DAGSTER_HOME"]) / "bids_hub_storage"
     run = publish_cli(str(bids), "--to", str(storage / "published"))
@@ -391,6 +395,7 @@ def test_a_file_written_into_data_during_the_swap_is_kept(demo_spec, tmp_path, m
     assert not list(dest.glob(f"{STAGING_PREFIX}*"))
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_verify_of_a_missing_folder_is_a_user_error(bids, tmp_path):
     run = subprocess.run(
         [*CLI, "verify", str(tmp_path / "nowhere"), "--bids-root", str(bids)],
