@@ -25,6 +25,7 @@ from bids_hub_dagster.dataset.nifti import NiftiFileError, check_nifti
 from bids_hub_dagster.defs import build_definitions, job_names, names
 from bids_hub_dagster.defs.outcomes import failed_check_problems
 from bids_hub_dagster.spec import DatasetSpec, spec_for_folder
+from bids_hub_dagster_tests.conftest import memory_instance
 
 # The demo tree has four rows; with num_shards=4 each row is one shard.
 ROWS = {
@@ -142,7 +143,7 @@ def test_not_a_bids_folder_is_a_clear_error(tmp_path: Path) -> None:
         build_index(tmp_path / "missing")
 
     spec = spec_for_folder(plain, destination=str(tmp_path / "published"))
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         pipe = Pipeline(spec, tmp_path / "storage", instance)
         result = pipe.prepare()
         assert not result.success
@@ -177,7 +178,7 @@ def test_bad_files_fail_their_shard_only_and_block_upload_until_fixed(
     own_html.write_bytes(html_page())
     dest = Path(demo_spec.destination)
 
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         pipe = demo_pipeline(demo_spec, tmp_path, instance)
         assert pipe.prepare().success  # indexing only stats files: bad content shows up per shard
         assert pipe.keys == list(ROWS)
@@ -243,7 +244,7 @@ def test_bad_files_fail_their_shard_only_and_block_upload_until_fixed(
 def test_html_in_the_pet001_example_fails_its_shard(bids_example, tmp_path: Path) -> None:
     root = bids_example("pet001")
     spec = spec_for_folder(root, destination=str(tmp_path / "published"))
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         pipe = Pipeline(spec, tmp_path / "storage", instance)
         assert pipe.prepare().success
         assert pipe.keys == ["shard-00000"]
@@ -340,7 +341,7 @@ BREAKAGES = {
 def test_damaged_file_fails_its_shard_naming_it(demo_spec: DatasetSpec, tmp_path: Path, case: str) -> None:
     breaker, expected = BREAKAGES[case]
     path, key = breaker(demo_spec.bids_root)
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         pipe = demo_pipeline(demo_spec, tmp_path, instance)
         prepared = pipe.prepare()
         assert prepared.success
@@ -392,7 +393,7 @@ def test_replanning_to_fewer_shards_leaves_no_stale_data_files(
     three = demo_spec.with_overrides(num_shards=3)
     # demo row sizes are ~457 KB, ~480 KB, ~5 KB, ~111 KB: 700 KB fits rows 1-3 in one shard
     two = dataclasses.replace(demo_spec, num_shards=None, max_shard_size=700_000)
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         first = Pipeline(three, storage, instance)
         assert first.prepare().success
         assert first.keys == ["shard-00000", "shard-00001", "shard-00002"]

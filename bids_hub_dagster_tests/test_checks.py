@@ -18,7 +18,7 @@ from bids_hub_dagster.defs import build_definitions, names
 from bids_hub_dagster.defs.assets import IO_MANAGER_KEY
 from bids_hub_dagster.defs.checks import build_shard_checks
 from bids_hub_dagster.defs.io_managers import BidsHubParquetIOManager
-from bids_hub_dagster_tests.conftest import materialize_all
+from bids_hub_dagster_tests.conftest import materialize_all, memory_instance
 
 
 class Built:
@@ -71,7 +71,7 @@ def built(tmp_path_factory):
     spec = load_spec(write_demo(tmp / "demo")).with_overrides(
         destination=str(tmp / "published"), num_shards=4
     )
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         assert materialize_all(spec, tmp / "storage", instance) == [f"shard-{i:05d}" for i in range(4)]
         yield Built(spec, tmp / "storage", instance)
 

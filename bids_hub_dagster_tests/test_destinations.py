@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
@@ -13,7 +12,7 @@ from bids_hub_dagster.defs import names
 from bids_hub_dagster.publish.destinations import STAGING_PREFIX, DestinationError, LocalFolder
 from bids_hub_dagster.publish.publication import parse_destination, publish_shards
 from bids_hub_dagster.publish.verify import verify_published
-from bids_hub_dagster_tests.conftest import materialize_all
+from bids_hub_dagster_tests.conftest import materialize_all, memory_instance
 
 
 @pytest.mark.parametrize("name", ["pub[v1]", "pub*", "pub?x", "pub{a,b}"])
@@ -119,7 +118,7 @@ def test_the_quick_verify_compares_published_files_and_names_a_tampered_one(demo
 def test_upload_shards_on_a_local_destination_builds_and_publishes_without_a_pre_upload(demo_spec, tmp_path):
     spec = demo_spec.with_overrides(hub={"upload_shards": True})
     storage = tmp_path / "storage"
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         materialize_all(spec, storage, instance)
         shards = instance.fetch_materializations(names(spec).hub_shards, limit=10).records
         metadata = [r.asset_materialization.metadata for r in shards]

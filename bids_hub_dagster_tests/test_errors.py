@@ -23,6 +23,7 @@ from bids_hub_dagster.publish.manifest import ManifestError
 from bids_hub_dagster.publish.publication import ShardsNotReadyError
 from bids_hub_dagster.publish.verify import VerifyReport
 from bids_hub_dagster.spec import DatasetSpec, SpecError
+from bids_hub_dagster_tests.conftest import memory_instance
 
 
 def test_every_user_error_has_one_root():
@@ -54,7 +55,7 @@ def test_a_bug_in_an_asset_is_not_a_user_error(demo_spec, tmp_path, monkeypatch)
 
     monkeypatch.setattr(DatasetSpec, "build_index", broken)
     defs = build_definitions([demo_spec], storage_dir=str(tmp_path / "storage"))
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         result = defs.resolve_job_def(names(demo_spec).jobs.prepare).execute_in_process(
             instance=instance, raise_on_error=False
         )
@@ -72,7 +73,7 @@ def test_a_user_error_in_an_asset_is_a_user_failure(demo_spec, tmp_path, monkeyp
 
     monkeypatch.setattr(DatasetSpec, "build_index", bad)
     defs = build_definitions([demo_spec], storage_dir=str(tmp_path / "storage"))
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         result = defs.resolve_job_def(names(demo_spec).jobs.prepare).execute_in_process(
             instance=instance, raise_on_error=False
         )

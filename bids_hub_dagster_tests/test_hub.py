@@ -37,7 +37,7 @@ from bids_hub_dagster.publish.hub.retry import short_error
 from bids_hub_dagster.publish.manifest import MANIFEST_NAME, Manifest
 from bids_hub_dagster.publish.publication import card_facts, publish_shards, shard_file_stats
 from bids_hub_dagster.spec import DatasetSpec, load_spec
-from bids_hub_dagster_tests.conftest import isolate_home, materialize_all
+from bids_hub_dagster_tests.conftest import isolate_home, materialize_all, memory_instance
 from bids_hub_dagster_tests.hub_server import READ_TOKEN, HubServer, use_hub_server
 
 REPO_ID = "lab/demo"
@@ -105,7 +105,7 @@ def hub_spec(demo_spec: DatasetSpec, **hub) -> DatasetSpec:
 
 def failed_prepare_message(spec: DatasetSpec, storage: Path) -> str:
     """Run the prepare job, which must fail; the message of its failed step."""
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         defs = build_definitions([spec], storage_dir=str(storage))
         result = defs.resolve_job_def(job_names(spec).prepare).execute_in_process(
             instance=instance, raise_on_error=False
@@ -131,7 +131,7 @@ def built_shards(tmp_path_factory) -> tuple[DatasetSpec, Path, list[str]]:
         isolate_home(monkeypatch, root / "home")
         use_hub_server(server, monkeypatch, root / "hf-home")
         try:
-            with dg.instance_for_test() as instance:
+            with memory_instance() as instance:
                 defs = build_definitions([spec], storage_dir=str(storage))
                 jobs = job_names(spec)
                 assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
@@ -161,7 +161,7 @@ def built(hub_server, built_shards, tmp_path) -> Built:
 
 def test_dagster_publishes_to_the_hub_and_load_dataset_reads_it_back(hub_server, demo_spec, tmp_path):
     spec = hub_spec(demo_spec, verify_download=True)
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         materialize_all(spec, tmp_path / "storage", instance)
         event = instance.get_latest_materialization_event(dg.AssetKey(["demo", "hub_upload"]))
         meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
@@ -192,7 +192,7 @@ def test_dagster_publishes_to_the_hub_and_load_dataset_reads_it_back(hub_server,
 
 def test_rerun_with_nothing_changed_makes_no_commit_and_sends_nothing(hub_server, demo_spec, tmp_path):
     spec = hub_spec(demo_spec)
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         materialize_all(spec, tmp_path / "storage", instance)
         commits = len(hub_server.commits(REPO_ID))
         puts = len(hub_server.lfs_uploads())
@@ -208,7 +208,7 @@ def test_rerun_with_nothing_changed_makes_no_commit_and_sends_nothing(hub_server
 
 def test_per_shard_upload_sends_bytes_while_shards_build(hub_server, demo_spec, tmp_path):
     spec = hub_spec(demo_spec, upload_shards=True)
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
         jobs = job_names(spec)
         assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success
@@ -244,7 +244,7 @@ def test_the_token_never_appears_in_logs_output_or_metadata(hub_server, demo_spe
     caplog.set_level(logging.DEBUG)
     spec = hub_spec(demo_spec)
     token = hub_server.token
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         materialize_all(spec, tmp_path / "storage", instance)
         # a shard went missing remotely: the rerun must commit, meets one retried fault, then a refusal
         HfApi().delete_file("data/train-00000-of-00004.parquet", REPO_ID, repo_type="dataset")
@@ -564,7 +564,7 @@ def test_the_default_verification_compares_published_files_and_catches_a_replace
 
 def test_a_failed_pre_upload_does_not_fail_the_shard(hub_server, demo_spec, tmp_path):
     spec = hub_spec(demo_spec, upload_shards=True)
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         defs = build_definitions([spec], storage_dir=str(tmp_path / "storage"))
         jobs = job_names(spec)
         assert defs.resolve_job_def(jobs.prepare).execute_in_process(instance=instance).success

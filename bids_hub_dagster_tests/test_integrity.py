@@ -39,7 +39,7 @@ from bids_hub_dagster.dataset.parquet import write_row_groups
 from bids_hub_dagster.dataset.shards import ShardFilesError, build_shard, read_shard_record
 from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table
 from bids_hub_dagster.spec import DatasetSpec
-from bids_hub_dagster_tests.conftest import materialize_all
+from bids_hub_dagster_tests.conftest import materialize_all, memory_instance
 from bids_hub_dagster_tests.test_bad_input import (
     assert_nothing_written_for,
     demo_pipeline,
@@ -224,7 +224,7 @@ def test_damaged_gzip_fails_its_shard_run_and_nothing_is_published(
     path = demo_spec.bids_root / T1W_GZ
     corrupt_file(path)
     dest = Path(demo_spec.destination)
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         pipe = demo_pipeline(demo_spec, tmp_path, instance)
         assert pipe.prepare().success
         results = {key: pipe.shard(key) for key in pipe.keys}

@@ -23,7 +23,7 @@ from bids_hub_dagster.defs.resources import HUB_RESOURCE_KEY
 from bids_hub_dagster.defs.runs import DEAD_RUNS_SENSOR
 from bids_hub_dagster.demo import build_demo_bids
 from bids_hub_dagster.spec import DatasetSpec, SpecError
-from bids_hub_dagster_tests.conftest import materialize_all
+from bids_hub_dagster_tests.conftest import materialize_all, memory_instance
 
 
 def _named(spec: DatasetSpec, name: str) -> DatasetSpec:
@@ -80,7 +80,7 @@ def test_a_hyphenated_name_publishes_under_its_key_and_shows_as_written(demo_spe
     description.write_text(json.dumps(fields))
     spec = _named(demo_spec, "ds004884-arc").with_overrides(num_shards=2)
     storage = tmp_path / "storage"
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         keys = materialize_all(spec, storage, instance)
         assert keys == ["shard-00000", "shard-00001"]
         n = names(spec)
@@ -99,7 +99,7 @@ def test_a_hyphenated_name_publishes_under_its_key_and_shows_as_written(demo_spe
 def test_shard_partitions_of_an_earlier_release_move_to_the_new_name(demo_spec, tmp_path):
     """An instance that kept the partitions under the shards job's name gets them under the new name."""
     n = names(demo_spec)
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         instance.add_dynamic_partitions(n.legacy_shard_partitions, ["shard-00000", "shard-00001"])
         defs = build_definitions([demo_spec], storage_dir=str(tmp_path / "storage"))
         assert defs.resolve_job_def(n.jobs.prepare).execute_in_process(instance=instance).success

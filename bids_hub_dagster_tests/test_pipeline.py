@@ -15,7 +15,7 @@ from bids_hub_dagster.dataset.shards import read_shard_record
 from bids_hub_dagster.defs import build_definitions, job_names, names
 from bids_hub_dagster.defs.outcomes import failure_message
 from bids_hub_dagster.spec import spec_for_folder
-from bids_hub_dagster_tests.conftest import materialize_all
+from bids_hub_dagster_tests.conftest import materialize_all, memory_instance
 
 
 def sha(path: Path) -> str:
@@ -24,7 +24,7 @@ def sha(path: Path) -> str:
 
 def test_demo_round_trips_byte_for_byte(demo_spec, tmp_path):
     storage = tmp_path / "storage"
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         keys = materialize_all(demo_spec, storage, instance)
         assert keys == ["shard-00000", "shard-00001", "shard-00002"]
 
@@ -103,7 +103,7 @@ def test_demo_round_trips_byte_for_byte(demo_spec, tmp_path):
 
 def test_rerun_with_smaller_plan_removes_stale_partitions_and_files(demo_spec, tmp_path):
     storage = tmp_path / "storage"
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         assert len(materialize_all(demo_spec, storage, instance)) == 3
         bigger = demo_spec.with_overrides(max_shard_size="10MB")
         assert materialize_all(bigger, storage, instance) == ["shard-00000"]
@@ -122,7 +122,7 @@ def test_rerun_with_smaller_plan_removes_stale_partitions_and_files(demo_spec, t
 def test_upload_refuses_shards_built_for_another_plan(demo_spec, tmp_path):
     """A shard file left from an older plan (same key, other rows) is never published."""
     storage = tmp_path / "storage"
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         materialize_all(demo_spec, storage, instance)
         two = demo_spec.with_overrides(num_shards=2)
         defs = build_definitions([two], storage_dir=str(storage))
@@ -141,7 +141,7 @@ def test_upload_refuses_shards_built_for_another_plan(demo_spec, tmp_path):
 
 def test_one_row_per_subject_zero_config(demo_spec, tmp_path):
     spec = spec_for_folder(demo_spec.bids_root, row="subject", destination=str(tmp_path / "out"))
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         materialize_all(spec, tmp_path / "storage", instance)
     ds = load_dataset(spec.destination, split="train", cache_dir=str(tmp_path / "c"))
     assert ds["subject_id"] == ["sub-01", "sub-02", "sub-03"]
@@ -163,7 +163,7 @@ def test_nifti2_files_are_embedded_with_a_warning(demo_spec, tmp_path, nibabel_d
     (target.parent / "sub-02_ses-1_T1w.nii.gz").write_bytes(
         (nibabel_data / "example_nifti2.nii.gz").read_bytes()
     )
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         materialize_all(demo_spec, tmp_path / "storage", instance)
         events = instance.fetch_materializations(dg.AssetKey(["demo", "hub_shards"]), limit=10).records
         warnings = [e.asset_materialization.metadata["warnings"].value for e in events]
