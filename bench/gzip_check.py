@@ -111,17 +111,10 @@ def _child_audit(shards: Path, check: bool) -> str:
 
 def _run_child(args: list[str]) -> tuple[list[str], float]:
     """Run this script as a child; its last stdout line split, and its peak RSS in MB."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, *args],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1"},
-    )
-    stdout = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.stdout.close()
-    if status != 0:
-        raise RuntimeError(f"{args} failed with status {status}: {stdout}")
-    return stdout.split("\n")[-2].split(), usage.ru_maxrss / 1024
+    from shards import run_child  # bench/shards.py (the script's folder is on sys.path)
+
+    stdout, rss = run_child(__file__, args)
+    return stdout.split("\n")[-2].split(), rss
 
 
 def main() -> None:

@@ -193,6 +193,21 @@ def run_method(method: str, root: Path, out: Path) -> int:
 # ----------------------------------------------------------------------------- driver
 
 
+def run_child(script: str, args: list[str]) -> tuple[str, float]:
+    """Run ``script`` with ``args`` in a fresh Python: its stdout, and its peak RSS in MB."""
+    proc = subprocess.Popen(
+        [sys.executable, script, *args],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    stdout = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.stdout.close()
+    if status != 0:
+        raise RuntimeError(f"{args} failed with status {status}: {stdout}")
+    return stdout, usage.ru_maxrss / 1024
+
+
 def measure(method: str, root: Path, out: Path, drop_caches: bool) -> tuple[float, float, int]:
     """(seconds, peak RSS MB of the child, shards) for one method in a fresh child process.
 
@@ -203,18 +218,9 @@ def measure(method: str, root: Path, out: Path, drop_caches: bool) -> tuple[floa
     if drop_caches:
         subprocess.run(["sync"], check=True)
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--child", method, "--root", str(root), "--out", str(out)],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1"},
-    )
-    stdout = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.stdout.close()
-    if status != 0:
-        raise RuntimeError(f"{method} failed with status {status}: {stdout}")
+    stdout, rss = run_child(__file__, ["--child", method, "--root", str(root), "--out", str(out)])
     seconds, shards = stdout.split()[-2:]
-    return float(seconds), usage.ru_maxrss / 1024, int(shards)
+    return float(seconds), rss, int(shards)
 
 
 def main() -> None:
