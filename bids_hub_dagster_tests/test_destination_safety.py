@@ -404,3 +404,20 @@ def test_verify_of_a_missing_folder_is_a_user_error(bids, tmp_path):
         timeout=120,
     )
     assert run.returncode == 2 and "no such folder" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("kind", ["link-to-a-users-file", "folder"])
+def test_a_lock_path_that_is_not_the_tools_file_is_refused_untouched(demo_spec, tmp_path, kind):
+    materialize_all(demo_spec, tmp_path / "storage")
+    dest = Path(demo_spec.destination)
+    users = tmp_path / "thesis.txt"
+    users.write_text("years of work")
+    (dest / ".bids_hub_lock").unlink()
+    if kind == "folder":
+        (dest / ".bids_hub_lock").mkdir()
+    else:
+        (dest / ".bids_hub_lock").symlink_to(users)
+    shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet"))
+    with pytest.raises(DestinationError, match="lock"):
+        LocalFolder(dest).publish(shards[:1], card=(dest / "README.md").read_text())
+    assert users.read_text() == "years of work"

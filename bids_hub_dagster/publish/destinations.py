@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import shutil
-import socket
+import stat
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -256,25 +256,33 @@ class LocalFolder:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        """Hold ``.bids_hub_lock`` in the folder: two publishes never write one destination together."""
-        with open(self.folder / LOCK_NAME, "a+") as fh:
+        """Hold ``.bids_hub_lock`` in the folder: two publishes never write one destination together.
+
+        The lock is an empty file that is only ever locked, never written: a link there is not
+        followed, and anything but a regular file is refused.
+        """
+        path = self.folder / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:  # a link (ELOOP), a folder, no permission
+            raise self._refuse(
+                f"{LOCK_NAME} cannot be used as the tool's lock ({exc.strerror}); move it away."
+            ) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise self._refuse(f"{LOCK_NAME} is not a regular file; move it away.")
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "another process"
                 raise self._refuse(
-                    f"another publish ({shown(holder)}) is writing to this folder now; run again when it "
-                    "has finished."
+                    "another publish is writing to this folder now; run again when it has finished."
                 ) from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            fh.flush()
             try:
                 yield
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def _publish(self, shard_files: Sequence[Path], card: DatasetCard, owned: Manifest) -> PublishResult:
         result = PublishResult(url=self.url)
