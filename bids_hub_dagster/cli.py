@@ -636,7 +636,7 @@ def verify(destination, spec_path, bids_root, row, revision) -> None:
 
     spec = _resolve_spec(bids_root, spec_path, None, row, root_flag="--bids-root")
     idx = spec.build_index()
-    target = parse_destination(destination, hub=_with_hub(spec, revision=revision).hub)
+    target = parse_destination(destination, hub=_with_hub(spec, revision=revision).hub, for_reading=True)
     if not is_hub_url(destination) and not Path(target.url).is_dir():
         raise DestinationError(f"{destination}: no such folder; nothing to verify.")
     report = target.verify(index_to_table(idx))

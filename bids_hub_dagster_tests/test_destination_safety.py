@@ -421,3 +421,41 @@ def test_a_lock_path_that_is_not_the_tools_file_is_refused_untouched(demo_spec, 
     with pytest.raises(DestinationError, match="lock"):
         LocalFolder(dest).publish(shards[:1], card=(dest / "README.md").read_text())
     assert users.read_text() == "years of work"
+
+
+def test_a_readme_edited_after_publishing_is_the_users_and_is_kept(demo_spec, tmp_path):
+    materialize_all(demo_spec, tmp_path / "storage")
+    dest = Path(demo_spec.destination)
+    readme = dest / "README.md"
+    readme.write_text(readme.read_text() + "\n## Acknowledgements\nHand-written.\n")
+    before = snapshot(dest)
+    shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet"))
+    with pytest.raises(DestinationError, match=r"README\.md was edited after it was published"):
+        LocalFolder(dest).publish(shards, card="---\n---\n")
+    assert snapshot(dest) == before
+
+
+def test_a_leftover_staging_folder_keeps_what_the_user_wrote(demo_spec, tmp_path):
+    materialize_all(demo_spec, tmp_path / "storage")
+    dest = Path(demo_spec.destination)
+    leftover = dest / f"{STAGING_PREFIX}dead1234"  # as a publish killed mid-swap leaves it
+    (leftover / "old-data").mkdir(parents=True)
+    (leftover / ".bids_hub_staging").write_text("marker")
+    (leftover / "old-data" / "results.csv").write_text("the user's")
+    shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet"))
+    LocalFolder(dest).publish(shards, card=(dest / "README.md").read_text())
+    assert (dest / "data" / "results.csv").read_text() == "the user's"  # put back, not deleted
+    assert not leftover.exists()
+
+
+def test_verify_reads_a_folder_with_extra_files_without_the_publishing_checks(demo_spec, tmp_path):
+    materialize_all(demo_spec, tmp_path / "storage")
+    dest = Path(demo_spec.destination)
+    (dest / "data" / "results.csv").write_text("x")
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(demo_spec.to_yaml())
+    run = subprocess.run(
+        [*CLI, "verify", str(dest), "--spec", str(spec_file)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stdout + run.stderr  # a csv is not loaded as data
+    assert "would replace or delete" not in run.stderr and "OK" in run.stdout

@@ -656,3 +656,12 @@ def test_a_manifest_naming_a_file_the_tool_never_writes_is_refused(built):
     with pytest.raises(DestinationError, match="never writes"):
         built.publish()
     assert built.server.files(REPO_ID)["data/labels.csv"] == b"labels"
+
+
+def test_a_card_edited_on_the_hub_after_publishing_is_kept(built):
+    built.publish()
+    card = built.server.files(REPO_ID)["README.md"] + b"\n## Acknowledgements\n"
+    HfApi().upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id=REPO_ID, repo_type="dataset")
+    with pytest.raises(DestinationError, match=r"did not write: README\.md"):
+        built.publish()
+    assert built.server.files(REPO_ID)["README.md"] == card

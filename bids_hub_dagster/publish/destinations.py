@@ -29,7 +29,7 @@ from ..dataset.parquet import atomic_path
 from ..errors import UserError
 from .card import is_tool_card
 from .digests import check_recorded, file_digest, sha256_file
-from .manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
+from .manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe, git_blob_id
 from .verify import VerifyReport, short_digest, verify_published
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,8 @@ class LocalFolder:
         folder: Path | str,
         sources: Sequence[Path | str] = (),
         tool_folders: Sequence[Path | str] = (),
+        *,
+        for_reading: bool = False,
     ) -> None:
         if not str(folder).strip():
             raise DestinationError("the destination is empty: give a folder or hf://datasets/ORG/NAME.")
@@ -147,7 +149,8 @@ class LocalFolder:
         self.tool_folders = tuple(Path(s).expanduser().resolve() for s in tool_folders)
         self.url = str(self.folder)
         self.load_id = str(self.folder)
-        self.check()
+        if not for_reading:  # `verify` reads a publication: the checks before writing do not apply
+            self.check()
 
     # -- what is there -----------------------------------------------------------------
 
@@ -161,9 +164,13 @@ class LocalFolder:
             raise self._refuse(f"{MANIFEST_NAME} is not a regular file; move it away.")
         if path.is_file():
             try:
-                return Manifest.parse(path.read_bytes(), str(path))
+                manifest = Manifest.parse(path.read_bytes(), str(path))
             except ManifestError as exc:
                 raise DestinationError(str(exc)) from None
+            readme = self.folder / README
+            if readme.is_file() and not manifest.owns_readme_blob(git_blob_id(readme.read_bytes())):
+                return manifest.without_readme()  # edited since it was published: the user's now
+            return manifest
         readme = self.folder / README
         if readme.is_file() and is_tool_card(readme.read_text(encoding="utf-8", errors="replace")):
             return adopted(self._present())
@@ -221,12 +228,17 @@ class LocalFolder:
             )
         if readme.is_symlink() or (readme.exists() and not readme.is_file()):
             raise self._refuse(f"{README} is not a regular file; move it away, or choose another folder.")
+        lock = self.folder / LOCK_NAME
+        if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+            raise self._refuse(f"{LOCK_NAME} is not a regular file (the tool's lock); move it away.")
         owned = self._owned()
         foreign = [p for p in self._present() if p not in owned.files]
         if foreign:
+            edited = " (README.md was edited after it was published)" if README in foreign else ""
             raise self._refuse(
                 f"holds {len(foreign)} file(s) that bids_hub_dagster did not write, which publishing would "
-                f"replace or delete: {describe(foreign)}. Move them away, or choose an empty or new folder."
+                f"replace or delete: {describe(foreign)}{edited}. Move them away, or choose an empty or new "
+                "folder."
             )
         return owned
 
@@ -236,11 +248,12 @@ class LocalFolder:
         with atomic_path(self.folder / MANIFEST_NAME) as tmp:
             tmp.write_bytes(manifest.to_bytes())
 
-    def _remove_leftover_staging(self) -> None:
-        """Staging folders of a publish that died: only those that carry the tool's marker."""
+    def _remove_leftover_staging(self, owned: Manifest) -> None:
+        """Staging folders of a publish that died (only those that carry the tool's marker):
+        the tool's files go; anything else in their ``old-data`` is put back into ``data/``."""
         for leftover in self.folder.glob(f"{STAGING_PREFIX}*"):
-            if (leftover / STAGING_MARKER).is_file():
-                shutil.rmtree(leftover, ignore_errors=True)
+            if not leftover.is_symlink() and (leftover / STAGING_MARKER).is_file():
+                _clean_staging(leftover, owned, self.folder / "data")
 
     def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult:
         if not shard_files:
@@ -287,14 +300,14 @@ class LocalFolder:
     def _publish(self, shard_files: Sequence[Path], card: DatasetCard, owned: Manifest) -> PublishResult:
         result = PublishResult(url=self.url)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._remove_leftover_staging()
+        self._remove_leftover_staging(owned)
         data, readme = self.folder / "data", self.folder / README
         staging = self.folder / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         (staging / STAGING_MARKER).write_text("a staging folder of bids_hub_dagster; safe to delete\n")
         n = len(shard_files)
         names = [data_file_name(i, n) for i in range(n)]
-        new = Manifest.of([*names, README])
+        new = Manifest.of([*names, README], readmes=[git_blob_id(str(card).encode("utf-8"))])
         try:
             (staging / "data").mkdir()
             for name, src in zip(names, shard_files, strict=True):
@@ -309,21 +322,13 @@ class LocalFolder:
                     shutil.copyfile(src, staging / name)
             (staging / README).write_text(str(card), encoding="utf-8")
             # a crash from here on leaves a manifest that covers whatever data/ then holds
-            self._write_manifest(Manifest(owned.files | new.files))
+            self._write_manifest(owned.union(new))
             self._swap(staging, data, readme)
             self._write_manifest(new)
             result.files_written.append(README)
         finally:  # also after Ctrl-C: the previous data files go, whatever someone else wrote stays
-            old = staging / "old-data"  # the previous data/: only files the tool wrote (checked above)
-            for rel in sorted(owned.files):
-                previous = old / rel.removeprefix("data/")
-                if rel.startswith("data/") and (previous.is_file() or previous.is_symlink()):
-                    previous.unlink()
-                    if rel not in new.files:
-                        result.files_removed.append(rel)
-            if data.is_dir():
-                _put_back(old, data)  # written into data/ by someone else meanwhile: kept
-            _remove_own_tree(staging)
+            removed = _clean_staging(staging, owned, data)
+            result.files_removed = sorted(r for r in removed if r not in new.files)
         return result
 
     @staticmethod
@@ -331,12 +336,12 @@ class LocalFolder:
         """``data/`` and ``README.md`` from ``staging`` in place, or both as they were."""
         old = staging / "old-data"
         had_data = data.is_dir()
-        if had_data:
-            os.replace(data, old)
         try:
+            if had_data:
+                os.replace(data, old)
             os.replace(staging / "data", data)
         except BaseException:  # an OS error, or Ctrl-C between the two renames
-            if had_data:
+            if had_data and old.is_dir() and not os.path.lexists(data):
                 os.replace(old, data)
             raise
         try:
@@ -416,6 +421,24 @@ class LocalFolder:
 
     def metadata(self, result: PublishResult | None = None) -> dict[str, object]:
         return {"destination": self.folder}
+
+
+def _clean_staging(staging: Path, owned: Manifest, data: Path) -> list[str]:
+    """Remove a staging folder of the tool: the previous publication's files (those ``owned``
+    lists) in its ``old-data``, its own links and marker; put anything else back into ``data/``
+    (or keep it there, named). Returns the data files removed."""
+    old = staging / "old-data"
+    removed = []
+    for rel in sorted(owned.files):
+        previous = old / rel.removeprefix("data/")
+        if rel.startswith("data/") and (previous.is_file() or previous.is_symlink()):
+            previous.unlink()
+            if DATA_FILE.match(rel.removeprefix("data/")):
+                removed.append(rel)
+    if data.is_dir() and not data.is_symlink():
+        _put_back(old, data)  # written into data/ by someone else meanwhile: kept
+    _remove_own_tree(staging)
+    return removed
 
 
 def _put_back(old: Path, data: Path) -> list[str]:

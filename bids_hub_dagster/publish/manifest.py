@@ -14,6 +14,7 @@ existed is adopted when its README.md carries the tool's mark: its ``README.md``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -34,20 +35,44 @@ class ManifestError(UserError):
     """A manifest that cannot be read; the message names it and says what to do."""
 
 
+def git_blob_id(data: bytes) -> str:
+    """The git object id of ``data`` (what the Hub lists for a regular, non-LFS file)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """The files (relative paths) one publication wrote to its destination."""
+    """The files (relative paths) one publication wrote to its destination.
+
+    ``readmes`` are the git blob ids of the cards it wrote (two while a publication is swapped
+    in, the old card's and the new one's; empty in manifests written before they were
+    recorded): a README.md edited since is the user's, not the tool's, and is never replaced.
+    """
 
     files: frozenset[str]
+    readmes: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, files: Iterable[str]) -> Manifest:
-        return cls(frozenset(files))
+    def of(cls, files: Iterable[str], readmes: Iterable[str] = ()) -> Manifest:
+        return cls(frozenset(files), frozenset(readmes))
 
     def to_bytes(self) -> bytes:
-        return (
-            json.dumps({"tool": TOOL, "format": FORMAT, "files": sorted(self.files)}, indent=1) + "\n"
-        ).encode("utf-8")
+        record: dict = {"tool": TOOL, "format": FORMAT, "files": sorted(self.files)}
+        if self.readmes:
+            record["readme_blobs"] = sorted(self.readmes)
+        return (json.dumps(record, indent=1) + "\n").encode("utf-8")
+
+    def union(self, other: Manifest) -> Manifest:
+        """What both wrote: the manifest while one publication replaces the other."""
+        return Manifest(self.files | other.files, self.readmes | other.readmes)
+
+    def without_readme(self) -> Manifest:
+        """The same, but README.md is no longer the tool's (it was edited since)."""
+        return Manifest(self.files - {README})
+
+    def owns_readme_blob(self, blob: str) -> bool:
+        """Whether a README.md whose git blob id is ``blob`` is a card this publication wrote."""
+        return README in self.files and (not self.readmes or blob in self.readmes)
 
     @classmethod
     def parse(cls, data: bytes, where: str) -> Manifest:
@@ -75,7 +100,10 @@ class Manifest:
                 "files the tool never writes: it writes only README.md and data/train-*.parquet); "
                 "move it away, or publish to a new destination."
             )
-        return cls(frozenset(files))
+        readmes = raw.get("readme_blobs")
+        if not isinstance(readmes, list) or not all(isinstance(b, str) for b in readmes):
+            readmes = []
+        return cls(frozenset(files), frozenset(readmes))
 
 
 def adopted(paths: Iterable[str]) -> Manifest:

@@ -29,6 +29,7 @@ def parse_destination(
     progress: Callable[[str], None] | None = None,
     sources: Sequence[Path] = (),
     tool_folders: Sequence[Path] = (),
+    for_reading: bool = False,
 ) -> Destination:
     """A destination from its spec string: a local folder path, or ``hf://datasets/ORG/NAME[@branch]``.
 
@@ -36,7 +37,8 @@ def parse_destination(
     to ``huggingface_hub``'s own lookup (``HF_TOKEN``, then the saved login). ``sources``
     are the folders a local destination must neither be, hold, nor lie inside (the BIDS
     root and scope folders); ``tool_folders`` those it must neither be nor lie inside (the
-    Dagster instance, the shard storage).
+    Dagster instance, the shard storage). ``for_reading`` opens a local folder to verify it,
+    without the checks made before writing.
     """
     if is_hub_url(value):
         return HubRepo.from_url(
@@ -49,7 +51,7 @@ def parse_destination(
         )
     if "://" in value:
         raise DestinationError(f"{value}: destinations are a local folder or hf://datasets/ORG/NAME.")
-    return LocalFolder(value, sources=sources, tool_folders=tool_folders)
+    return LocalFolder(value, sources=sources, tool_folders=tool_folders, for_reading=for_reading)
 
 
 class ShardsNotReadyError(UserError):

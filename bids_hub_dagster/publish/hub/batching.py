@@ -11,21 +11,15 @@ Nothing here talks to the Hub.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..destinations import data_file_name
 from ..digests import file_digest
-from ..manifest import MANIFEST_NAME, README, Manifest
+from ..manifest import MANIFEST_NAME, README, Manifest, git_blob_id
 
 NOTHING_OWNED = Manifest.of(())
-
-
-def git_blob_id(data: bytes) -> str:
-    """The git object id the Hub lists for a regular (non-LFS) file."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -99,7 +93,7 @@ def plan_commits(
     deletes = sorted(p for p in owned.files if p.startswith("data/") and p in remote and p not in wanted)
     readme = remote.get(README)
     card_changed = readme is None or readme.blob_id != git_blob_id(card)
-    final = Manifest.of([*wanted, README])
+    final = Manifest.of([*wanted, README], readmes=[git_blob_id(card)])
     there = remote.get(MANIFEST_NAME)
     manifest = final.to_bytes()
     manifest_changed = there is None or there.blob_id != git_blob_id(manifest)
@@ -110,7 +104,7 @@ def plan_commits(
         files_per_commit,
         manifest=manifest if manifest_changed else None,
     )
-    widened = Manifest(owned.files | final.files).to_bytes()
+    widened = owned.union(final).to_bytes()
     if len(batches) > 1 and (there is None or there.blob_id != git_blob_id(widened)):
         # several commits: first widen the manifest to old and new files, so that a publish
         # interrupted between two commits leaves every file it committed listed as its own

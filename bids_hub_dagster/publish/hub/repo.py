@@ -265,9 +265,13 @@ class HubRepo:
         if MANIFEST_NAME in remote:
             data = self._read_remote(MANIFEST_NAME, revision)
             try:
-                return Manifest.parse(data, f"{self.url}/{MANIFEST_NAME}")
+                manifest = Manifest.parse(data, f"{self.url}/{MANIFEST_NAME}")
             except ManifestError as exc:
                 raise DestinationError(str(exc)) from None
+            there = remote.get(README)
+            if there is not None and not manifest.owns_readme_blob(there.blob_id):
+                return manifest.without_readme()  # edited since it was published: the user's now
+            return manifest
         if README in remote and is_tool_card(self._read_remote(README, revision).decode("utf-8", "replace")):
             return adopted(remote)
         return Manifest.of(())
