@@ -14,6 +14,8 @@ import os
 import re
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -381,6 +383,7 @@ def _stoppable(instance, spec: DatasetSpec):
             _remove_partial_files(instance, spec)
             yield stop
     except (runs.Interrupted, runs.SlotTimeout) as exc:
+        _SIGINT_PENDING.clear()  # handled: nothing to deliver again
         with runs.signals_deferred():  # a second Ctrl-C does not interrupt the cleanup
             stop.finish(exc)
 
@@ -678,8 +681,35 @@ class _CtrlC(BaseException):
     blank line and ``Abort``."""
 
 
+_SIGINT_PENDING = threading.Event()  # set by the handler; cleared once the interrupt was handled
+_SIGINT_REDELIVER_SECONDS = 0.5
+
+
 def _on_sigint(signum, frame) -> None:
+    _SIGINT_PENDING.set()
     raise _CtrlC()
+
+
+def _quiet_dropped_interrupt(unraisable, _default=sys.unraisablehook) -> None:
+    """An interrupt raised in a finalizer is dropped by Python (and delivered again): say nothing."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, _CtrlC):
+        return
+    _default(unraisable)
+
+
+def _redeliver_sigint() -> None:
+    """Deliver SIGINT again while an interrupt stays unhandled.
+
+    Python runs a signal handler between any two bytecodes, also inside a finalizer or a
+    weakref callback, where an exception is printed as "ignored" and dropped: the
+    interrupt would be lost and the publish would go on. Until the main thread has handled
+    it, it is sent again every half second.
+    """
+    while True:
+        _SIGINT_PENDING.wait()
+        time.sleep(_SIGINT_REDELIVER_SECONDS)
+        if _SIGINT_PENDING.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def cli() -> None:
@@ -688,15 +718,21 @@ def cli() -> None:
     Ctrl-C at any moment prints one line and exits 130 (a publish first stops its runs).
     """
     previous = signal.signal(signal.SIGINT, _on_sigint)  # first: the heavy imports happen under it
+    threading.Thread(target=_redeliver_sigint, name="sigint-redeliver", daemon=True).start()
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_dropped_interrupt
     try:
         try:
             _main()
         finally:  # as it was (cli() may be called in a process that goes on, e.g. a test)
             signal.signal(signal.SIGINT, previous)
     except (_CtrlC, KeyboardInterrupt, click.Abort):
+        _SIGINT_PENDING.clear()
         with contextlib.suppress(BaseException):
             click.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    finally:
+        _SIGINT_PENDING.clear()
+        sys.unraisablehook = previous_hook
 
 
 def _main() -> None:

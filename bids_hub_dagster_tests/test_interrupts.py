@@ -98,7 +98,7 @@ def partial_files(*folders: Path) -> list[Path]:
     ],
 )
 def test_an_interrupt_stops_every_run_and_the_same_command_resumes(tmp_path, workers, signum, code):
-    root = build_big_bids(tmp_path / "big")
+    root = build_big_bids(tmp_path / "big", subjects=16)  # shards that take seconds, even on a quiet machine
     out = tmp_path / "out"
     args = (
         "publish",
@@ -119,7 +119,7 @@ def test_an_interrupt_stops_every_run_and_the_same_command_resumes(tmp_path, wor
             what="a shard run to start",
             proc=proc,
         )
-        time.sleep(1.0)  # well inside the shard's build
+        time.sleep(0.2)  # inside the shard's build, long before the upload
         sent = time.monotonic()
         if signum == signal.SIGINT:
             os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the CLI and its workers
@@ -146,7 +146,7 @@ def test_an_interrupt_stops_every_run_and_the_same_command_resumes(tmp_path, wor
 
         again = run_cli(*args)
         assert again.returncode == 0, again.stderr
-        assert "verified: OK: 8/8 rows" in again.stdout
+        assert "verified: OK: 16/16 rows" in again.stdout
         assert not inst.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS))
 
 
