@@ -472,9 +472,8 @@ class HubRepo:
                 report.files_checked += 1
                 report.bytes_checked += there.size
                 report.rows_found += pq.ParquetFile(path).metadata.num_rows
-        extra = sorted(
-            p for p in remote if p.startswith("data/") and p not in {data_file_name(i, n) for i in range(n)}
-        )
+        published = {data_file_name(i, n) for i in range(n)}  # once, not per remote file
+        extra = sorted(p for p in remote if p.startswith("data/") and p not in published)
         report.problems += [f"{shown(p)} is not a shard of this publication" for p in extra]
         readme = remote.get("README.md")
         blob = git_blob_id(str(card).encode("utf-8"))
