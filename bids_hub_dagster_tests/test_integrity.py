@@ -204,7 +204,7 @@ def test_a_shard_built_without_the_check_fails_its_audit(
 ) -> None:
     """What the stored-shard check (``shard_files_are_nifti``) sees if a damaged file got in."""
     corrupt_file(demo_spec.bids_root / T1W_GZ)
-    monkeypatch.setattr(embed, "check_file_bytes", lambda path, data: None)
+    monkeypatch.setattr(embed, "check_file_bytes", lambda path, data, consume=None: None)
     [shard] = build_all(demo_spec.with_overrides(num_shards=1), tmp_path / "out", "arrow")
     problems = audit_shard_file(shard).problems
     assert len(problems) == 1

@@ -3,12 +3,16 @@
 Both take a ``Dataset`` that may be an Arrow slice of a larger one and read the files of
 that slice only; both give the same table. Both check the bytes of each ``.gz`` file they
 read, in memory, once (``nifti.check_file_bytes``: the whole gzip stream, every member's
-CRC-32 and length); a damaged file raises ``NiftiFileError`` naming it.
+CRC-32 and length); a damaged file raises ``NiftiFileError`` naming it. A caller may
+look at each file's bytes while they are in memory (``on_file``: the previews do).
 
-- ``pandas`` (default): the seed workaround. A pandas round trip makes a fresh table that
-  shares nothing with the parent, then ``datasets.table.embed_table_storage`` reads the
-  files. Safe on every ``datasets`` version, including those before 5.2 where embedding a
-  slice with a ``List(Nifti())`` column read every file of the parent table.
+- ``pandas`` (default): the seed workaround. The NIfTI path columns, and only they, make
+  a pandas round trip, which gives a fresh table that shares nothing with the parent (its
+  offsets start at zero); then the bytes are embedded as ``arrow`` does. The round trip
+  is what made embedding safe on ``datasets`` < 5.2, where ``embed_table_storage`` on a
+  slice with a ``List(Nifti())`` column read every file of the parent table. Other columns
+  (ids, phenotype, ``Json`` sidecars) never go through pandas: it would give every
+  ``Json`` object the keys of the other rows as nulls.
 - ``arrow``: builds the ``{bytes, path}`` structs directly. Paths are read through
   offset-aware accessors (``flatten``, ``struct_field``), never ``.values``/``.field()``
   which ignore a slice; each file is read with one sequential ``readinto`` straight into
@@ -21,19 +25,25 @@ import concurrent.futures
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import datasets as hf_datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Features
-from datasets.table import embed_table_storage
 
 from ..bids.errors import shown
 from .nifti import CHECK_THREADS, check_file_bytes
 from .tables import nifti_columns
 
-Embedder = Callable[[Dataset, Features], pa.Table]
+#: Called with each file's path and bytes while they are in memory. For a ``.gz`` file it may
+#: return a consumer of the decompressed pieces, fed by the one pass of the integrity check.
+FileHook = Callable[[str, memoryview], Callable[[bytes], object] | None]
+
+
+class Embedder(Protocol):
+    def __call__(self, part: Dataset, features: Features, on_file: FileHook | None = None) -> pa.Table: ...
 
 
 class _FileChecks:
@@ -42,16 +52,18 @@ class _FileChecks:
     ``wait`` raises the error of the first damaged file, in the order they were given.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_file: FileHook | None = None) -> None:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: list[concurrent.futures.Future] = []
+        self._on_file = on_file
 
-    def submit(self, path: str, data: object) -> None:
+    def submit(self, path: str, data: memoryview) -> None:
+        consume = self._on_file(path, data) if self._on_file is not None else None
         if not path.lower().endswith(".gz"):  # only gzip streams have anything to check
             return
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="gzip-check")
-        self._pending.append(self._pool.submit(check_file_bytes, path, data))
+        self._pending.append(self._pool.submit(check_file_bytes, path, data, consume))
 
     def wait(self) -> None:
         try:
@@ -73,40 +85,11 @@ def _quiet_datasets() -> Iterator[None]:
             hf_datasets.enable_progress_bars()
 
 
-def embed_rows_pandas(part: Dataset, features: Features) -> pa.Table:
-    """Embed the bytes of ``part``'s files after breaking any Arrow slice (pandas round trip)."""
-    with _quiet_datasets():
-        fresh = Dataset.from_pandas(part.to_pandas(), preserve_index=False).cast(features)
-    table = fresh._data.table.combine_chunks()
-    embedded = embed_table_storage(table)
-    _check_read_files(table, embedded, features)
-    return embedded
-
-
 def _nifti_structs(column: pa.ChunkedArray, many: bool) -> pa.StructArray:
     """The ``{bytes, path}`` structs of a NIfTI column, one per file (lists flattened)."""
     if many:
         return column.combine_chunks().flatten()  # flatten() honours a slice; .values does not
     return column.combine_chunks()
-
-
-def _check_read_files(before: pa.Table, after: pa.Table, features: Features) -> None:
-    """Check the bytes of every file ``embed_table_storage`` read, naming it by its full path.
-
-    ``before`` is the table of paths that was embedded (its paths are whole; the embedded
-    ones keep the file name only), ``after`` the embedded table, in the same shape.
-    """
-    checks = _FileChecks()
-    for name, many in nifti_columns(features).items():
-        source = _nifti_structs(before.column(name), many)
-        embedded = _nifti_structs(after.column(name), many)
-        paths = pc.struct_field(source, "path")
-        given = pc.struct_field(source, "bytes")
-        data = pc.struct_field(embedded, "bytes")
-        for path, had, cell in zip(paths, given, data, strict=True):
-            if path.is_valid and not had.is_valid and cell.is_valid:  # read from the file now
-                checks.submit(path.as_py(), cell.as_buffer())
-    checks.wait()
 
 
 class FileChangedError(OSError):
@@ -128,7 +111,7 @@ def _read_into(path: str, view: memoryview) -> None:
             raise FileChangedError(f"{shown(path)}: file grew while being read (more than {len(view)} bytes)")
 
 
-def _embed_struct_array(structs: pa.StructArray) -> pa.StructArray:
+def _embed_struct_array(structs: pa.StructArray, on_file: FileHook | None = None) -> pa.StructArray:
     """``{bytes: null, path: "/abs/x.nii"}`` → ``{bytes: <file>, path: "x.nii"}``, slice-safe."""
     n = len(structs)
     paths = pc.struct_field(structs, "path").to_pylist()
@@ -155,7 +138,7 @@ def _embed_struct_array(structs: pa.StructArray) -> pa.StructArray:
     for i in range(n):
         if given[i] is not None and valid[i]:
             view[offsets[i] : offsets[i + 1]] = given[i]
-    checks = _FileChecks()
+    checks = _FileChecks(on_file)
     for i, path in todo:
         _read_into(path, view[offsets[i] : offsets[i + 1]])
         checks.submit(path, view[offsets[i] : offsets[i + 1]])  # checked while the next file is read
@@ -178,23 +161,49 @@ def _embed_struct_array(structs: pa.StructArray) -> pa.StructArray:
     )
 
 
-def embed_rows_arrow(part: Dataset, features: Features) -> pa.Table:
-    """Embed the bytes of ``part``'s files by building the Arrow structs directly."""
-    table = part.with_format("arrow")[:]  # applies any indices mapping; a zero-copy slice otherwise
+def _embed_columns(table: pa.Table, features: Features, on_file: FileHook | None) -> pa.Table:
+    """``table`` (paths) with the bytes of every NIfTI column's files embedded, slice-safe."""
     columns = []
     nifti = nifti_columns(features)
-    for name in features:
+    for name in table.column_names:
         column = table.column(name).combine_chunks()
         if nifti.get(name) is False:
-            column = _embed_struct_array(column)
+            column = _embed_struct_array(column, on_file)
         elif nifti.get(name):
             lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
             offsets = np.zeros(len(column) + 1, dtype=np.int32)
             np.cumsum(lengths, out=offsets[1:])
-            child = _embed_struct_array(column.flatten())  # flatten() honours the slice; .values does not
+            child = _embed_struct_array(column.flatten(), on_file)  # flatten() honours the slice; .values does not
             column = pa.ListArray.from_arrays(pa.array(offsets), child, mask=pc.invert(column.is_valid()))
         columns.append(column)
-    return pa.Table.from_arrays(columns, schema=features.arrow_schema)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def embed_rows_arrow(part: Dataset, features: Features, on_file: FileHook | None = None) -> pa.Table:
+    """Embed the bytes of ``part``'s files by building the Arrow structs directly."""
+    table = part.with_format("arrow")[:]  # applies any indices mapping; a zero-copy slice otherwise
+    embedded = _embed_columns(table.select(list(features)), features, on_file)
+    return embedded.cast(features.arrow_schema)
+
+
+def embed_rows_pandas(part: Dataset, features: Features, on_file: FileHook | None = None) -> pa.Table:
+    """Embed the bytes of ``part``'s files after breaking any Arrow slice (pandas round trip).
+
+    Only the NIfTI path columns make the round trip; the other columns are taken as
+    they are (a ``Json`` column through pandas comes back with other rows' keys as nulls).
+    """
+    nifti = list(nifti_columns(features))
+    table = part.with_format("arrow")[:]
+    if nifti:
+        paths = part.select_columns(nifti)
+        with _quiet_datasets():
+            fresh = Dataset.from_pandas(paths.to_pandas(), preserve_index=False).cast(
+                Features({n: features[n] for n in nifti})
+            )
+        embedded = _embed_columns(fresh._data.table.combine_chunks(), features, on_file)
+        for name in nifti:
+            table = table.set_column(table.column_names.index(name), name, embedded.column(name))
+    return table.select(list(features)).cast(features.arrow_schema)
 
 
 STRATEGIES: dict[str, Embedder] = {"pandas": embed_rows_pandas, "arrow": embed_rows_arrow}

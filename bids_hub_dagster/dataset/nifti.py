@@ -134,7 +134,11 @@ def check_gzip_bytes(
     return GzipCheck(size=total, members=members)
 
 
-def check_file_bytes(path: Path | str, data: bytes | bytearray | memoryview) -> GzipCheck | None:
+def check_file_bytes(
+    path: Path | str,
+    data: bytes | bytearray | memoryview,
+    consume: Callable[[bytes], object] | None = None,
+) -> GzipCheck | None:
     """Check the bytes of a file as they are embedded: a ``.gz`` file's whole gzip stream.
 
     The header check (:func:`inspect_nifti`) ran before the bytes were read; this one
@@ -146,7 +150,7 @@ def check_file_bytes(path: Path | str, data: bytes | bytearray | memoryview) -> 
     if not str(path).lower().endswith(".gz"):
         return None
     try:
-        return check_gzip_bytes(data)
+        return check_gzip_bytes(data, consume)
     except GzipStreamError as exc:
         raise NiftiFileError(
             path,
