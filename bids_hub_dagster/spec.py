@@ -14,7 +14,8 @@ import yaml
 
 from .bids.columns import ColumnRule
 from .bids.errors import BidsError
-from .bids.index import BidsIndex, build_index
+from .bids.index import BidsIndex, Companions, build_index
+from .bids.privacy import PrivacyPolicy
 from .dataset.embed import STRATEGIES
 from .dataset.parquet import COMPRESSIONS
 from .dataset.shards import DEFAULT_ROW_GROUP_SIZE, ShardPlan, plan_for_index
@@ -43,6 +44,12 @@ SPEC_KEYS = frozenset(
         "owners",
         "schedule",
         "watch_interval",
+        "companions",
+        "scans_columns",
+        "rename",
+        "preview",
+        "privacy",
+        "follow_external_symlinks",
     }
 )
 # names as Hub repos and OpenNeuro datasets are written (``ds004884-arc``, ``arc.v2``): letters,
@@ -74,6 +81,41 @@ _SpecLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"),
 
 class SpecError(UserError):
     """The spec file is malformed or contradicts itself."""
+
+
+@dataclass(frozen=True)
+class PreviewOptions:
+    """The ``preview`` config: thumbnails the Hub's viewer renders, beside the full data.
+
+    ``enabled`` writes it; ``default`` makes it what ``load_dataset(repo)`` returns (the
+    full data, with its NIfTI bytes, then needs ``name="full"``).
+    """
+
+    enabled: bool = True
+    default: bool = False
+
+    @classmethod
+    def from_mapping(cls, raw: object, where: str = "") -> PreviewOptions:
+        if raw is None:
+            return cls()
+        if isinstance(raw, bool):
+            return cls(enabled=raw)
+        if not isinstance(raw, Mapping):
+            raise SpecError(f"preview must be a mapping {{enabled: true, default: false}}{where}, not {raw!r}.")
+        unknown = sorted(set(raw) - {"enabled", "default"})
+        if unknown:
+            raise SpecError(f"preview: unknown key(s) {unknown}{where}; known: enabled, default.")
+        bad = {k: v for k, v in raw.items() if not isinstance(v, bool)}
+        if bad:
+            raise SpecError(f"preview: values must be true or false, not {bad}{where}.")
+        options = cls(**raw)
+        if options.default and not options.enabled:
+            raise SpecError(f"preview: default: true needs enabled: true{where}.")
+        return options
+
+    def to_mapping(self) -> dict[str, bool]:
+        out = {} if self.enabled else {"enabled": False}
+        return out | ({"default": True} if self.default else {})
 
 
 def parse_size(value: int | str) -> int:
@@ -170,6 +212,13 @@ class DatasetSpec:
     owners: tuple[str, ...] = ()  # shown on the assets in the UI: emails or "team:name"
     schedule: str = DEFAULT_SCHEDULE  # cron of the scheduled refresh (stopped until turned on)
     watch_interval: int = DEFAULT_WATCH_INTERVAL  # seconds between two scans of the BIDS folder by the sensor
+    companions: Companions = field(default_factory=Companions)  # companion column families (all on)
+    fields: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (column, sidecar fields lifted to typed columns)
+    scans_columns: tuple[str, ...] = ()  # scans.tsv columns published (none unless named)
+    rename: tuple[tuple[str, str], ...] = ()  # sessions.tsv column -> published name, to resolve a clash
+    preview: PreviewOptions = field(default_factory=PreviewOptions)
+    follow_external_symlinks: bool = False  # index files whose symlinks resolve outside the BIDS root
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)  # allow/strip findings, defacing affirmed
     source: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
     def __post_init__(self) -> None:
@@ -252,7 +301,11 @@ class DatasetSpec:
             out["destination"] = self.destination
         out["row"] = self.row
         if self.columns is not None:
-            out["columns"] = {c.name: c.to_mapping() for c in self.columns}
+            lifted = dict(self.fields)
+            out["columns"] = {
+                c.name: c.to_mapping() | ({"fields": list(lifted[c.name])} if c.name in lifted else {})
+                for c in self.columns
+            }
         if self.phenotype is not None:
             out["phenotype"] = list(self.phenotype)
         for key, default in (
@@ -275,6 +328,18 @@ class DatasetSpec:
             out["schedule"] = self.schedule
         if self.watch_interval != DEFAULT_WATCH_INTERVAL:
             out["watch_interval"] = self.watch_interval
+        if self.companions.to_mapping():
+            out["companions"] = self.companions.to_mapping()
+        if self.scans_columns:
+            out["scans_columns"] = list(self.scans_columns)
+        if self.rename:
+            out["rename"] = dict(self.rename)
+        if self.preview.to_mapping():
+            out["preview"] = self.preview.to_mapping()
+        if self.follow_external_symlinks:
+            out["follow_external_symlinks"] = True
+        if self.privacy != PrivacyPolicy():
+            out["privacy"] = {k: v for k, v in self.privacy.to_mapping().items() if v}
         return out
 
     def source_folders(self) -> tuple[Path, ...]:
@@ -292,7 +357,25 @@ class DatasetSpec:
             list(self.columns) if self.columns is not None else None,
             row=self.row,
             phenotype=list(self.phenotype) if self.phenotype is not None else None,
+            companions=self.companions,
+            fields=dict(self.fields),
+            scans_columns=self.scans_columns,
+            rename=dict(self.rename),
+            follow_external_symlinks=self.follow_external_symlinks,
+            privacy=self.privacy,
+            public_hub=self.publishes_publicly,
         )
+
+    @property
+    def publishes_publicly(self) -> bool | None:
+        """Whether the destination is a public Hub repo (None: no destination set).
+
+        A Hub repo counts as public unless the spec says ``hub: {private: true}``: the gate
+        cannot know how a repo made by hand is shared, so it asks for the stricter case.
+        """
+        if not self.destination:
+            return None
+        return is_hub_url(self.destination) and self.hub.private is not True
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_mapping(), sort_keys=False, default_flow_style=None)
@@ -306,6 +389,13 @@ def _owners(raw: Any, where: str) -> tuple[str, ...]:
     if not isinstance(raw, list):
         raise SpecError(f"owners must be a list of emails or team:name strings{where}.")
     return tuple(str(o) for o in raw)
+
+
+def _privacy(raw: Any, where: str) -> PrivacyPolicy:
+    try:
+        return PrivacyPolicy.from_mapping(raw)
+    except (BidsError, ValueError) as exc:
+        raise SpecError(f"{exc}{where}") from None
 
 
 def hub_options(raw: Any, where: str = "") -> HubOptions:
@@ -339,13 +429,41 @@ def spec_from_mapping(raw: Mapping[str, Any], base: Path, source: Path | None = 
         raise SpecError(f"bids_root is required{where}.")
     bids_root = (base / Path(str(raw["bids_root"])).expanduser()).resolve()
     columns = None
+    fields: list[tuple[str, tuple[str, ...]]] = []
     if raw.get("columns") is not None:
         if not isinstance(raw["columns"], Mapping) or not raw["columns"]:
             raise SpecError(f"columns must be a non-empty mapping of name → filters{where}.")
-        try:
-            columns = tuple(ColumnRule.from_mapping(str(k), v or {}) for k, v in raw["columns"].items())
-        except BidsError as exc:
-            raise SpecError(f"{exc}{where}") from None
+        rules = []
+        for key, value in raw["columns"].items():
+            filters = dict(value or {}) if isinstance(value, Mapping) or value is None else value
+            if isinstance(filters, dict) and "fields" in filters:
+                lifted = filters.pop("fields")
+                if not isinstance(lifted, list) or not all(isinstance(f, str) and f for f in lifted):
+                    raise SpecError(
+                        f"column {key!r}: fields must be a list of sidecar field names, e.g. "
+                        f"[RepetitionTime, EchoTime]{where}."
+                    )
+                fields.append((str(key), tuple(lifted)))
+            try:
+                rules.append(ColumnRule.from_mapping(str(key), filters))
+            except BidsError as exc:
+                raise SpecError(f"{exc}{where}") from None
+        columns = tuple(rules)
+    try:
+        companions = Companions.from_mapping(raw.get("companions"))
+    except BidsError as exc:
+        raise SpecError(f"{exc}{where}") from None
+    scans_columns = raw.get("scans_columns") or []
+    if not isinstance(scans_columns, list) or not all(isinstance(c, str) and c for c in scans_columns):
+        raise SpecError(f"scans_columns must be a list of scans.tsv column names{where}.")
+    rename = raw.get("rename") or {}
+    if not isinstance(rename, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in rename.items()
+    ):
+        raise SpecError(f"rename must be a mapping of sessions.tsv column → new name{where}.")
+    follow = raw.get("follow_external_symlinks", False)
+    if not isinstance(follow, bool):
+        raise SpecError(f"follow_external_symlinks must be true or false{where}, not {follow!r}.")
     phenotype = raw.get("phenotype")
     if phenotype is not None and not (
         isinstance(phenotype, list) and all(isinstance(p, str) for p in phenotype)
@@ -373,6 +491,13 @@ def spec_from_mapping(raw: Mapping[str, Any], base: Path, source: Path | None = 
         owners=_owners(raw.get("owners"), where),
         schedule=str(raw.get("schedule") or DEFAULT_SCHEDULE),
         watch_interval=raw.get("watch_interval") or DEFAULT_WATCH_INTERVAL,
+        companions=companions,
+        fields=tuple(fields),
+        scans_columns=tuple(scans_columns),
+        rename=tuple((str(k), str(v)) for k, v in rename.items()),
+        preview=PreviewOptions.from_mapping(raw.get("preview"), where),
+        follow_external_symlinks=follow,
+        privacy=_privacy(raw.get("privacy"), where),
         source=source,
     )
 

@@ -493,20 +493,25 @@ def test_inference_names_prefixes_and_many(tmp_path):
         ],
     )
     index = build_index(root)
+    # desc-brain_mask is a derivative's name: in a raw dataset it is skipped, with a warning naming it
     assert [(c.name, c.datatype, c.suffix, c.many) for c in index.columns] == [
         ("t1w", "anat", "T1w", True),  # sub-02 has two runs
-        ("anat_mask", "anat", "mask", False),
         ("dwi", "dwi", "dwi", False),
         ("bold", "func", "bold", False),
-        ("func_mask", "func", "mask", False),
     ]
-    cells = {c: cell_names(index, c) for c in ("t1w", "dwi", "anat_mask")}
+    assert "sub-01/anat/sub-01_desc-brain_mask.nii.gz" in index.warnings[0]
+    cells = {c: cell_names(index, c) for c in ("t1w", "dwi")}
     assert cells["t1w"] == {
         "sub-01": ["sub-01_T1w.nii.gz"],
         "sub-02": ["sub-02_run-1_T1w.nii.gz", "sub-02_run-2_T1w.nii.gz"],
     }
     assert cells["dwi"] == {"sub-01": ["sub-01_dwi.nii"], "sub-02": []}
-    assert index.files_per_column() == {"anat_mask": 2, "t1w": 3, "dwi": 1, "bold": 2, "func_mask": 1}
+    assert index.files_per_column() == {"t1w": 3, "dwi": 1, "bold": 2}
+    # the same files in a derivative dataset: masks are columns, named by datatype where a suffix repeats
+    (root / "dataset_description.json").write_text('{"Name": "d", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}')
+    derived = build_index(root)
+    assert [c.name for c in derived.columns] == ["t1w", "anat_mask", "dwi", "bold", "func_mask"]
+    assert derived.files_per_column() == {"anat_mask": 2, "t1w": 3, "dwi": 1, "bold": 2, "func_mask": 1}
 
 
 def test_inference_counts_many_per_row_not_per_subject(tmp_path):
@@ -526,13 +531,13 @@ def test_files_outside_datatype_folders_and_without_sub_entity(tmp_path):
         ],
     )
     index = build_index(root)
-    assert [(c.name, c.datatype) for c in index.columns] == [("nodatatype_t1w", ABSENT), ("anat_t1w", "anat")]
-    assert cell_names(index, "nodatatype_t1w") == {"sub-01": ["sub-01_T1w.nii"], "sub-02": []}
-    assert cell_names(index, "anat_t1w") == {"sub-01": ["sub-01_T1w.nii"], "sub-02": ["T1w.nii"]}
-    assert index.rows[1].cells["anat_t1w"][0].subject == "02"
-    # `datatype: null` in a rule selects exactly the files without a datatype folder
-    only = build_index(root, rules(loose={"datatype": None, "suffix": "T1w"}))
-    assert [f.relpath for r in only.rows for f in r.cells["loose"]] == ["sub-01/sub-01_T1w.nii"]
+    # neither is a BIDS name for a raw image: both are skipped and named, never a column of their own
+    assert [(c.name, c.datatype) for c in index.columns] == [("t1w", "anat")]
+    assert cell_names(index, "t1w") == {"sub-01": ["sub-01_T1w.nii"]}
+    assert "sub-01/sub-01_T1w.nii" in index.warnings[0] and "sub-02/anat/T1w.nii" in index.warnings[0]
+    # `datatype: null` in a rule selects files without a datatype folder: none is valid here
+    with pytest.raises(BidsError, match=r"none of the columns \(loose\) matches a file"):
+        build_index(root, rules(loose={"datatype": None, "suffix": "T1w"}))
 
 
 def test_rows_sorted_naturally_by_subject_and_session(tmp_path):
@@ -583,12 +588,11 @@ def test_many_column_with_unknown_entities_on_some_files(tmp_path):
         ],
     )
     index = build_index(root)
-    assert index.columns[0].many
-    assert cell_names(index, "t1w")["sub-01"] == [
-        "sub-01_T1w.nii",
-        "sub-01_foo-2_T1w.nii",
-        "sub-01_foo-10_T1w.nii",
-    ]
+    # foo is no BIDS entity: those files are skipped (named in a warning), the column stays one file
+    assert not index.columns[0].many
+    assert cell_names(index, "t1w")["sub-01"] == ["sub-01_T1w.nii"]
+    assert "sub-01/anat/sub-01_foo-10_T1w.nii" in index.warnings[0]
+    assert "sub-01/anat/sub-01_foo-2_T1w.nii" in index.warnings[0]
 
 
 # --- ambiguity -----------------------------------------------------------------------------------------
@@ -634,8 +638,10 @@ def test_ambiguity_between_nii_and_nii_gz_says_so(tmp_path):
 
 def test_ambiguity_by_an_unknown_entity(tmp_path):
     root = make_bids(tmp_path / "ds", ["sub-01/anat/sub-01_T1w.nii", "sub-01/anat/sub-01_foo-a_T1w.nii"])
-    with pytest.raises(AmbiguousColumnError, match=r"differ in entity 'foo'"):
-        build_index(root, rules(t1w={"suffix": "T1w"}))
+    # a file with an unknown entity is not BIDS: skipped with a warning, so it makes nothing ambiguous
+    index = build_index(root, rules(t1w={"suffix": "T1w"}))
+    assert cell_names(index, "t1w") == {"sub-01": ["sub-01_T1w.nii"]}
+    assert "sub-01/anat/sub-01_foo-a_T1w.nii" in index.warnings[0]
 
 
 def test_subject_rows_make_sessions_ambiguous(example):
@@ -795,7 +801,7 @@ def test_phenotype_selection_and_clashes(tmp_path):
     assert index.rows[0].phenotype == {"age": 30, "group": "1"}
     with pytest.raises(BidsError, match=r"\['height'\] are not in participants.tsv"):
         build_index(root, phenotype=["height"])
-    with pytest.raises(BidsError, match=r"clash with column names"):
+    with pytest.raises(BidsError, match=r"two published columns would be named 'age'"):
         build_index(root, rules(age={"suffix": "T1w"}))
 
 
@@ -835,7 +841,7 @@ def test_demo_sidecar_inheritance_subject_level_overrides_top_level(demo_spec):
         expected_tr = 2.5 if rel.startswith("sub-01/") else 2.0  # sub-01 has its own sidecar
         assert meta["RepetitionTime"] == expected_tr, rel
     t1w = index.rows[0].cells["t1w"][0]
-    assert index.sidecars[t1w.relpath] == {}  # no T1w sidecar anywhere
+    assert index.sidecars[t1w.relpath] is None  # no T1w sidecar anywhere: published as null
 
 
 def test_demo_spec_index(demo_spec):
@@ -1123,13 +1129,15 @@ def test_ambiguity_reports_the_first_row_in_row_order(tmp_path):
         build_index(root, rules(t1w={"suffix": "T1w"}))
 
 
-def test_a_file_without_ses_in_its_name_takes_the_session_from_its_folder(tmp_path):
+def test_a_file_without_ses_in_its_name_in_a_session_folder_is_not_bids(tmp_path):
     root = make_bids(
-        tmp_path / "ds", ["sub-01/ses-1/anat/sub-01_T1w.nii", "sub-01/ses-2/anat/sub-01_T1w.nii"]
+        tmp_path / "ds",
+        ["sub-01/ses-1/anat/sub-01_T1w.nii", "sub-01/ses-2/anat/sub-01_T1w.nii", "sub-02/anat/sub-02_T1w.nii"],
     )
     index = build_index(root)
-    assert [(r.subject_id, r.session_id) for r in index.rows] == [("sub-01", "ses-1"), ("sub-01", "ses-2")]
-    assert [c.many for c in index.columns] == [False]
+    # BIDS names carry the session of their folder: without it, the files are skipped and named
+    assert [(r.subject_id, r.session_id) for r in index.rows] == [("sub-02", None)]
+    assert "sub-01/ses-1/anat/sub-01_T1w.nii" in index.warnings[0]
 
 
 @pytest.mark.parametrize("name", ["subject_id", "session_id", "_bids_files"])

@@ -64,25 +64,26 @@ FORGED = "error: forged"
 
 def test_a_file_name_with_a_newline_cannot_forge_output_lines(tmp_path, monkeypatch, capsys):
     root = build_demo_bids(tmp_path / "bids")
-    damaged = root / "sub-03/ses-1/anat" / f"sub-03_ses-1_acq-x\n{FORGED}_T1w.nii"
-    damaged.write_bytes(b"")  # zero bytes: its shard fails, naming it
-    unfetched = root / "sub-01/ses-1/anat" / f"sub-01_ses-1_acq-y\n{FORGED}_T1w.nii"
-    unfetched.symlink_to(root / ".git/annex/objects/missing")  # content not fetched: an index warning
+    stray = root / "sub-01/ses-1/anat" / f"notes\n{FORGED}.nii"  # not a BIDS name: skipped, named in a warning
+    stray.write_bytes(b"")
     (root / "dataset_description.json").write_text(json.dumps({**DESCRIPTION, "Name": f"demo\n{FORGED}"}))
 
     code, output = run_cli(monkeypatch, capsys, "index", str(root))
     assert code == 0, output
-    assert shown(unfetched.relative_to(root).as_posix()) in output  # the warning names it, escaped
+    assert "sub-01/ses-1/anat/notes\\nerror: forged.nii" in output  # the warning names it, escaped
     assert not any(line.startswith(FORGED) for line in output.splitlines()), output
 
+    # a label holding a newline is no BIDS label: an error that names the file, escaped
+    damaged = root / "sub-03/ses-1/anat" / f"sub-03_ses-1_acq-x\n{FORGED}_T1w.nii"
+    damaged.write_bytes(b"")
     code, output = run_cli(
         monkeypatch, capsys, "publish", str(root), "--to", str(tmp_path / "out"), "--no-progress"
     )
-    assert code == 1, output
-    assert f"{shown(damaged)}: zero-byte file" in output
-    assert shown(unfetched.relative_to(root).as_posix()) in output
+    assert code == 2, output
+    assert shown(damaged.relative_to(root).as_posix()) in output
     assert not any(line.startswith(FORGED) for line in output.splitlines()), output
     assert "\\n" + FORGED in output
+    assert not (tmp_path / "out").exists()
 
 
 def free_port() -> int:
@@ -165,6 +166,6 @@ def test_a_folder_name_with_a_newline_cannot_forge_output_lines(tmp_path, monkey
 
     code, output = run_cli(monkeypatch, capsys, "index", str(root))
     assert code == 2, output
-    assert "its name says sub-03 but it sits in the " + shown(f"sub-03\n{FORGED}") + " folder" in output
+    assert "folder " + shown(f"sub-03\n{FORGED}") + ": the sub label" in output
     assert not any(line.startswith(FORGED) for line in output.splitlines()), output
     assert "Traceback" not in output

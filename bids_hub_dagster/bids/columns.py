@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .entities import load_schema, typed_value
-from .errors import BidsError
+from .errors import BidsError, shown
 from .layout import BidsFile
 
 #: Keys of a column rule that are not entity filters.
@@ -143,7 +143,12 @@ def infer_columns(files: Iterable[BidsFile], row: str) -> list[ColumnRule]:
     Named by the lower-cased suffix, prefixed with the datatype where a suffix occurs in
     two datatypes; ``many`` where any row holds more than one matching file. Every raw
     NIfTI file lands in exactly one column.
+
+    One image saved twice, as ``.nii`` and as ``.nii.gz``, is an error naming both: it would
+    silently make its column hold a list.
     """
+    files = list(files)
+    _refuse_duplicate_extensions(files)
     pairs: dict[tuple[str | None, str | None], Counter[tuple[str, str | None]]] = defaultdict(Counter)
     for f in files:
         if f.scope == "" and f.subject is not None:
@@ -168,6 +173,21 @@ def infer_columns(files: Iterable[BidsFile], row: str) -> list[ColumnRule]:
             )
         )
     return rules
+
+
+def _refuse_duplicate_extensions(files: list[BidsFile]) -> None:
+    by_stem: dict[str, list[str]] = defaultdict(list)
+    for f in files:
+        if f.scope == "" and f.is_nifti:
+            by_stem[f.relpath[: -len(f.name.extension)]].append(f.relpath)
+    dupes = sorted(paths for paths in by_stem.values() if len(paths) > 1)
+    if dupes:
+        first = sorted(dupes[0])
+        more = f" ({len(dupes) - 1} more image(s) are saved twice likewise)" if len(dupes) > 1 else ""
+        raise BidsError(
+            f"{shown(first[0])} and {shown(first[1])} are one image saved twice, as .nii and as .nii.gz; "
+            f"remove one of them{more}."
+        )
 
 
 def _identifier(text: str) -> str:

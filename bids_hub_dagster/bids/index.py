@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +14,68 @@ from .entities import distinguishing_entities, entity_sort_key, natural_key
 from .errors import AmbiguousColumnError, BidsError, shown
 from .layout import BidsFile, read_dataset_description, scan
 from .participants import Participants, read_participants
+from .companions import (
+    CompanionFinder,
+    read_tsv,
+    lift_type,
+    nifti_volumes,
+    read_all_scans,
+    read_all_sessions,
+    read_events,
+    read_gradients,
+)
+from .privacy import PrivacyPolicy, PrivacyReport, run_gate, strip_sidecar
 from .sidecars import SidecarResolver
 
 log = logging.getLogger(__name__)
 
 RowKey = tuple[str, str | None]  # (subject_id, session_id): one row of the dataset; session None per subject
 RESERVED_NAMES = frozenset({"subject_id", "session_id"})
+
+
+@dataclass(frozen=True)
+class Companions:
+    """Which companion column families the index carries beside each NIfTI column (all by default).
+
+    ``sidecar`` (``C_sidecar``), ``entities`` (``C_entities``), ``events`` (``C_events``),
+    ``gradients`` (``C_bval``/``C_bvec``) and ``sessions`` (the sessions.tsv columns).
+    """
+
+    sidecar: bool = True
+    entities: bool = True
+    events: bool = True
+    gradients: bool = True
+    sessions: bool = True
+
+    FAMILIES = ("sidecar", "entities", "events", "gradients", "sessions")
+
+    @classmethod
+    def from_mapping(cls, raw: object) -> Companions:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise BidsError(
+                f"companions must be a mapping of {', '.join(cls.FAMILIES)} to true/false, not {raw!r}."
+            )
+        unknown = sorted(set(raw) - set(cls.FAMILIES))
+        if unknown:
+            raise BidsError(f"companions: unknown key(s) {unknown}; known: {', '.join(cls.FAMILIES)}.")
+        bad = {k: v for k, v in raw.items() if not isinstance(v, bool)}
+        if bad:
+            raise BidsError(f"companions: values must be true or false, not {bad}.")
+        return cls(**raw)
+
+    def to_mapping(self) -> dict[str, bool]:
+        """The families turned off (the defaults are left out)."""
+        return {k: False for k in self.FAMILIES if not getattr(self, k)}
+
+
+@dataclass(frozen=True)
+class SessionColumns:
+    """The sessions.tsv columns a dataset carries: their types (as published) and descriptions."""
+
+    columns: dict[str, str]
+    descriptions: dict[str, str]
 
 
 @dataclass
@@ -30,6 +86,7 @@ class Row:
     session_id: str | None
     cells: dict[str, list[BidsFile]]
     phenotype: dict[str, Any]
+    sessions: dict[str, Any] = field(default_factory=dict)  # the row's sessions.tsv values (row: session)
 
     @property
     def files(self) -> list[BidsFile]:
@@ -54,8 +111,16 @@ class BidsIndex:
     columns: list[ColumnRule]
     rows: list[Row]
     participants: Participants
-    sidecars: dict[str, dict[str, Any]]  # relpath -> merged sidecar (inheritance applied)
+    sidecars: dict[str, dict[str, Any] | None]  # relpath -> merged sidecar (inheritance applied), None: none
     warnings: list[str] = field(default_factory=list)
+    file_companions: dict[str, dict[str, Any]] = field(default_factory=dict)  # relpath -> events/bval/bvec/scans
+    session_columns: SessionColumns = field(default_factory=lambda: SessionColumns({}, {}))
+    companion_families: dict[str, list[str]] = field(default_factory=dict)  # column -> families it carries
+    field_types: dict[str, dict[str, str]] = field(default_factory=dict)  # column -> lifted field -> kind
+    scans_types: dict[str, str] = field(default_factory=dict)  # published scans.tsv column -> kind
+    validation: dict[str, Any] = field(default_factory=dict)  # counts and skipped files, for the summary
+    privacy: dict[str, Any] = field(default_factory=dict)  # the privacy gate's report (JSON form)
+    privacy_report: PrivacyReport | None = None  # the same, to print or refuse with; None: no gate ran
 
     def files_per_column(self) -> dict[str, int]:
         return {c.name: sum(len(r.cells[c.name]) for r in self.rows) for c in self.columns}
@@ -113,6 +178,14 @@ def build_index(
     columns: Sequence[ColumnRule] | None = None,
     row: str = "session",
     phenotype: Sequence[str] | None = None,
+    *,
+    companions: Companions | None = None,
+    fields: Mapping[str, Sequence[str]] | None = None,
+    scans_columns: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
+    follow_external_symlinks: bool = False,
+    privacy: PrivacyPolicy | None = None,
+    public_hub: bool | None = None,
 ) -> BidsIndex:
     """Index a BIDS folder for one dataset.
 
@@ -121,6 +194,16 @@ def build_index(
         columns: the column rules; ``None`` infers one per (datatype, suffix) found.
         row: ``"session"`` (one row per subject and session) or ``"subject"``.
         phenotype: participants.tsv columns to keep; ``None`` keeps all.
+        companions: the companion column families carried (all by default).
+        fields: per column, sidecar fields lifted to typed columns ``C_<Field>``.
+        scans_columns: scans.tsv columns published beside each file (none by default).
+        rename: sessions.tsv column -> published name (a clash with a phenotype column).
+        follow_external_symlinks: index files whose symlinks resolve outside ``root``.
+        privacy: run the privacy gate under this policy (None: no gate) and strip what it
+            says from the published sidecars and tables; the report is the index's
+            ``privacy_report`` (the caller refuses to publish when it blocks).
+        public_hub: whether the destination is a public Hub repo, for the defacing
+            affirmation (None: no destination, not checked).
 
     Returns:
         The index: rows sorted by subject and session (numbers numerically), files per
@@ -131,8 +214,9 @@ def build_index(
         raise BidsError(f"row must be 'session' or 'subject', not {row!r}.")
     description = read_dataset_description(root)
     scopes = [""] + sorted({c.scope for c in columns or () if c.scope})
-    files, jsons = scan(root, scopes)
-    warnings: list[str] = []
+    scanned = scan(root, scopes, follow_external_symlinks=follow_external_symlinks)
+    files, jsons, others = scanned.files, scanned.jsons, scanned.other
+    warnings: list[str] = scanned.warnings()  # files skipped: their names are not BIDS
     rules = list(columns) if columns is not None else infer_columns(files, row)
     if not rules:
         raise BidsError(f"{shown(root)} holds no NIfTI files (.nii or .nii.gz) under sub-* folders.")
@@ -158,9 +242,6 @@ def build_index(
             cells[key][rule.name] = matched
 
     participants = read_participants(root).select(list(phenotype) if phenotype is not None else None)
-    clash = set(participants.columns) & (set(names) | {"subject_id", "session_id"})
-    if clash:
-        raise BidsError(f"phenotype column(s) {sorted(clash)} clash with column names; rename the column(s).")
     keys = sorted(cells, key=_row_sort_key)
     if not keys:
         raise BidsError(
@@ -198,8 +279,43 @@ def build_index(
             + (" …" if len(broken) > 20 else "")
         )
     resolver = SidecarResolver(root, jsons)
-    sidecars = {f.relpath: resolver.resolve(f) for r in rows for f in r.files}
+    sidecars = {f.relpath: resolver.resolve(f) if resolver.sources(f) else None for r in rows for f in r.files}
     warnings.extend(resolver.warnings)
+    families = companions or Companions()
+    found = _read_companions(root, rows, rules, families, CompanionFinder(root, [*jsons, *others]), warnings)
+    field_types = _lift_types(rules, rows, sidecars, fields or {})
+    scans_types = _scans(root, rows, scans_columns, found, warnings)
+    sessions = _sessions(root, rows, row, families, participants, rename or {}, warnings)
+    companion_families = {
+        rule.name: [
+            family
+            for family, on in (
+                ("sidecar", families.sidecar),
+                ("entities", families.entities),
+                ("events", rule.name in found.events),
+                ("gradients", rule.name in found.gradients),
+            )
+            if on
+        ]
+        for rule in rules
+    }
+    report = None
+    if privacy is not None:
+        report = run_gate(
+            root,
+            {rel: data for rel, data in resolver.read_sources(rows) if data} if families.sidecar else {},
+            [f.relpath for r in rows for f in r.files if not f.broken_link],
+            _published_tables(root, rows, participants, sessions, scans_types, rename or {}),
+            privacy,
+            destination_is_public_hub=public_hub,
+        )
+        if privacy.strip:
+            sidecars = {rel: None if s is None else strip_sidecar(s, privacy) for rel, s in sidecars.items()}
+            participants = participants.select([c for c in participants.columns if not privacy.strips(c)])
+            for r in rows:
+                r.phenotype = {c: r.phenotype.get(c) for c in participants.columns}
+            sessions, scans_types = _strip_tables(rows, sessions, scans_types, found, privacy)
+    _check_names(rules, companion_families, field_types, scans_types, participants, sessions)
     for w in warnings:
         log.info(w)  # returned to the caller, who shows them (CLI summary, Dagster log)
     return BidsIndex(
@@ -211,4 +327,245 @@ def build_index(
         participants=participants,
         sidecars=sidecars,
         warnings=warnings,
+        file_companions=found.files,
+        session_columns=sessions,
+        companion_families=companion_families,
+        field_types=field_types,
+        scans_types=scans_types,
+        privacy=report.to_json() if report is not None else {},
+        privacy_report=report,
     )
+
+
+@dataclass
+class _Found:
+    """Companions found per file, and the columns that have any of each kind."""
+
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: set[str] = field(default_factory=set)
+    gradients: set[str] = field(default_factory=set)
+
+
+def _read_companions(
+    root: Path,
+    rows: list[Row],
+    rules: list[ColumnRule],
+    families: Companions,
+    finder: CompanionFinder,
+    warnings: list[str],
+) -> _Found:
+    """Each file's events and gradients (bval/bvec checked against its volume count)."""
+    found = _Found()
+    if not (families.events or families.gradients):
+        return found
+    for row in rows:
+        for column, files in row.cells.items():
+            for f in files:
+                extra: dict[str, Any] = {}
+                if families.events and (events := read_events(root, f, finder)) is not None:
+                    extra["events"] = events.records
+                    found.events.add(column)
+                    warnings.extend(events.warnings)
+                if families.gradients and f.datatype == "dwi" and not f.broken_link:
+                    try:
+                        volumes: int | None = nifti_volumes(f.path)
+                    except BidsError:  # an unreadable image: its shard's file check names it
+                        volumes = None
+                    gradients = read_gradients(root, f, finder, volumes)
+                    if gradients is not None:
+                        extra["bval"], extra["bvec"] = gradients
+                        found.gradients.add(column)
+                if extra:
+                    found.files[f.relpath] = extra
+    return found
+
+
+def _lift_types(
+    rules: list[ColumnRule],
+    rows: list[Row],
+    sidecars: Mapping[str, dict[str, Any] | None],
+    fields: Mapping[str, Sequence[str]],
+) -> dict[str, dict[str, str]]:
+    """Per column, the type of each lifted sidecar field (the BIDS schema's, as the values use it)."""
+    names = {r.name for r in rules}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise BidsError(f"fields are given for column(s) {unknown} that the spec does not have.")
+    out: dict[str, dict[str, str]] = {}
+    for column, wanted in fields.items():
+        values: dict[str, list[Any]] = {name: [] for name in wanted}
+        for row in rows:
+            for f in row.cells[column]:
+                sidecar = sidecars.get(f.relpath) or {}
+                for name in wanted:
+                    if sidecar.get(name) is not None:
+                        values[name].append(sidecar[name])
+        out[column] = {name: lift_type(name, values[name]) for name in wanted}
+    return out
+
+
+def _scans(
+    root: Path, rows: list[Row], wanted: Sequence[str], found: _Found, warnings: list[str]
+) -> dict[str, str]:
+    """The scans.tsv columns the spec names, as a record per file; their types."""
+    if not wanted:
+        return {}
+    scans = read_all_scans(root, sorted({r.subject_id for r in rows}, key=natural_key))
+    warnings.extend(scans.warnings)
+    missing = [c for c in wanted if c not in scans.columns]
+    if missing:
+        have = ", ".join(map(shown, scans.columns)) or "none (no scans.tsv found)"
+        raise BidsError(f"scans_columns {missing} are not in the scans.tsv files (their columns: {have}).")
+    for row in rows:
+        for f in row.files:
+            record = scans.records.get(f.relpath)
+            if record is not None:
+                found.files.setdefault(f.relpath, {})["scans"] = {c: record.get(c) for c in wanted}
+    return {c: scans.columns[c] for c in wanted}
+
+
+def _sessions(
+    root: Path,
+    rows: list[Row],
+    row_unit: str,
+    families: Companions,
+    participants: Participants,
+    rename: Mapping[str, str],
+    warnings: list[str],
+) -> SessionColumns:
+    """The sessions.tsv columns as row columns (``row: session`` only), renamed as the spec says."""
+    if not families.sessions or row_unit != "session":
+        if rename:
+            raise BidsError("rename applies to sessions.tsv columns, which are carried with row: session only.")
+        return SessionColumns({}, {})
+    tables = read_all_sessions(root, sorted({r.subject_id for r in rows}, key=natural_key))
+    columns: dict[str, str] = {}
+    descriptions: dict[str, str] = {}
+    for table in tables.values():
+        columns.update(table.columns)
+        descriptions.update(table.descriptions)
+        warnings.extend(table.warnings)
+    unknown = sorted(set(rename) - set(columns))
+    if unknown:
+        have = ", ".join(map(shown, columns)) or "none"
+        raise BidsError(f"rename names sessions.tsv column(s) {unknown} that no sessions.tsv has (columns: {have}).")
+    published: dict[str, str] = {}
+    for c in columns:
+        name = rename.get(c, c)
+        if name in RESERVED_NAMES and c not in rename:
+            name = f"sessions_{c}"
+            warnings.append(
+                f"sessions.tsv column {c!r} is published as {name!r}: {c} names the row id; choose another "
+                f"name with `rename: {{{c}: <name>}}` in the spec"
+            )
+        published[name] = c
+    clash = sorted(n for n in published if n in participants.columns)
+    if clash:
+        old = published[clash[0]]
+        raise BidsError(
+            f"sessions.tsv column(s) {clash} clash with participants.tsv columns of the same name; "
+            f"rename the sessions column in the spec, e.g. `rename: {{{old}: session_{old}}}`."
+        )
+    for row in rows:
+        table = tables.get(row.subject_id)
+        record = table.records.get(row.session_id or "", {}) if table is not None else {}
+        row.sessions = {new: record.get(old) for new, old in published.items()}
+    return SessionColumns(
+        {new: columns[old] for new, old in published.items()},
+        {new: descriptions[old] for new, old in published.items() if old in descriptions},
+    )
+
+
+def _check_names(
+    rules: list[ColumnRule],
+    families: Mapping[str, list[str]],
+    field_types: Mapping[str, Mapping[str, str]],
+    scans_types: Mapping[str, str],
+    participants: Participants,
+    sessions: SessionColumns,
+) -> None:
+    """Every published column name once: a companion may not shadow a column, a field or a table column."""
+    seen: dict[str, str] = {"subject_id": "the row id", "session_id": "the row id"}
+
+    def claim(name: str, what: str) -> None:
+        if name in seen:
+            raise BidsError(
+                f"two published columns would be named {name!r}: {seen[name]} and {what}; rename a column "
+                "in the spec (columns, fields or rename) so that every name is distinct."
+            )
+        seen[name] = what
+
+    suffixes = {"sidecar": ["_sidecar"], "entities": ["_entities"], "events": ["_events"], "gradients": ["_bval", "_bvec"]}
+    for rule in rules:
+        claim(rule.name, f"NIfTI column {rule.name!r}")
+    for rule in rules:
+        for family in families.get(rule.name, []):
+            for suffix in suffixes[family]:
+                claim(rule.name + suffix, f"the {family} of column {rule.name!r}")
+        for name in field_types.get(rule.name, {}):
+            claim(f"{rule.name}_{name}", f"sidecar field {name!r} of column {rule.name!r}")
+        for name in scans_types:
+            claim(f"{rule.name}_{name}", f"scans.tsv column {name!r} of column {rule.name!r}")
+    for name in participants.columns:
+        claim(name, f"participants.tsv column {name!r}")
+    for name in sessions.columns:
+        claim(name, f"sessions.tsv column {name!r}")
+
+
+def _published_tables(
+    root: Path,
+    rows: list[Row],
+    participants: Participants,
+    sessions: SessionColumns,
+    scans_types: Mapping[str, str],
+    rename: Mapping[str, str],
+) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The table columns that would be published, as written (relpath, header, rows), for the gate.
+
+    participants.tsv's published phenotype, each subject's sessions.tsv columns (row:
+    session) and the scans.tsv columns the spec names; a column that is not published
+    cannot leak, so it is not scanned.
+    """
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+
+    def project(rel: str, wanted: Sequence[str]) -> None:
+        if not wanted or not (root / rel).is_file():
+            return
+        table = read_tsv(root / rel, where=rel)
+        cols = [c for c in wanted if c in table.columns]
+        if cols:
+            out.append((rel, cols, [[t.get(c) or "n/a" for c in cols] for t in table.texts]))
+
+    project("participants.tsv", list(participants.columns))
+    subjects = sorted({r.subject_id for r in rows}, key=natural_key)
+    original = {new: old for old, new in rename.items()}
+    session_cols = [original.get(c, c) for c in sessions.columns]
+    for sub in subjects:
+        project(f"{sub}/{sub}_sessions.tsv", session_cols)
+    if scans_types:
+        folders = {f.relpath.rsplit("/", 2)[0] for r in rows for f in r.files if f.scope == ""}
+        for folder in sorted(folders):
+            parts = folder.split("/")
+            if parts[0].startswith("sub-"):
+                stem = "_".join(p for p in parts if p.startswith(("sub-", "ses-")))
+                project(f"{folder}/{stem}_scans.tsv", list(scans_types))
+    return out
+
+
+def _strip_tables(
+    rows: list[Row],
+    sessions: SessionColumns,
+    scans_types: dict[str, str],
+    found: _Found,
+    privacy: PrivacyPolicy,
+) -> tuple[SessionColumns, dict[str, str]]:
+    """Sessions and scans columns without those the privacy policy strips."""
+    kept = {c: t for c, t in sessions.columns.items() if not privacy.strips(c)}
+    for r in rows:
+        r.sessions = {c: r.sessions.get(c) for c in kept}
+    scans = {c: t for c, t in scans_types.items() if not privacy.strips(c)}
+    for extra in found.files.values():
+        if "scans" in extra:
+            extra["scans"] = {c: v for c, v in extra["scans"].items() if c in scans}
+    descriptions = {c: d for c, d in sessions.descriptions.items() if c in kept}
+    return SessionColumns(kept, descriptions), scans

@@ -6,14 +6,15 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pathspec
 
-from .entities import NIFTI_EXTENSIONS, BidsName, load_schema, parse_filename
+from .entities import NIFTI_EXTENSIONS, BidsName, load_schema, parse_filename, split_extension
 from .errors import BidsError, shown
+from .validation import NameValidator, Verdict, folder_label_problem, list_paths
 
 log = logging.getLogger(__name__)
 
@@ -124,25 +125,75 @@ def _inode(entry: os.DirEntry[str] | Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def walk(root: Path, scopes: Iterable[str] = ("",)) -> Iterator[tuple[str, str, os.DirEntry[str]]]:
+def _inside(path: str, real_root: str) -> bool:
+    return path == real_root or path.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _external_target(path: str, real_root: str) -> str | None:
+    """Where a symlink at ``path`` leads when that is an existing place outside ``real_root``, else None.
+
+    A broken link (annexed content not fetched) reads nothing: it is flagged as broken, not refused.
+    """
+    target = os.path.realpath(path)
+    if _inside(target, real_root) or not os.path.exists(target):
+        return None
+    return target
+
+
+def _refuse_external(external: list[str], root: Path) -> None:
+    if external:
+        raise BidsError(
+            f"{len(external)} symlink(s) lead outside the BIDS folder {shown(root)}: {list_paths(external)}. "
+            "Indexing them would read data that is not part of this dataset. Copy the data into the dataset "
+            "(or remove the links, or list them in .bidsignore), or set `follow_external_symlinks: true` in "
+            "the spec if reading them is intended."
+        )
+
+
+#: What a folder of a scope is, by its depth: the scope, sub-*, ses-*, or a datatype folder.
+_SCOPE, _SUBJECT, _SESSION, _DATATYPE = range(4)
+
+
+def walk(
+    root: Path, scopes: Iterable[str] = ("",), *, follow_external_symlinks: bool = False
+) -> Iterator[tuple[str, str, os.DirEntry[str]]]:
     """Yield ``(scope, relpath, entry)`` for every file below ``sub-*`` in each scope.
 
     Scope ``""`` is the raw tree; any other scope is a folder (e.g. a derivatives
     pipeline) laid out like one. Hidden entries are skipped, and so is whatever the
     scope's own ``.bidsignore`` names (patterns relative to the scope's folder).
     ``relpath`` is relative to ``root``.
+
+    Only BIDS folders are entered: ``sub-*``, then ``ses-*`` and datatype folders. Any other
+    folder below ``sub-*`` (a folder named ``sub-02_T1w.nii``, ``anat/extra/``, a ``.ome.zarr/``
+    pseudo-file) is yielded as an entry, never entered: the caller tells a BIDS pseudo-file from
+    a stray folder. A ``sub-*``/``ses-*`` folder whose label is not a BIDS label
+    (``sub-03 copy``) is a :class:`BidsError`, and so, after the walk, is any symlink (file or
+    folder) leading outside the BIDS folder, unless ``follow_external_symlinks``.
     """
+    external: list[str] = []
+    yield from _walk(Path(root), scopes, follow_external_symlinks, external)
+    _refuse_external(external, Path(root))
+
+
+def _walk(
+    root: Path, scopes: Iterable[str], follow_external: bool, external: list[str]
+) -> Iterator[tuple[str, str, os.DirEntry[str]]]:
+    real_root = os.path.realpath(root)
+    datatypes = load_schema().datatypes
     for scope in scopes:
         base = root / scope if scope else root
         if not base.is_dir():
             raise BidsError(f"scope {scope!r} does not exist under {shown(root)} (looked for {shown(base)}).")
-        ignore = load_bidsignore(base)
         prefix = f"{scope}/" if scope else ""
-        stack: list[tuple[str, str]] = [(str(base), "")]
+        if scope and not follow_external and not _inside(os.path.realpath(base), real_root):
+            external.append(f"{scope}/ -> {os.path.realpath(base)}")
+            continue
+        ignore = load_bidsignore(base)
+        stack: list[tuple[str, str, int]] = [(str(base), "", _SCOPE)]
         seen = {_inode(base)}  # folders already walked: a symlink loop is walked once
-        top = True
         while stack:
-            folder, rel = stack.pop()
+            folder, rel, kind = stack.pop()
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError as exc:
@@ -158,59 +209,149 @@ def walk(root: Path, scopes: Iterable[str] = ("",)) -> Iterator[tuple[str, str, 
                     raise BidsError(
                         f"{shown(prefix + local)} cannot be read: {exc.strerror or exc}; fix or remove it"
                     ) from None
-                if top and not (is_dir and name.startswith("sub-")):
+                if kind == _SCOPE and not (is_dir and name.startswith("sub-")):
                     # At the top of a scope only sub-* folders hold per-subject data;
                     # top-level files are read separately (sidecars, participants).
                     continue
                 if ignore is not None and ignore.match_file(local + ("/" if is_dir else "")):
                     continue
-                if is_dir:
-                    inode = _inode(entry)
-                    if inode not in seen:
-                        seen.add(inode)
-                        stack.append((entry.path, local + "/"))
-                else:
+                if not follow_external and entry.is_symlink():
+                    target = _external_target(entry.path, real_root)
+                    if target is not None:
+                        external.append(f"{prefix}{local}{'/' if is_dir else ''} -> {target}")
+                        continue
+                if not is_dir:
                     yield scope, prefix + local, entry
-            top = False
+                    continue
+                if kind == _SCOPE:
+                    child = _SUBJECT
+                elif kind == _SUBJECT and name.startswith("ses-"):
+                    child = _SESSION
+                elif kind in (_SUBJECT, _SESSION) and name in datatypes:
+                    child = _DATATYPE
+                else:
+                    yield scope, prefix + local, entry  # not entered: the caller names it
+                    continue
+                problem = folder_label_problem(name)
+                if problem:
+                    raise BidsError(
+                        f"folder {shown(prefix + local)}: {problem}. Rename the folder "
+                        "(or list it in .bidsignore to leave it out)."
+                    )
+                inode = _inode(entry)
+                if inode not in seen:
+                    seen.add(inode)
+                    stack.append((entry.path, local + "/", child))
 
 
-def scan(root: Path, scopes: Iterable[str] = ("",)) -> tuple[list[BidsFile], list[str]]:
-    """Find the NIfTI files and the JSON sidecar paths of the given scopes.
+#: Extensions of the tables and gradients collected in :attr:`ScanResult.other`.
+OTHER_EXTENSIONS = (".tsv", ".bval", ".bvec")
 
-    Returns the NIfTI files (broken symlinks included and flagged, so that later steps
-    can name them) and the relative paths of every ``.json`` file found, top-level
-    sidecars of each scope included (for the inheritance principle).
+
+@dataclass
+class ScanResult:
+    """What :func:`scan` found.
+
+    ``files``: the NIfTI files (broken symlinks included and flagged). ``jsons``: the relpaths
+    of every valid ``.json`` sidecar, top-level ones of each scope included. ``skipped``:
+    ``(relpath, reason)`` of each file or folder left out because its name is not BIDS (a
+    folder's relpath ends with ``/``). ``other``: relpaths of the valid ``.tsv``, ``.bval`` and
+    ``.bvec`` files below ``sub-*`` and at each scope's top level (``participants.tsv`` too).
+
+    Unpacks as ``files, jsons = scan(...)``, as the tuple it replaces did.
     """
+
+    files: list[BidsFile]
+    jsons: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.files, self.jsons))
+
+    def warnings(self) -> list[str]:
+        """One warning listing the skipped files with their reasons (none if nothing was skipped)."""
+        if not self.skipped:
+            return []
+        return [
+            f"{len(self.skipped)} file(s) skipped, their names are not BIDS (list them in .bidsignore to "
+            "silence this): " + list_paths([f"{path} ({reason})" for path, reason in self.skipped])
+        ]
+
+
+def _dataset_type(folder: Path) -> str:
+    """``DatasetType`` of ``folder``'s dataset_description.json (``raw`` when absent or unreadable)."""
+    try:
+        value = json.loads((folder / "dataset_description.json").read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return "raw"
+    kind = value.get("DatasetType") if isinstance(value, dict) else None
+    return kind if isinstance(kind, str) else "raw"
+
+
+def scan(root: Path, scopes: Iterable[str] = ("",), *, follow_external_symlinks: bool = False) -> ScanResult:
+    """Find the NIfTI files, the JSON sidecars and the tables of the given scopes.
+
+    Only names the BIDS schema allows are kept (:mod:`.validation`): the raw tree is checked
+    against the raw rules (the derivative ones too when the dataset is a derivative one), any
+    other scope against the derivative rules, tolerantly. The rest is skipped, with a reason,
+    in :attr:`ScanResult.skipped`. Errors (:class:`BidsError`): a label that is not a BIDS label
+    (``acq-fast scan``), a file named for another subject or session than its folders, and
+    symlinks leading outside the BIDS folder (unless ``follow_external_symlinks``).
+    """
+    root = Path(root)
     scopes = list(scopes)
-    files: list[BidsFile] = []
-    jsons: list[str] = []
+    result = ScanResult([], [])
+    external: list[str] = []
+    real_root = os.path.realpath(root)
+    raw_is_derivative = _dataset_type(root) == "derivative"
+    validators = {scope: NameValidator(derivative=bool(scope) or raw_is_derivative) for scope in scopes}
     for scope in scopes:
         base = root / scope if scope else root
         prefix = f"{scope}/" if scope else ""
-        if base.is_dir():
-            jsons.extend(
-                prefix + p.name
-                for p in sorted(base.iterdir())
-                if p.suffix == ".json" and p.name != "dataset_description.json" and p.is_file()
-            )
-    for scope, relpath, entry in walk(root, scopes):
-        lower = entry.name.lower()
-        if lower.endswith(".json"):
-            jsons.append(relpath)
+        if not base.is_dir() or not (follow_external_symlinks or _inside(os.path.realpath(base), real_root)):
+            continue  # walk() below names it
+        ignore = load_bidsignore(base)
+        for entry in sorted(os.scandir(base), key=lambda e: e.name):
+            name = entry.name
+            _, ext = split_extension(name)
+            if name == "dataset_description.json" or not (ext == ".json" or ext in OTHER_EXTENSIONS):
+                continue
+            if (
+                name.startswith(".")
+                or not entry.is_file()
+                or (ignore is not None and ignore.match_file(name))
+            ):
+                continue
+            if not follow_external_symlinks and entry.is_symlink():
+                target = _external_target(entry.path, real_root)
+                if target is not None:
+                    external.append(f"{prefix}{name} -> {target}")
+                    continue
+            verdict = validators[scope].check(name)
+            if verdict.label_problem:
+                raise BidsError(
+                    f"{shown(prefix + name)}: {verdict.label_problem}. Rename the file (or list it in .bidsignore)."
+                )
+            _keep(result, validators[scope], verdict, name, prefix + name, ext)
+    for scope, relpath, entry in _walk(root, scopes, follow_external_symlinks, external):
+        prefix = f"{scope}/" if scope else ""
+        local = relpath[len(prefix) :]
+        validator = validators[scope]
+        if entry.is_dir():
+            if not validator.is_valid(local + "/"):  # a BIDS pseudo-file folder (.ome.zarr/, .ds/) is fine
+                result.skipped.append((relpath + "/", validator.problem(local + "/") or ""))
             continue
-        if not lower.endswith(NIFTI_EXTENSIONS):
-            continue
-        broken = False
-        try:
-            st = entry.stat()  # follows symlinks
-            size, mtime = st.st_size, st.st_mtime_ns
-        except FileNotFoundError:
-            broken = True
-            size, mtime = 0, entry.stat(follow_symlinks=False).st_mtime_ns
-        except OSError as exc:  # a symlink loop, no permission: name the file, never a traceback
+        verdict = validator.check(local)
+        if verdict.label_problem:
             raise BidsError(
-                f"{shown(relpath)} cannot be read: {exc.strerror or exc}; fix or remove it"
-            ) from None
+                f"{shown(relpath)}: {verdict.label_problem}. Rename the file (or list it in .bidsignore)."
+            )
+        lower = entry.name.lower()
+        if not lower.endswith(NIFTI_EXTENSIONS):
+            _, ext = split_extension(entry.name)
+            _keep(result, validator, verdict, local, relpath, ext)
+            continue
         parts = relpath.split("/")
         name = parse_filename(entry.name)
         # walk() yields only files below a sub-* folder at the top of the scope.
@@ -225,11 +366,25 @@ def scan(root: Path, scopes: Iterable[str] = ("",)) -> tuple[list[BidsFile], lis
                     f"{shown(relpath)}: its name says {shown(f'{key}-{name.entities[key]}')} but it sits in the "
                     f"{shown(f'{key}-{label}')} folder; rename or move the file."
                 )
+        if not verdict.valid:
+            result.skipped.append((relpath, validator.problem(local) or ""))
+            continue
         missing = {k: v for k, v in folders.items() if k not in name.entities}
         if missing:
-            # A file under sub-XX[/ses-YY] whose name lacks sub-/ses-: its folders say which row it is.
+            # A derivative file under sub-XX[/ses-YY] whose name lacks sub-/ses-: its folders say which row.
             name = BidsName({**missing, **name.entities}, name.suffix, name.extension, name.unknown)
-        files.append(
+        broken = False
+        try:
+            st = entry.stat()  # follows symlinks
+            size, mtime = st.st_size, st.st_mtime_ns
+        except FileNotFoundError:
+            broken = True
+            size, mtime = 0, entry.stat(follow_symlinks=False).st_mtime_ns
+        except OSError as exc:  # a symlink loop, no permission: name the file, never a traceback
+            raise BidsError(
+                f"{shown(relpath)} cannot be read: {exc.strerror or exc}; fix or remove it"
+            ) from None
+        result.files.append(
             BidsFile(
                 root=root,
                 relpath=relpath,
@@ -241,4 +396,18 @@ def scan(root: Path, scopes: Iterable[str] = ("",)) -> tuple[list[BidsFile], lis
                 broken_link=broken,
             )
         )
-    return files, jsons
+    _refuse_external(external, root)
+    result.skipped.sort()
+    return result
+
+
+def _keep(
+    result: ScanResult, validator: NameValidator, verdict: Verdict, local: str, relpath: str, ext: str
+) -> None:
+    """File a valid sidecar or table of ``result``, skip an invalid one (other files: valid, not kept)."""
+    if not verdict.valid:
+        result.skipped.append((relpath, validator.problem(local) or ""))
+    elif ext == ".json":
+        result.jsons.append(relpath)
+    elif ext in OTHER_EXTENSIONS:
+        result.other.append(relpath)

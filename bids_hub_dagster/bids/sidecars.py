@@ -63,6 +63,15 @@ class SidecarResolver:
                     found.append((depth, len(cand), rel))
         return [rel for _, _, rel in sorted(found)]
 
+    def read_sources(self, rows: Iterable[Any]) -> list[tuple[str, dict[str, Any] | None]]:
+        """Every sidecar that applies to a file of ``rows`` (once each) with its content."""
+        seen: dict[str, None] = {}
+        for row in rows:
+            for file in row.files:
+                for rel in self.sources(file):
+                    seen.setdefault(rel)
+        return [(rel, self._read(rel)) for rel in seen]
+
     def resolve(self, file: BidsFile) -> dict[str, Any]:
         """The merged sidecar metadata of ``file`` (empty when none applies)."""
         merged: dict[str, Any] = {}

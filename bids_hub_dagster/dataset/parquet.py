@@ -55,6 +55,17 @@ def nifti_leaves(features: Features) -> dict[str, tuple[str, str]]:
     }
 
 
+def _leaf_paths(path: str, kind: pa.DataType) -> list[str]:
+    """The parquet leaf columns of an Arrow field (ParquetWriter options name leaves, not fields)."""
+    if isinstance(kind, pa.ExtensionType):
+        kind = kind.storage_type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _leaf_paths(f"{path}.list.element", kind.value_type)
+    if pa.types.is_struct(kind):
+        return [leaf for i in range(kind.num_fields) for leaf in _leaf_paths(f"{path}.{kind.field(i).name}", kind.field(i).type)]
+    return [path]
+
+
 def write_options(features: Features, gzip_share: dict[str, float], compression: str = "auto") -> dict:
     """ParquetWriter options for a shard.
 
@@ -78,9 +89,11 @@ def write_options(features: Features, gzip_share: dict[str, float], compression:
             chosen = "none" if gzip_share.get(name, 1.0) >= GZIP_SHARE_FOR_NO_COMPRESSION else "zstd"
         codecs[bytes_leaf] = chosen
         codecs[path_leaf] = "zstd"
-    others = [n for n in features if n not in leaves]
-    for name in others:
-        codecs[name] = "zstd"
+    others = [
+        leaf for f in features.arrow_schema if f.name not in leaves for leaf in _leaf_paths(f.name, f.type)
+    ]
+    for leaf in others:
+        codecs[leaf] = "zstd"
     small = others + [p for _, p in leaves.values()]
     return {
         # pages as large as an image: fewer, bigger writes (measured faster than 1 MiB pages)

@@ -2,21 +2,33 @@
 
 The index table has one row per dataset row: ``subject_id``, ``session_id``, one column
 of relative paths per dataset column (a string, or a list of strings for ``many``
-columns), the typed phenotype, and ``_bids_files``: every file of the row with its
-column, size, mtime, entities and merged JSON sidecar. What the index knows beyond the
-rows (root, columns, phenotype types, dataset_description) travels in the schema
-metadata, so the table alone is enough to rebuild the dataset.
+columns), the typed phenotype and sessions.tsv columns, and ``_bids_files``: every file
+of the row with its column, size, mtime, entities, merged JSON sidecar and companions
+(events, bval/bvec, scans.tsv record). What the index knows beyond the rows (root,
+columns, types, dataset_description) travels in the schema metadata, so the table alone
+is enough to rebuild the dataset.
+
+Beside each NIfTI column ``C`` the dataset carries its companion columns, named so that
+users, docs and checks can rely on them (one more ``List`` level for a ``many`` column,
+aligned element for element with ``C``):
+
+- ``C_sidecar``   ``Json()``: the merged sidecar (BIDS inheritance), null without one
+- ``C_entities``  ``Json()``: the entities as the file name spells them (``"run": "02"``)
+- ``C_events``    ``List(Json())``: the typed records of the file's ``_events.tsv``
+- ``C_bval``      ``List(float64)``; ``C_bvec`` ``List(List(float64))`` (3 × N), dwi files
+- ``C_<Field>``   a typed sidecar field the spec lifts (``fields: [RepetitionTime]``)
+- ``C_<column>``  a scans.tsv column the spec names (``scans_columns: [...]``)
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from datasets import Dataset, Features, List, Nifti, Value
+from datasets import Dataset, Features, Json, List, Nifti, Value
 from datasets.features.features import get_nested_type
 from datasets.table import InMemoryTable
 
@@ -35,9 +47,16 @@ FILE_STRUCT = pa.struct(
         ("mtime_ns", pa.int64()),
         ("broken_link", pa.bool_()),
         ("entities", pa.string()),
-        ("sidecar", pa.string()),
+        ("sidecar", pa.string()),  # JSON, null when no sidecar applies
+        ("events", pa.string()),  # JSON list of records, null without an events file
+        ("bval", pa.string()),  # JSON list, null without gradients
+        ("bvec", pa.string()),  # JSON 3 x N lists
+        ("scans", pa.string()),  # JSON record of the published scans.tsv columns, or null
     ]
 )
+#: companion column name of NIfTI column ``C``: family -> suffix
+COMPANION_SUFFIXES = {"sidecar": "_sidecar", "entities": "_entities", "events": "_events"}
+_KIND_FEATURES = {"string": "string", "int64": "int64", "float64": "float64", "bool": "bool"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,13 @@ class IndexInfo:
     phenotype_descriptions: dict[str, str]
     description: dict[str, Any]  # dataset_description.json
     warnings: list[str]
+    companions: dict[str, list[str]] = field(default_factory=dict)  # column -> families carried
+    fields: dict[str, dict[str, str]] = field(default_factory=dict)  # column -> lifted field -> kind
+    scans: dict[str, str] = field(default_factory=dict)  # published scans.tsv column -> kind
+    sessions: dict[str, str] = field(default_factory=dict)  # sessions.tsv column (as published) -> kind
+    session_descriptions: dict[str, str] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)  # what indexing checked (counts, skipped)
+    privacy: dict[str, Any] = field(default_factory=dict)  # the privacy gate's report
 
     @classmethod
     def of(cls, table: pa.Table) -> IndexInfo:
@@ -66,14 +92,47 @@ class IndexInfo:
             phenotype_descriptions=raw.get("phenotype_descriptions", {}),
             description=raw.get("description", {}),
             warnings=raw.get("warnings", []),
+            companions=raw.get("companions", {}),
+            fields=raw.get("fields", {}),
+            scans=raw.get("scans", {}),
+            sessions=raw.get("sessions", {}),
+            session_descriptions=raw.get("session_descriptions", {}),
+            validation=raw.get("validation", {}),
+            privacy=raw.get("privacy", {}),
         )
+
+    def companion_features(self, name: str, many: bool) -> dict[str, Any]:
+        """The companion columns of NIfTI column ``name``: column name -> feature, in order."""
+        out: dict[str, Any] = {}
+        families = self.companions.get(name, [])
+
+        def shaped(feature: Any) -> Any:
+            return List(feature) if many else feature
+
+        if "sidecar" in families:
+            out[f"{name}_sidecar"] = shaped(Json())
+        if "entities" in families:
+            out[f"{name}_entities"] = shaped(Json())
+        if "events" in families:
+            out[f"{name}_events"] = shaped(List(Json()))
+        if "gradients" in families:
+            out[f"{name}_bval"] = shaped(List(Value("float64")))
+            out[f"{name}_bvec"] = shaped(List(List(Value("float64"))))
+        for field_name, kind in self.fields.get(name, {}).items():
+            out[f"{name}_{field_name}"] = shaped(Json() if kind == "json" else Value(kind))
+        for column, kind in self.scans.items():
+            out[f"{name}_{column}"] = shaped(Value(kind))
+        return out
 
     def features(self) -> Features:
         """The HF features: ids, one ``Nifti()``/``List(Nifti())`` per column, typed phenotype."""
         feats: dict[str, Any] = {"subject_id": Value("string"), "session_id": Value("string")}
         for name, many in self.columns.items():
             feats[name] = List(Nifti()) if many else Nifti()
+            feats.update(self.companion_features(name, many))
         for name, kind in self.phenotype.items():
+            feats[name] = Value(kind)
+        for name, kind in self.sessions.items():
             feats[name] = Value(kind)
         return Features(feats)
 
@@ -93,6 +152,10 @@ def nifti_columns(features: Features) -> dict[str, bool]:
     return out
 
 
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 def index_to_table(index: BidsIndex) -> pa.Table:
     """The index as an Arrow table (see the module docstring for its layout)."""
     many = {c.name: c.many for c in index.columns}
@@ -100,6 +163,8 @@ def index_to_table(index: BidsIndex) -> pa.Table:
     for name in many:
         data[name] = []
     for name in index.participants.columns:
+        data[name] = []
+    for name in index.session_columns.columns:
         data[name] = []
     data[FILES_COLUMN] = []
     for row in index.rows:
@@ -110,24 +175,32 @@ def index_to_table(index: BidsIndex) -> pa.Table:
             data[name].append(rels if is_many else (rels[0] if rels else None))
         for name in index.participants.columns:
             data[name].append(row.phenotype.get(name))
-        data[FILES_COLUMN].append(
-            [
-                {
-                    "column": col,
-                    "relpath": f.relpath,
-                    "size": f.size,
-                    "mtime_ns": f.mtime_ns,
-                    "broken_link": f.broken_link,
-                    "entities": json.dumps(f.name.all_entities()),
-                    "sidecar": json.dumps(index.sidecars.get(f.relpath, {})),
-                }
-                for col, files in row.cells.items()
-                for f in files
-            ]
-        )
+        for name in index.session_columns.columns:
+            data[name].append(row.sessions.get(name))
+        records = []
+        for col, files in row.cells.items():
+            for f in files:
+                extra = index.file_companions.get(f.relpath, {})
+                records.append(
+                    {
+                        "column": col,
+                        "relpath": f.relpath,
+                        "size": f.size,
+                        "mtime_ns": f.mtime_ns,
+                        "broken_link": f.broken_link,
+                        "entities": json.dumps(f.name.all_entities()),
+                        "sidecar": _json(index.sidecars.get(f.relpath)),
+                        "events": _json(extra.get("events")),
+                        "bval": _json(extra.get("bval")),
+                        "bvec": _json(extra.get("bvec")),
+                        "scans": _json(extra.get("scans")),
+                    }
+                )
+        data[FILES_COLUMN].append(records)
     fields = [pa.field("subject_id", pa.string()), pa.field("session_id", pa.string())]
     fields += [pa.field(n, pa.list_(pa.string()) if m else pa.string()) for n, m in many.items()]
     fields += [pa.field(n, _PA_TYPES[t]) for n, t in index.participants.columns.items()]
+    fields += [pa.field(n, _PA_TYPES[t]) for n, t in index.session_columns.columns.items()]
     fields.append(pa.field(FILES_COLUMN, pa.list_(FILE_STRUCT)))
     meta = {
         "root": str(index.root),
@@ -137,6 +210,13 @@ def index_to_table(index: BidsIndex) -> pa.Table:
         "phenotype_descriptions": index.participants.descriptions,
         "description": index.description,
         "warnings": index.warnings,
+        "companions": index.companion_families,
+        "fields": index.field_types,
+        "scans": index.scans_types,
+        "sessions": index.session_columns.columns,
+        "session_descriptions": index.session_columns.descriptions,
+        "validation": index.validation,
+        "privacy": index.privacy,
     }
     schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()})
     return pa.Table.from_pydict(data, schema=schema)
@@ -148,13 +228,90 @@ def row_sizes(table: pa.Table) -> list[int]:
     return [sum(f["size"] for f in row) for row in files]
 
 
+def _json_array(values: list[str | None]) -> pa.Array:
+    """A ``Json()`` column from JSON texts (None → null): the arrow.json extension over strings."""
+    return pa.ExtensionArray.from_storage(get_nested_type(Json()), pa.array(values, type=pa.string()))
+
+
+def _companion_cells(name: str, feature_name: str, record: dict, info: IndexInfo) -> Any:
+    """The value of one file's companion ``feature_name`` (of NIfTI column ``name``), from its index record."""
+    suffix = feature_name[len(name) + 1 :]
+    if suffix in ("sidecar", "entities", "events", "bval", "bvec"):
+        raw = record[suffix]
+        return None if raw is None else json.loads(raw)
+    if suffix in info.fields.get(name, {}):
+        sidecar = json.loads(record["sidecar"]) if record["sidecar"] is not None else {}
+        return sidecar.get(suffix)
+    scans = json.loads(record["scans"]) if record["scans"] is not None else {}
+    return scans.get(suffix)
+
+
+def _companion_column(
+    name: str, many: bool, feature_name: str, feature: Any, files: list[list[dict]], info: IndexInfo
+) -> pa.Array:
+    """One companion column for all rows, aligned with the files of NIfTI column ``name``."""
+    per_row = [[f for f in row if f["column"] == name] for row in files]
+    leaf = feature.feature if many else feature
+    is_json = isinstance(leaf, Json)
+    values: list[Any] = []
+    for records in per_row:
+        cells = [_companion_cells(name, feature_name, r, info) for r in records]
+        if is_json:
+            cells = [None if c is None else json.dumps(c) for c in cells]
+        values.append(cells if many else (cells[0] if cells else None))
+    if is_json:
+        if not many:
+            return _json_array(values)
+        flat = [c for cells in values for c in cells]
+        offsets = [0]
+        for cells in values:
+            offsets.append(offsets[-1] + len(cells))
+        return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), _json_array(flat))
+    if isinstance(leaf, List) and isinstance(leaf.feature, Json):  # events: a list of Json records
+        def texts(events: list | None) -> list | None:
+            return None if events is None else [json.dumps(e) for e in events]
+
+        if not many:
+            flat_texts = [texts(v) for v in values]
+            return _nested_json_lists(flat_texts, depth=1)
+        return _nested_json_lists([[texts(v) for v in cells] for cells in values], depth=2)
+    return pa.array(values, type=get_nested_type(feature))
+
+
+def _nested_json_lists(values: list, depth: int) -> pa.Array:
+    """Lists (``depth`` levels, nulls allowed at each) of JSON texts as lists of ``Json()``."""
+    if depth == 0:
+        return _json_array(values)
+    offsets: list[int] = [0]
+    mask = []
+    flat: list = []
+    for v in values:
+        mask.append(v is None)
+        flat.extend(v or [])
+        offsets.append(len(flat))
+    child = _nested_json_lists(flat, depth - 1)
+    return pa.ListArray.from_arrays(
+        pa.array(offsets, type=pa.int32()), child, mask=pa.array(mask, type=pa.bool_())
+    )
+
+
 def dataset_from_index(table: pa.Table) -> Dataset:
     """The typed dataset: NIfTI cells hold absolute paths, not bytes, until shards embed them."""
     info = IndexInfo.of(table)
     features = info.features()
     root = str(info.root)
+    files = table.column(FILES_COLUMN).to_pylist()
+    owner = {
+        companion: (name, many)
+        for name, many in info.columns.items()
+        for companion in info.companion_features(name, many)
+    }
     arrays: dict[str, pa.Array] = {}
     for name in features:
+        if name in owner:
+            column, many = owner[name]
+            arrays[name] = _companion_column(column, many, name, features[name], files, info)
+            continue
         col = table.column(name).combine_chunks()
         if name in info.columns:
             paths = col.to_pylist()
