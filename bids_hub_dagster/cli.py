@@ -326,12 +326,13 @@ def _destination_temporary_files(dest: Path) -> list[Path]:
     """
     from .publish.destinations import STAGING_MARKER, STAGING_PREFIX
     from .publish.manifest import MANIFEST_NAME, README
+    from .publish.privacy_report import REPORT_NAME
 
     if not dest.is_dir():
         return []
     found = [
         path
-        for name in (README, MANIFEST_NAME)
+        for name in (README, MANIFEST_NAME, REPORT_NAME)
         for path in dest.glob(f".{name}.*.tmp")  # no glob character in either name
         if re.fullmatch(rf"\.{re.escape(name)}\.[0-9a-f]{{8}}\.tmp", path.name)
     ]
@@ -546,6 +547,12 @@ def run_publish(
 @click.option(
     "--rebuild", is_flag=True, help="Build every shard again, even those unchanged since they were built."
 )
+@click.option(
+    "--affirm-defaced",
+    is_flag=True,
+    help="Affirm that every anatomical image is defaced (required to publish anat images to a public Hub repo; "
+    "the card records it). Same as the spec's privacy: {defaced: true}.",
+)
 @click.pass_obj
 def publish(
     obj,
@@ -559,6 +566,7 @@ def publish(
     workers,
     slot_timeout,
     rebuild,
+    affirm_defaced,
     **hub,
 ) -> None:
     """Index, build every shard, publish and verify: BIDS_ROOT --to DEST, or --spec SPEC.
@@ -567,6 +575,8 @@ def publish(
     Ctrl-C stops every run and exits 130 (SIGTERM: 143); run the same command to resume.
     """
     spec = _with_hub(_resolve_spec(bids_root, spec_path, to, row, max_shard_size, num_shards), **hub)
+    if affirm_defaced:
+        spec = dataclasses.replace(spec, privacy=dataclasses.replace(spec.privacy, defaced=True))
     sys.exit(
         run_publish(
             spec,
@@ -615,6 +625,21 @@ def index(bids_root, spec_path, row, max_shard_size, num_shards, print_spec) -> 
         )
     if idx.participants.columns:
         click.echo("phenotype " + ", ".join(f"{shown(n)} ({t})" for n, t in idx.participants.columns.items()))
+    if idx.session_columns.columns:
+        click.echo(
+            "sessions  " + ", ".join(f"{shown(n)} ({t})" for n, t in idx.session_columns.columns.items())
+        )
+    click.echo("validation")
+    for line in idx.validation_lines():
+        click.echo(f"  {line}")
+    report = idx.privacy_report
+    if report is not None and report.findings:
+        click.echo(report.to_markdown(limit=100))
+        if report.blocking:
+            click.echo(
+                "publishing is blocked until each blocking finding is fixed in the files, or acknowledged "
+                "(privacy: {allow: [FIELD]}) or stripped (privacy: {strip: [FIELD]}) in the spec"
+            )
     for w in idx.warnings:
         click.echo(f"warning: {w}")
 
@@ -632,17 +657,16 @@ def verify(destination, spec_path, bids_root, row, revision) -> None:
 
     DESTINATION is a folder or hf://datasets/ORG/NAME[@branch].
     """
-    from .dataset.tables import index_to_table
     from .publish.destinations import DestinationError
     from .publish.hub import is_hub_url
     from .publish.publication import parse_destination
 
     spec = _resolve_spec(bids_root, spec_path, None, row, root_flag="--bids-root")
-    idx = spec.build_index()
+    idx = spec.build_index(gate=False)  # compared with what was published, which the gate let through
     target = parse_destination(destination, hub=_with_hub(spec, revision=revision).hub, for_reading=True)
     if not is_hub_url(destination) and not Path(target.url).is_dir():
         raise DestinationError(f"{destination}: no such folder; nothing to verify.")
-    report = target.verify(index_to_table(idx))
+    report = target.verify(spec.index_table(idx))
     click.echo(report.summary())
     sys.exit(0 if report.ok else 1)
 

@@ -84,6 +84,9 @@ columns:
   lesion: {scope: derivatives/lesion_masks, datatype: anat, suffix: mask, desc: lesion}
 phenotype: [sex, age, group]
 max_shard_size: 400KB
+privacy:
+  # nibabel's test images, at most 33x41x25 voxels of 2 mm or more: no face can be rendered from them
+  defaced: true
 """
 )
 

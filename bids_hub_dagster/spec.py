@@ -101,7 +101,9 @@ class PreviewOptions:
         if isinstance(raw, bool):
             return cls(enabled=raw)
         if not isinstance(raw, Mapping):
-            raise SpecError(f"preview must be a mapping {{enabled: true, default: false}}{where}, not {raw!r}.")
+            raise SpecError(
+                f"preview must be a mapping {{enabled: true, default: false}}{where}, not {raw!r}."
+            )
         unknown = sorted(set(raw) - {"enabled", "default"})
         if unknown:
             raise SpecError(f"preview: unknown key(s) {unknown}{where}; known: enabled, default.")
@@ -350,8 +352,12 @@ class DatasetSpec:
         scopes = sorted({c.scope for c in self.columns or () if c.scope})
         return (self.bids_root, *(self.bids_root / s for s in scopes))
 
-    def build_index(self) -> BidsIndex:
-        """Index this spec's BIDS folder with its columns, row unit and phenotype."""
+    def build_index(self, gate: bool = True) -> BidsIndex:
+        """Index this spec's BIDS folder with its columns, row unit, phenotype and companions.
+
+        ``gate`` runs the privacy gate (the report is ``privacy_report``); without it the
+        policy's strips still apply, so the table is the same.
+        """
         return build_index(
             self.bids_root,
             list(self.columns) if self.columns is not None else None,
@@ -364,6 +370,15 @@ class DatasetSpec:
             follow_external_symlinks=self.follow_external_symlinks,
             privacy=self.privacy,
             public_hub=self.publishes_publicly,
+            gate=gate,
+        )
+
+    def index_table(self, index: BidsIndex | None = None, gate: bool = True) -> pa.Table:
+        """The index table of this spec (of ``index``, else indexed now): every caller gets the same."""
+        from .dataset.tables import index_to_table
+
+        return index_to_table(
+            index if index is not None else self.build_index(gate), preview=self.preview.enabled
         )
 
     @property

@@ -13,7 +13,6 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.loader import LoadingContextForTest
 
 from bids_hub_dagster.dataset.audit import ShardAudit, audit_shard_file, shard_coverage
-from bids_hub_dagster.dataset.tables import index_to_table
 from bids_hub_dagster.defs import build_definitions, job_names, names
 from bids_hub_dagster.defs.automation import REFRESH_TAG, read_built_state
 from bids_hub_dagster.demo import write_demo
@@ -102,7 +101,7 @@ def touch(path) -> None:
 
 
 def changed_shard(pipeline: Pipeline) -> str:
-    table = index_to_table(pipeline.spec.build_index())
+    table = pipeline.spec.index_table()
     sessions = list(
         zip(table.column("subject_id").to_pylist(), table.column("session_id").to_pylist(), strict=True)
     )
@@ -111,7 +110,7 @@ def changed_shard(pipeline: Pipeline) -> str:
 
 def test_everything_built_is_up_to_date(pipeline):
     state = read_built_state(pipeline.instance, pipeline.spec)
-    table = index_to_table(pipeline.spec.build_index())
+    table = pipeline.spec.index_table()
     plan = pipeline.spec.shard_plan(table)
     refresh = plan_refresh(table, plan, pipeline.spec.destination, state)
     assert refresh.up_to_date, refresh.summary()

@@ -7,7 +7,7 @@ from datasets import DatasetInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard
 
-from bids_hub_dagster.dataset.tables import IndexInfo, index_to_table
+from bids_hub_dagster.dataset.tables import IndexInfo
 from bids_hub_dagster.publish.card import hub_license
 from bids_hub_dagster_tests.conftest import materialize_all
 
@@ -58,7 +58,7 @@ def test_card_yaml_is_what_datasets_reads(demo_spec, tmp_path):
     assert features["age"] == {"name": "age", "dtype": "float64"}
     # datasets' own parsers give back the same features and configs
     info = DatasetInfo._from_yaml_dict(data["dataset_info"])
-    expected = IndexInfo.of(index_to_table(demo_spec.build_index())).features()
+    expected = IndexInfo.of(demo_spec.index_table()).features()
     assert info.features == expected
     assert info.splits["train"].num_examples == 4
     assert info.download_size == sum(p.stat().st_size for p in (tmp_path / "published" / "data").iterdir())

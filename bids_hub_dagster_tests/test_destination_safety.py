@@ -270,7 +270,6 @@ def test_rebuild_builds_every_shard_again(bids, tmp_path):
 
 
 def test_a_stored_shard_that_is_not_parquet_names_itself(demo_spec, tmp_path):
-    from bids_hub_dagster.dataset.tables import index_to_table
     from bids_hub_dagster.publish.publication import ShardsNotReadyError, ordered_shard_files
 
     materialize_all(demo_spec, tmp_path / "storage")
@@ -280,7 +279,7 @@ def test_a_stored_shard_that_is_not_parquet_names_itself(demo_spec, tmp_path):
     data = victim.read_bytes()
     victim.unlink()  # the published copy keeps its bytes: a new file, not a write through the link
     victim.write_bytes(data[:-8] + b"garbage!")
-    table = index_to_table(demo_spec.build_index())
+    table = demo_spec.index_table()
     plan = demo_spec.shard_plan(table)
     with pytest.raises(ShardsNotReadyError, match=r"shard-00001 \(.*shard-00001\.parquet"):
         ordered_shard_files(plan, files, table)

@@ -7,7 +7,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bids_hub_dagster.dataset.tables import index_to_table
 from bids_hub_dagster.defs import names
 from bids_hub_dagster.publish.destinations import STAGING_PREFIX, DestinationError, LocalFolder
 from bids_hub_dagster.publish.publication import parse_destination, publish_shards
@@ -53,12 +52,12 @@ def test_a_failure_while_staging_leaves_the_previous_publication_whole(demo_spec
     after = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
     assert after == before  # same files, same bytes: nothing of the failed publish is visible
     assert not list(dest.glob(f"{STAGING_PREFIX}*"))
-    report = verify_published(str(dest), index_to_table(demo_spec.build_index()))
+    report = verify_published(str(dest), demo_spec.index_table())
     assert report.ok, report.summary()
 
 
 def test_verify_reports_a_missing_or_empty_destination(demo_spec, tmp_path):
-    table = index_to_table(demo_spec.build_index())
+    table = demo_spec.index_table()
     missing = verify_published(str(tmp_path / "nothing-here"), table)
     assert not missing.ok and "cannot load" in missing.summary()
     (tmp_path / "empty").mkdir()
@@ -70,7 +69,7 @@ def test_verify_reports_a_corrupt_data_file(demo_spec, tmp_path):
     materialize_all(demo_spec, tmp_path / "storage")
     data = sorted((Path(demo_spec.destination) / "data").iterdir())
     data[1].write_bytes(data[1].read_bytes()[:-100])  # footer cut off
-    report = verify_published(demo_spec.destination, index_to_table(demo_spec.build_index()))
+    report = verify_published(demo_spec.destination, demo_spec.index_table())
     assert not report.ok
     assert "failed after" in report.summary() or "cannot load" in report.summary()
 
@@ -123,4 +122,4 @@ def test_upload_shards_on_a_local_destination_builds_and_publishes_without_a_pre
         shards = instance.fetch_materializations(names(spec).hub_shards, limit=10).records
         metadata = [r.asset_materialization.metadata for r in shards]
     assert metadata and all("hub_bytes_sent" not in m for m in metadata)  # nothing to send ahead
-    assert verify_published(spec.destination, index_to_table(spec.build_index())).ok
+    assert verify_published(spec.destination, spec.index_table()).ok

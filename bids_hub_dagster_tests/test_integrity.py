@@ -37,7 +37,7 @@ from bids_hub_dagster.dataset.nifti import (
 )
 from bids_hub_dagster.dataset.parquet import write_row_groups
 from bids_hub_dagster.dataset.shards import ShardFilesError, build_shard, read_shard_record
-from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table
+from bids_hub_dagster.dataset.tables import dataset_from_index
 from bids_hub_dagster.spec import DatasetSpec
 from bids_hub_dagster_tests.conftest import materialize_all, memory_instance
 from bids_hub_dagster_tests.test_bad_input import (
@@ -92,7 +92,7 @@ def multi_member(raw: bytes) -> bytes:
 
 def build_all(spec: DatasetSpec, out: Path, strategy: str, check: bool = True, **options) -> list[Path]:
     """Build every shard of ``spec`` into ``out`` (core functions, no Dagster)."""
-    table = index_to_table(spec.build_index())
+    table = spec.index_table()
     ds = dataset_from_index(table)
     plan = spec.shard_plan(table)
     written = []

@@ -12,7 +12,7 @@ import pytest
 from datasets import Dataset
 
 from bids_hub_dagster.dataset.shards import SHARD_META_KEY, build_shard, plan_for_index, read_shard_record
-from bids_hub_dagster.dataset.tables import dataset_from_index, index_to_table
+from bids_hub_dagster.dataset.tables import dataset_from_index
 from bids_hub_dagster.defs.io_managers import BidsHubParquetIOManager
 from bids_hub_dagster.defs.outcomes import USER_ERROR
 from bids_hub_dagster.pipeline.refresh import StoredShard
@@ -58,7 +58,7 @@ def test_one_file_per_asset_and_one_per_partition(io, tmp_path):
 
 
 def test_tables_and_datasets_round_trip(io, demo_spec):
-    table = index_to_table(demo_spec.build_index())
+    table = demo_spec.index_table()
     store(io, INDEX, table)
     assert io.asset_path(INDEX).is_file()
     assert load(io, INDEX).equals(table)
@@ -88,7 +88,7 @@ def test_an_object_it_cannot_store_is_a_type_error_naming_the_asset(io):
 
 
 def test_a_shard_is_stored_with_its_digest(io, demo_spec):
-    table = index_to_table(demo_spec.build_index())
+    table = demo_spec.index_table()
     plan = plan_for_index(table, demo_spec.max_shard_size, 4)
     shard = build_shard(dataset_from_index(table), table, plan, "shard-00001")
     store(io, SHARDS, shard, "shard-00001")
@@ -103,7 +103,7 @@ def test_a_shard_is_stored_with_its_digest(io, demo_spec):
 def test_a_damaged_gzip_found_while_writing_is_a_user_failure_and_leaves_no_file(io, demo_spec):
     gz = demo_spec.bids_root / "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-2_bold.nii.gz"
     corrupt_file(gz)  # header and trailer intact: only decompressing the whole stream finds it
-    table = index_to_table(demo_spec.build_index())
+    table = demo_spec.index_table()
     plan = plan_for_index(table, demo_spec.max_shard_size, 4)
     shard = build_shard(dataset_from_index(table), table, plan, "shard-00000")  # headers only: fine
     with pytest.raises(dg.Failure) as info:

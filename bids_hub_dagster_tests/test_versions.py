@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from bids_hub_dagster.dataset.shards import plan_for_index
-from bids_hub_dagster.dataset.tables import index_to_table
 from bids_hub_dagster.pipeline.refresh import (
     FILE_CHANGED,
     FILE_MISSING,
@@ -37,7 +36,7 @@ T1W_OF_ROW_2 = "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii"
 
 
 def indexed(spec):
-    table = index_to_table(spec.build_index())
+    table = spec.index_table()
     return table, plan_for_index(table, spec.max_shard_size, spec.num_shards)
 
 

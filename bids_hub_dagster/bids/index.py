@@ -10,20 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from .columns import ColumnRule, infer_columns, row_key
-from .entities import distinguishing_entities, entity_sort_key, natural_key
-from .errors import AmbiguousColumnError, BidsError, shown
-from .layout import BidsFile, read_dataset_description, scan
-from .participants import Participants, read_participants
 from .companions import (
     CompanionFinder,
-    read_tsv,
     lift_type,
     nifti_volumes,
     read_all_scans,
     read_all_sessions,
     read_events,
     read_gradients,
+    read_tsv,
 )
+from .entities import distinguishing_entities, entity_sort_key, natural_key
+from .errors import AmbiguousColumnError, BidsError, shown
+from .layout import BidsFile, read_dataset_description, scan
+from .participants import Participants, read_participants
 from .privacy import PrivacyPolicy, PrivacyReport, run_gate, strip_sidecar
 from .sidecars import SidecarResolver
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RowKey = tuple[str, str | None]  # (subject_id, session_id): one row of the dataset; session None per subject
 RESERVED_NAMES = frozenset({"subject_id", "session_id"})
+SKIPPED_LISTED = 200  # skipped files named in the index's validation record (all are counted)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ class BidsIndex:
     participants: Participants
     sidecars: dict[str, dict[str, Any] | None]  # relpath -> merged sidecar (inheritance applied), None: none
     warnings: list[str] = field(default_factory=list)
-    file_companions: dict[str, dict[str, Any]] = field(default_factory=dict)  # relpath -> events/bval/bvec/scans
+    file_companions: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # relpath -> events/bval/bvec/scans
     session_columns: SessionColumns = field(default_factory=lambda: SessionColumns({}, {}))
     companion_families: dict[str, list[str]] = field(default_factory=dict)  # column -> families it carries
     field_types: dict[str, dict[str, str]] = field(default_factory=dict)  # column -> lifted field -> kind
@@ -131,6 +134,22 @@ class BidsIndex:
     @property
     def subjects(self) -> list[str]:
         return sorted({r.subject_id for r in self.rows}, key=natural_key)
+
+    def validation_lines(self) -> list[str]:
+        """The validation summary, a line each: files indexed, skipped (with reasons), rows, columns, privacy."""
+        v = self.validation
+        lines = [
+            f"files indexed  {v.get('files_indexed', 0)} of {v.get('files_found', 0)} NIfTI files found",
+            f"skipped        {v.get('skipped', 0)} (names the BIDS schema does not allow)",
+        ]
+        lines += [f"  {shown(s['file'])}: {s['reason']}" for s in v.get("skipped_files", [])[:20]]
+        if v.get("skipped", 0) > 20:
+            lines.append(f"  … and {v['skipped'] - 20} more")
+        lines.append(f"rows           {v.get('rows', len(self.rows))}")
+        lines.append(f"columns        {v.get('columns', len(self.columns))} NIfTI columns")
+        if self.privacy_report is not None:
+            lines.append(f"privacy        {self.privacy_report.summary_line().removeprefix('privacy: ')}")
+        return lines
 
     @property
     def sessions(self) -> int:
@@ -186,6 +205,7 @@ def build_index(
     follow_external_symlinks: bool = False,
     privacy: PrivacyPolicy | None = None,
     public_hub: bool | None = None,
+    gate: bool = True,
 ) -> BidsIndex:
     """Index a BIDS folder for one dataset.
 
@@ -199,11 +219,13 @@ def build_index(
         scans_columns: scans.tsv columns published beside each file (none by default).
         rename: sessions.tsv column -> published name (a clash with a phenotype column).
         follow_external_symlinks: index files whose symlinks resolve outside ``root``.
-        privacy: run the privacy gate under this policy (None: no gate) and strip what it
-            says from the published sidecars and tables; the report is the index's
+        privacy: strip what this policy says from the published sidecars and tables, and
+            run the privacy gate under it (None: neither); the report is the index's
             ``privacy_report`` (the caller refuses to publish when it blocks).
         public_hub: whether the destination is a public Hub repo, for the defacing
             affirmation (None: no destination, not checked).
+        gate: run the gate's scan (it reads every NIfTI header); False only strips, for
+            callers that compare with a publication already gated (verify, observations).
 
     Returns:
         The index: rows sorted by subject and session (numbers numerically), files per
@@ -279,7 +301,9 @@ def build_index(
             + (" …" if len(broken) > 20 else "")
         )
     resolver = SidecarResolver(root, jsons)
-    sidecars = {f.relpath: resolver.resolve(f) if resolver.sources(f) else None for r in rows for f in r.files}
+    sidecars = {
+        f.relpath: resolver.resolve(f) if resolver.sources(f) else None for r in rows for f in r.files
+    }
     warnings.extend(resolver.warnings)
     families = companions or Companions()
     found = _read_companions(root, rows, rules, families, CompanionFinder(root, [*jsons, *others]), warnings)
@@ -300,7 +324,7 @@ def build_index(
         for rule in rules
     }
     report = None
-    if privacy is not None:
+    if privacy is not None and gate:
         report = run_gate(
             root,
             {rel: data for rel, data in resolver.read_sources(rows) if data} if families.sidecar else {},
@@ -309,12 +333,12 @@ def build_index(
             privacy,
             destination_is_public_hub=public_hub,
         )
-        if privacy.strip:
-            sidecars = {rel: None if s is None else strip_sidecar(s, privacy) for rel, s in sidecars.items()}
-            participants = participants.select([c for c in participants.columns if not privacy.strips(c)])
-            for r in rows:
-                r.phenotype = {c: r.phenotype.get(c) for c in participants.columns}
-            sessions, scans_types = _strip_tables(rows, sessions, scans_types, found, privacy)
+    if privacy is not None and privacy.strip:
+        sidecars = {rel: None if s is None else strip_sidecar(s, privacy) for rel, s in sidecars.items()}
+        participants = participants.select([c for c in participants.columns if not privacy.strips(c)])
+        for r in rows:
+            r.phenotype = {c: r.phenotype.get(c) for c in participants.columns}
+        sessions, scans_types = _strip_tables(rows, sessions, scans_types, found, privacy)
     _check_names(rules, companion_families, field_types, scans_types, participants, sessions)
     for w in warnings:
         log.info(w)  # returned to the caller, who shows them (CLI summary, Dagster log)
@@ -332,6 +356,14 @@ def build_index(
         companion_families=companion_families,
         field_types=field_types,
         scans_types=scans_types,
+        validation={
+            "files_found": len(files),
+            "files_indexed": sum(len(r.files) for r in rows),
+            "skipped": len(scanned.skipped),
+            "skipped_files": [{"file": rel, "reason": why} for rel, why in scanned.skipped[:SKIPPED_LISTED]],
+            "rows": len(rows),
+            "columns": len(rules),
+        },
         privacy=report.to_json() if report is not None else {},
         privacy_report=report,
     )
@@ -436,7 +468,9 @@ def _sessions(
     """The sessions.tsv columns as row columns (``row: session`` only), renamed as the spec says."""
     if not families.sessions or row_unit != "session":
         if rename:
-            raise BidsError("rename applies to sessions.tsv columns, which are carried with row: session only.")
+            raise BidsError(
+                "rename applies to sessions.tsv columns, which are carried with row: session only."
+            )
         return SessionColumns({}, {})
     tables = read_all_sessions(root, sorted({r.subject_id for r in rows}, key=natural_key))
     columns: dict[str, str] = {}
@@ -448,7 +482,9 @@ def _sessions(
     unknown = sorted(set(rename) - set(columns))
     if unknown:
         have = ", ".join(map(shown, columns)) or "none"
-        raise BidsError(f"rename names sessions.tsv column(s) {unknown} that no sessions.tsv has (columns: {have}).")
+        raise BidsError(
+            f"rename names sessions.tsv column(s) {unknown} that no sessions.tsv has (columns: {have})."
+        )
     published: dict[str, str] = {}
     for c in columns:
         name = rename.get(c, c)
@@ -495,7 +531,12 @@ def _check_names(
             )
         seen[name] = what
 
-    suffixes = {"sidecar": ["_sidecar"], "entities": ["_entities"], "events": ["_events"], "gradients": ["_bval", "_bvec"]}
+    suffixes = {
+        "sidecar": ["_sidecar"],
+        "entities": ["_entities"],
+        "events": ["_events"],
+        "gradients": ["_bval", "_bvec"],
+    }
     for rule in rules:
         claim(rule.name, f"NIfTI column {rule.name!r}")
     for rule in rules:

@@ -173,7 +173,9 @@ def _embed_columns(table: pa.Table, features: Features, on_file: FileHook | None
             lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
             offsets = np.zeros(len(column) + 1, dtype=np.int32)
             np.cumsum(lengths, out=offsets[1:])
-            child = _embed_struct_array(column.flatten(), on_file)  # flatten() honours the slice; .values does not
+            child = _embed_struct_array(
+                column.flatten(), on_file
+            )  # flatten() honours the slice; .values does not
             column = pa.ListArray.from_arrays(pa.array(offsets), child, mask=pc.invert(column.is_valid()))
         columns.append(column)
     return pa.Table.from_arrays(columns, names=table.column_names)

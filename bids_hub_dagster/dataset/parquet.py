@@ -62,7 +62,11 @@ def _leaf_paths(path: str, kind: pa.DataType) -> list[str]:
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         return _leaf_paths(f"{path}.list.element", kind.value_type)
     if pa.types.is_struct(kind):
-        return [leaf for i in range(kind.num_fields) for leaf in _leaf_paths(f"{path}.{kind.field(i).name}", kind.field(i).type)]
+        return [
+            leaf
+            for i in range(kind.num_fields)
+            for leaf in _leaf_paths(f"{path}.{kind.field(i).name}", kind.field(i).type)
+        ]
     return [path]
 
 

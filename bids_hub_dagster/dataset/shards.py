@@ -26,7 +26,8 @@ from ..errors import UserError
 from .embed import STRATEGIES
 from .nifti import ARROW_BINARY_LIMIT, NiftiFileError, inspect_nifti
 from .parquet import write_options
-from .tables import FILES_COLUMN, IndexInfo, row_sizes
+from .preview_config import ThumbnailCollector, nifti_paths, preview_features, preview_table
+from .tables import FILES_COLUMN, IndexInfo, nifti_columns, row_sizes
 
 SHARD_META_KEY = b"bids_hub_dagster_shard"
 DEFAULT_ROW_GROUP_SIZE = 100 * 10**6
@@ -232,6 +233,10 @@ class EmbeddedShard:
     groups: Iterator[pa.Table] = field(repr=False)
     write_options: dict = field(default_factory=dict)  # for pyarrow's ParquetWriter
     warnings: list[str] = field(default_factory=list)
+    #: the preview config's schema, when the shard makes one; its rows fill ``preview_tables``
+    #: as ``groups`` are consumed (thumbnails made from the bytes being embedded)
+    preview_schema: pa.Schema | None = None
+    preview_tables: list[pa.Table] = field(default_factory=list, repr=False)
 
     @property
     def num_rows(self) -> int:
@@ -250,6 +255,7 @@ def shard_schema(
     num_shards: int,
     fp: str,
     nifti2: Mapping[str, int] | None = None,
+    preview: bool = False,
 ) -> pa.Schema:
     """The features' Arrow schema (HF metadata included) plus this shard's own record.
 
@@ -261,6 +267,8 @@ def shard_schema(
     record: dict = {"key": key, "start": start, "stop": stop, "num_shards": num_shards, "fingerprint": fp}
     if nifti2:
         record["nifti2"] = dict(sorted(nifti2.items()))
+    if preview:
+        record["preview"] = True  # a preview file was written with it: the shard needs both
     meta[SHARD_META_KEY] = json.dumps(record).encode()
     return schema.with_metadata(meta)
 
@@ -313,16 +321,38 @@ def build_shard(
             "for them, as the dataset card shows"
         )
     features = dataset.features
+    info = IndexInfo.of(index_table)
+    fingerprint = rows.fingerprint()
     schema = shard_schema(
-        features, key, start, stop, plan.num_shards, rows.fingerprint(), nifti2=checked.nifti2_columns
+        features,
+        key,
+        start,
+        stop,
+        plan.num_shards,
+        fingerprint,
+        nifti2=checked.nifti2_columns,
+        preview=info.preview,
     )
     shard = dataset.select(range(start, stop))
+    collector = ThumbnailCollector() if info.preview else None
+    previews: list[pa.Table] = []
+    preview_schema = (
+        shard_schema(preview_features(info), key, start, stop, plan.num_shards, fingerprint)
+        if info.preview
+        else None
+    )
 
     def embed_group(bounds: tuple[int, int]) -> pa.Table:
+        part = shard.select(range(*bounds))
         try:
-            return embed(shard.select(range(*bounds)), features).cast(schema)
+            table = embed(part, features, collector).cast(schema)
         except NiftiFileError as exc:  # a damaged gzip stream, found as its bytes were embedded
             raise ShardFilesError(key, [exc]) from None
+        if collector is not None:  # the group's thumbnails, from the bytes just embedded
+            paths = nifti_paths(part.with_format("arrow")[:], nifti_columns(features))
+            rows_part = index_table.slice(start + bounds[0], bounds[1] - bounds[0])
+            previews.append(preview_table(rows_part, paths, info, collector.take).cast(preview_schema))
+        return table
 
     def groups() -> Iterator[pa.Table]:
         # The next group is read while the caller writes this one: reading and writing
@@ -348,6 +378,8 @@ def build_shard(
         groups=groups(),
         write_options=write_options(features, rows.gzip_share(), compression),
         warnings=warnings,
+        preview_schema=preview_schema,
+        preview_tables=previews,
     )
 
 

@@ -77,6 +77,7 @@ class IndexInfo:
     session_descriptions: dict[str, str] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)  # what indexing checked (counts, skipped)
     privacy: dict[str, Any] = field(default_factory=dict)  # the privacy gate's report
+    preview: bool = False  # shards also make the preview config
 
     @classmethod
     def of(cls, table: pa.Table) -> IndexInfo:
@@ -99,6 +100,7 @@ class IndexInfo:
             session_descriptions=raw.get("session_descriptions", {}),
             validation=raw.get("validation", {}),
             privacy=raw.get("privacy", {}),
+            preview=bool(raw.get("preview", False)),
         )
 
     def companion_features(self, name: str, many: bool) -> dict[str, Any]:
@@ -156,8 +158,12 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def index_to_table(index: BidsIndex) -> pa.Table:
-    """The index as an Arrow table (see the module docstring for its layout)."""
+def index_to_table(index: BidsIndex, preview: bool = False) -> pa.Table:
+    """The index as an Arrow table (see the module docstring for its layout).
+
+    ``preview``: its shards also make the preview config (recorded, so that turning it on
+    or off makes every shard stale).
+    """
     many = {c.name: c.many for c in index.columns}
     data: dict[str, list[Any]] = {"subject_id": [], "session_id": []}
     for name in many:
@@ -217,6 +223,7 @@ def index_to_table(index: BidsIndex) -> pa.Table:
         "session_descriptions": index.session_columns.descriptions,
         "validation": index.validation,
         "privacy": index.privacy,
+        "preview": preview,
     }
     schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()})
     return pa.Table.from_pydict(data, schema=schema)
@@ -268,6 +275,7 @@ def _companion_column(
             offsets.append(offsets[-1] + len(cells))
         return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), _json_array(flat))
     if isinstance(leaf, List) and isinstance(leaf.feature, Json):  # events: a list of Json records
+
         def texts(events: list | None) -> list | None:
             return None if events is None else [json.dumps(e) for e in events]
 

@@ -16,8 +16,11 @@ import dagster as dg
 import pyarrow as pa
 from datasets import Dataset
 
-from ..dataset.shards import build_shard, shard_index
-from ..dataset.tables import IndexInfo, dataset_from_index, index_to_table
+from ..bids.privacy import PrivacyReport
+from ..dataset.preview import markdown_png
+from ..dataset.preview_config import first_thumbnails, mosaic, one_per_subject, read_previews
+from ..dataset.shards import EmbeddedShard, build_shard, shard_index
+from ..dataset.tables import IndexInfo, dataset_from_index
 from ..errors import UserError
 from ..pipeline.versions import (
     index_fingerprint,
@@ -26,10 +29,12 @@ from ..pipeline.versions import (
     shard_versions,
     structure_version,
 )
-from ..publish.destinations import DestinationError, Link, Markdown
+from ..publish.destinations import DestinationError, Link, LocalFolder, Markdown
 from ..publish.hub import HubTransientError, is_hub_url
+from ..publish.privacy_report import write_privacy_report
 from ..publish.publication import publish_shards
 from ..spec import DatasetSpec, format_size
+from .io_managers import preview_file
 from .names import names
 from .outcomes import user_failure
 from .resources import HUB_RESOURCE_KEY, HubResource
@@ -44,6 +49,11 @@ UPLOAD_RETRY = dg.RetryPolicy(
 # files fail for good (dg.Failure without retries)
 SHARD_RETRY = dg.RetryPolicy(max_retries=1, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 CARD_PREVIEW_CHARS = 4000
+QC_THUMBNAILS = 8  # thumbnails in a shard's QC mosaic (its first rows)
+QC_MOSAIC_BYTES = 200_000  # an inline PNG in the event log: small
+CARD_THUMBNAILS = 4  # thumbnails in preview.png, shown by the card
+CARD_PICTURE_BYTES = 400_000
+SUBJECT_THUMBNAILS = 24  # subjects in the publish asset's mosaic
 DATA_VERSION_TAG = "dagster/data_version"
 
 
@@ -57,6 +67,23 @@ def _markdown_table(rows: list[dict], limit: int = 10) -> str:
     if len(rows) > limit:
         lines.append(f"\n… {len(rows) - limit} more rows")
     return "\n".join(lines)
+
+
+def _lines_table(lines: list[str]) -> str:
+    """Summary lines (``label   value``) as a two-column markdown table."""
+    rows = ["| | |", "|---|---|"]
+    for line in lines:
+        label, _, value = line.strip().partition("  ")
+        rows.append(f"| {label.strip()} | {value.strip()} |")
+    return "\n".join(rows)
+
+
+def _privacy_markdown(report: PrivacyReport | None) -> str:
+    if report is None:
+        return "(the privacy gate did not run)"
+    if not report.findings:
+        return "No findings: no identifying sidecar key, header text or table column was found."
+    return f"{report.summary_line()}\n\n{report.to_markdown(limit=200)}"
 
 
 def _column_schema(schema: pa.Schema, descriptions: dict[str, str]) -> dg.TableSchema:
@@ -107,6 +134,41 @@ def _preupload(
     return stored, {"hub_bytes_sent": sent} | _metadata_values(destination.metadata())
 
 
+def _published_pictures(previews: list[Path]) -> dict[str, bytes]:
+    """From the built previews: the card's picture (the first thumbnails) and one row per subject."""
+    existing = [p for p in previews if p.is_file()]  # a missing one: publish_shards names it
+    out: dict[str, bytes] = {}
+    card = mosaic(first_thumbnails(read_previews(existing), CARD_THUMBNAILS), max_bytes=CARD_PICTURE_BYTES)
+    if card is not None:
+        out["card"] = card
+    subjects = mosaic(one_per_subject(read_previews(existing), SUBJECT_THUMBNAILS), max_bytes=QC_MOSAIC_BYTES)
+    if subjects is not None:
+        out["subjects"] = subjects
+    return out
+
+
+def _keep_privacy_report(
+    spec: DatasetSpec, destination: object, bids_index: pa.Table, shards: dict[str, Path]
+) -> Path | None:
+    """The gate's report beside the published data (a local folder), else beside the shards."""
+    report = IndexInfo.of(bids_index).privacy
+    if not report:
+        return None
+    folder = Path(destination.url) if isinstance(destination, LocalFolder) else None
+    if folder is None and shards:
+        folder = Path(next(iter(shards.values()))).parent.parent  # <storage>/<dataset>
+    return write_privacy_report(folder, spec.name, report) if folder is not None else None
+
+
+def _qc_mosaic(shard: EmbeddedShard) -> dict[str, object]:
+    """The shard's first thumbnails as an inline PNG (markdown metadata the UI shows), once written."""
+    pairs = first_thumbnails(shard.preview_tables, QC_THUMBNAILS)
+    png = mosaic(pairs, max_bytes=QC_MOSAIC_BYTES)
+    if png is None:
+        return {}
+    return {"qc_mosaic": dg.MetadataValue.md(markdown_png(png, f"first thumbnails of {shard.key}"))}
+
+
 def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     """The assets of one dataset, keyed ``[spec.key, ...]`` in group ``spec.key`` (see ``names``)."""
     n = names(spec)
@@ -123,7 +185,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         "data version per shard (paths, sizes, mtimes), so a changed file marks its shard stale.",
     )
     def bids_files(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
-        table = index_to_table(spec.build_index())
+        table = spec.index_table(gate=False)
         versions = shard_versions(table, spec.shard_plan(table))
         known = set(context.instance.get_dynamic_partitions(shards_def.name))
         return dg.DataVersionsByPartition({k: dg.DataVersion(v) for k, v in versions.items() if k in known})
@@ -145,7 +207,17 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             raise user_failure(exc) from None
         for warning in index.warnings:
             context.log.warning(warning)
-        table = index_to_table(index)
+        checked = {
+            "validation": dg.MetadataValue.md(_lines_table(index.validation_lines())),
+            "privacy": dg.MetadataValue.md(_privacy_markdown(index.privacy_report)),
+        }
+        if index.privacy_report is not None:
+            context.log.info(index.privacy_report.summary_line())
+            try:
+                index.privacy_report.raise_if_blocked()
+            except UserError as exc:  # identifying data: nothing is built, the report says what to do
+                raise user_failure(exc, metadata=checked) from None
+        table = spec.index_table(index)
         preview = [
             {"subject_id": r.subject_id, "session_id": r.session_id}
             | {c: len(files) for c, files in r.cells.items()}
@@ -166,6 +238,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 "total_bytes": sum(index.bytes_per_column().values()),
                 "index_fingerprint": index_fingerprint(table),
                 **IndexSummary(tuple(index.warnings)).metadata(),
+                **checked,
                 "preview": dg.MetadataValue.md(_markdown_table(preview)),
                 "duration_s": round(time.monotonic() - started, 2),
             },
@@ -264,6 +337,9 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         value, uploaded = shard, {}
         if spec.hub.upload_shards and spec.destination:
             value, uploaded = _preupload(context, spec, shard, plan.num_shards)
+        elif shard.preview_schema is not None:  # stored now: the thumbnails are made as it is written
+            value = getattr(context.resources, IO_MANAGER_KEY).store_shard(context.asset_key, key, shard)
+        uploaded |= _qc_mosaic(shard)
         files_per_column: dict[str, int] = {}
         for row in shard.rows.files:
             for f in row:
@@ -309,12 +385,32 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         plan = spec.shard_plan(bids_index)
         started = time.monotonic()
+        previews = (
+            {k: preview_file(Path(p)) for k, p in hub_shards.items()}
+            if IndexInfo.of(bids_index).preview
+            else None
+        )
+        pictures = _published_pictures(
+            [previews[k] for k in plan.keys() if k in previews] if previews else []
+        )
         try:
             destination = hf_hub.destination(spec, progress=context.log.info)
-            result = publish_shards(spec.name, bids_index, plan, hub_shards, destination)
+            result = publish_shards(
+                spec.name,
+                bids_index,
+                plan,
+                hub_shards,
+                destination,
+                preview_files=previews,
+                preview_png=pictures.get("card"),
+                preview_default=spec.preview.default,
+            )
         except UserError as exc:  # an unusable destination, shards not ready: retrying cannot fix these
             raise user_failure(exc) from None
         report = destination.verify_after_publish(result, bids_index)  # its own default: quick or full
+        kept = _keep_privacy_report(spec, destination, bids_index, hub_shards)
+        if kept is not None:
+            context.log.info(f"privacy report (not published): {kept}")
         context.log.info(report.summary())
         card = str(result.card)
         where = destination.metadata(result)
@@ -325,6 +421,15 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             ),
             metadata=_metadata_values(where)
             | summary.metadata()
+            | (
+                {
+                    "subjects_mosaic": dg.MetadataValue.md(
+                        markdown_png(pictures["subjects"], "one row per subject")
+                    )
+                }
+                if "subjects" in pictures
+                else {}
+            )
             | {
                 "duration_s": round(time.monotonic() - started, 2),
                 "columns": ", ".join(IndexInfo.of(bids_index).columns),

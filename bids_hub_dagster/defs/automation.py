@@ -22,7 +22,6 @@ tried again in the next round — when files change, or at the next scheduled ti
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from ..dataset.tables import index_to_table
 from ..errors import UserError
 from ..pipeline.refresh import FILE_CHANGED, FILE_MISSING, BuiltState, RefreshPlan, plan_refresh
 from ..spec import DatasetSpec
@@ -89,7 +88,7 @@ def next_step(
     spec: DatasetSpec, instance: dg.DagsterInstance, storage: BidsHubParquetIOManager | None = None
 ) -> RefreshPlan:
     """Index the BIDS folder now and compare with what was built (and is stored, in ``storage``)."""
-    table = index_to_table(spec.build_index())
+    table = spec.index_table(gate=False)
     key = names(spec).hub_shards
     stored = (lambda partition: storage.stored_shard(key, partition)) if storage is not None else None
     built = read_built_state(instance, spec)

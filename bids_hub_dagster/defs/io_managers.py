@@ -5,6 +5,8 @@ Layout under ``base_dir``::
     <dataset>/bids_index.parquet            the index table (paths, entities, sidecars)
     <dataset>/hf_dataset.parquet            the typed dataset (paths, not bytes; HF features in metadata)
     <dataset>/hub_shards/shard-00042.parquet one embedded shard, streamed row group by row group
+    <dataset>/hub_shards.preview/shard-00042.parquet   its preview rows (thumbnails), when the spec
+                                            makes the preview config
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from ..errors import UserError
 from ..pipeline.refresh import StoredShard, stored_shard_file
 from ..publish.digests import record_digest, sidecar_path
 from .outcomes import user_failure
+
+
+def preview_file(shard: Path) -> Path:
+    """``…/hub_shards/shard-00042.parquet`` → ``…/hub_shards.preview/shard-00042.parquet``."""
+    return shard.parent.with_name(shard.parent.name + ".preview") / shard.name
 
 
 def default_storage_dir() -> str:
@@ -54,9 +61,27 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         """Where the file of one partition (a shard) is stored."""
         return self._path(key, partition)
 
+    def preview_path(self, key: dg.AssetKey, partition: str) -> Path:
+        """Where the preview rows of a shard are stored (see :func:`preview_file`)."""
+        return preview_file(self._path(key, partition))
+
     def stored_shard(self, key: dg.AssetKey, partition: str) -> StoredShard:
-        """Whether a partition's file is stored and intact (``pipeline.refresh.shards_to_build``)."""
-        return stored_shard_file(self._path(key, partition))
+        """Whether a partition's files are stored and intact (``pipeline.refresh.shards_to_build``).
+
+        A shard built with a preview needs its preview file too: a step killed between the
+        two writes leaves the shard file alone, which then counts as missing.
+        """
+        path = self._path(key, partition)
+        stored = stored_shard_file(path)
+        if not stored.exists or stored.changed:
+            return stored
+        try:
+            record = read_shard_record(pq.read_schema(path)) or {}
+        except (OSError, pa.ArrowException):
+            return StoredShard(True, f"{path} is not a readable parquet file")
+        if record.get("preview"):
+            return stored_shard_file(preview_file(path))
+        return stored
 
     def delete_stale_partitions(self, key: dg.AssetKey, planned: dict[str, tuple[int, int]]) -> list[Path]:
         """Remove stored shard files that the plan no longer has, or that hold other rows than planned.
@@ -72,8 +97,9 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
                 record = read_shard_record(pq.read_schema(path))
                 if record and (record.get("start"), record.get("stop")) == wanted:
                     continue
-            sidecar_path(path).unlink(missing_ok=True)
-            path.unlink()
+            for stale in (path, preview_file(path)):
+                sidecar_path(stale).unlink(missing_ok=True)
+                stale.unlink(missing_ok=True)
             removed.append(path)
         return removed
 
@@ -89,6 +115,17 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         except UserError as exc:  # a damaged file found as its bytes were embedded: no retry
             raise user_failure(exc) from exc
         record_digest(written.path)  # what the cache compares with before it reuses the file
+        preview = preview_file(written.path)
+        if shard.preview_schema is not None:  # its rows were made as the groups were embedded
+            table = (
+                pa.concat_tables(shard.preview_tables)
+                if shard.preview_tables
+                else shard.preview_schema.empty_table()
+            )
+            record_digest(write_table(preview, table.cast(shard.preview_schema)).path)
+        elif preview.exists():  # built before without a preview: that file belongs to no shard now
+            sidecar_path(preview).unlink(missing_ok=True)
+            preview.unlink()
         return written
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:

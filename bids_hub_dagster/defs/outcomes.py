@@ -9,7 +9,7 @@ from ..errors import UserError
 USER_ERROR = "user_error"  # metadata key of a step failure caused by the user's input
 
 
-def user_failure(exc: UserError) -> dg.Failure:
+def user_failure(exc: UserError, metadata: dict[str, object] | None = None) -> dg.Failure:
     """The step failure of an error in the user's input (a :class:`UserError`: a BIDS file, the
     spec, the destination). Assets turn only these into failures; any other exception is a bug
     or a passing fault, left to propagate with its traceback (the retry policy may retry it).
@@ -17,7 +17,9 @@ def user_failure(exc: UserError) -> dg.Failure:
     Its message names the file and what to do; a retry would fail the same way, so none is
     made; the CLI exits 2 for it, as for the same error found before any run.
     """
-    return dg.Failure(str(exc), allow_retries=False, metadata={USER_ERROR: type(exc).__name__})
+    return dg.Failure(
+        str(exc), allow_retries=False, metadata={USER_ERROR: type(exc).__name__} | dict(metadata or {})
+    )
 
 
 def is_user_error(events: Iterable[dg.DagsterEvent]) -> bool:

@@ -52,12 +52,22 @@ def _type_name(t: pa.DataType) -> str:
     return str(t)
 
 
-def structure_version(index_table: pa.Table) -> str:
-    """Columns, types and dataset metadata without warnings (see the module docstring)."""
+#: index metadata that reports on the sources rather than describing the data: warnings, what
+#: validation skipped, the privacy gate's findings (a gate run or not gives the same table)
+_REPORTS = ("warnings", "validation", "privacy")
+
+
+def _described(index_table: pa.Table) -> dict:
     meta = json.loads((index_table.schema.metadata or {}).get(META_KEY, b"{}"))
-    meta.pop("warnings", None)
+    for key in _REPORTS:
+        meta.pop(key, None)
+    return meta
+
+
+def structure_version(index_table: pa.Table) -> str:
+    """Columns, types and dataset metadata without reports (see the module docstring)."""
     fields = [(f.name, _type_name(f.type)) for f in index_table.schema]
-    return _digest(fields, meta)
+    return _digest(fields, _described(index_table))
 
 
 def layout_version(index_table: pa.Table) -> str:
@@ -67,8 +77,7 @@ def layout_version(index_table: pa.Table) -> str:
         [{k: v for k, v in f.items() if k not in _STATS} for f in row]
         for row in index_table.column(FILES_COLUMN).to_pylist()
     ]
-    meta = (index_table.schema.metadata or {}).items()
-    return _digest(rows, files, sorted((k.decode(), v.decode()) for k, v in meta))
+    return _digest(rows, files, _described(index_table))
 
 
 def index_fingerprint(index_table: pa.Table) -> str:
