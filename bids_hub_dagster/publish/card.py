@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 from datasets import DatasetInfo, Features, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
@@ -14,6 +15,16 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from ..dataset.tables import nifti_columns
 
 PUBLISHED_MARK = "Published with bids_hub_dagster."
+#: the config of the full data, unless the preview is the default: ``datasets`` allows one default,
+#: and a config named "default" always is one, so the full data is then named FULL_CONFIG
+DEFAULT_CONFIG = "default"
+FULL_CONFIG = "full"
+PREVIEW_CONFIG = "preview"
+DATA_FILES = "data/train-*"
+PREVIEW_FILES = "preview/train-*"
+PREVIEW_PNG_NAME = "preview.png"
+#: the first ``datasets`` release with the ``Nifti`` feature (huggingface/datasets#7815, in 4.4.0)
+NIFTI_DATASETS_VERSION = "4.4.0"
 
 #: License ids the Hub knows (its license list), as normalised BIDS ``License`` text maps to them.
 HUB_LICENSES = frozenset(
@@ -96,6 +107,48 @@ class CardFacts:
     phenotype_descriptions: Mapping[str, str]
     #: column -> NIfTI-2 files in it: datasets' Nifti() cannot decode those, the card says how to read them
     nifti2_files: Mapping[str, int] = field(default_factory=dict)
+    #: the features of the ``preview`` config (preview/train-*), or None: no preview config
+    preview_features: Features | None = None
+    preview_num_bytes: int = 0  # bytes of the preview data in memory, as the parquet footers record them
+    preview_download_size: int = 0  # bytes of the preview parquet files
+    #: the preview config is the default one (``load_dataset(repo)`` and the viewer open it);
+    #: the full data is then the config FULL_CONFIG
+    preview_default: bool = False
+    has_preview_png: bool = False  # preview.png is published beside the card, which shows it
+    session_columns: Sequence[str] = ()  # row columns from sessions.tsv (the others are participants.tsv's)
+    scans_columns: Sequence[str] = ()  # scans.tsv columns published as C_<column> beside each NIfTI column C
+
+    @property
+    def full_config(self) -> str:
+        """The full data's config name: DEFAULT_CONFIG, or FULL_CONFIG when the preview is the default."""
+        return FULL_CONFIG if self.preview_features is not None and self.preview_default else DEFAULT_CONFIG
+
+
+def config_names(facts: CardFacts) -> dict[str, str]:
+    """The card's configs: name -> data files pattern (the full data first)."""
+    names = {facts.full_config: DATA_FILES}
+    if facts.preview_features is not None:
+        names[PREVIEW_CONFIG] = PREVIEW_FILES
+    return names
+
+
+def full_config_name(names: Iterable[str]) -> str | None:
+    """The full data's config among a published card's config names; None when there is no preview
+    config (the full data is then the only, default, config)."""
+    names = set(names)
+    if PREVIEW_CONFIG not in names:
+        return None
+    return FULL_CONFIG if FULL_CONFIG in names else DEFAULT_CONFIG
+
+
+def _kind(feature: Any) -> str:
+    """A feature as the card's tables show it: ``Value('int64')``, ``Nifti()``, ``List(Json())``."""
+    kind = type(feature).__name__
+    if kind == "List":
+        return f"List({_kind(feature.feature)})"
+    if kind == "Value":
+        return f"Value({feature.dtype!r})"
+    return f"{kind}()"
 
 
 def card_data(facts: CardFacts) -> DatasetCardData:
@@ -111,19 +164,30 @@ def card_data(facts: CardFacts) -> DatasetCardData:
         tags=["bids", "neuroimaging", "nifti", "mri"],
         **extra,
     )
-    splits = SplitDict()
-    splits.add(SplitInfo(name="train", num_bytes=facts.dataset_size, num_examples=facts.num_rows))
-    info = DatasetInfo(
-        features=facts.features,
-        splits=splits,
-        download_size=facts.download_size,
-        dataset_size=facts.dataset_size,
-    )
-    DatasetInfosDict({"default": info}).to_dataset_card_data(data)
-    MetadataConfigs(
-        {"default": {"data_files": [{"split": "train", "path": "data/train-*"}]}}
-    ).to_dataset_card_data(data)
+    infos = {
+        facts.full_config: _info(facts.features, facts.num_rows, facts.dataset_size, facts.download_size)
+    }
+    configs: dict[str, dict[str, Any]] = {
+        facts.full_config: {"data_files": [{"split": "train", "path": DATA_FILES}]}
+    }
+    if facts.preview_features is not None:
+        infos[PREVIEW_CONFIG] = _info(
+            facts.preview_features, facts.num_rows, facts.preview_num_bytes, facts.preview_download_size
+        )
+        configs[PREVIEW_CONFIG] = {"data_files": [{"split": "train", "path": PREVIEW_FILES}]}
+        if facts.preview_default:
+            # datasets (MetadataConfigs.get_default_config_name) and the Hub take the config marked
+            # `default: true`; none may then be named "default", so the full data is FULL_CONFIG
+            configs[PREVIEW_CONFIG]["default"] = True
+    DatasetInfosDict(infos).to_dataset_card_data(data)
+    MetadataConfigs(configs).to_dataset_card_data(data)
     return data
+
+
+def _info(features: Features, num_rows: int, num_bytes: int, download_size: int) -> DatasetInfo:
+    splits = SplitDict()
+    splits.add(SplitInfo(name="train", num_bytes=num_bytes, num_examples=num_rows))
+    return DatasetInfo(features=features, splits=splits, download_size=download_size, dataset_size=num_bytes)
 
 
 def _authors(value: Any) -> str:
@@ -151,7 +215,7 @@ def _nifti2_lines(facts: CardFacts) -> list[str]:
         "import nibabel",
         "from datasets import List, Nifti, load_dataset",
         "",
-        f'ds = load_dataset("{facts.load_id}", split="train")',
+        f"ds = {_load_call(facts)}",
     ]
     for column in columns:
         many = nifti[column]
@@ -160,7 +224,7 @@ def _nifti2_lines(facts: CardFacts) -> list[str]:
     if any(nifti[c] for c in columns):
         lines += [
             "# casting a List column writes a copy of the dataset into the cache once; streaming needs none:",
-            f'# ds = load_dataset("{facts.load_id}", split="train", streaming=True).decode(False)',
+            f"# ds = {_load_call(facts, streaming=True)}.decode(False)",
             "# row = next(iter(ds))",
         ]
     lines += [
@@ -185,6 +249,139 @@ def _nifti2_lines(facts: CardFacts) -> list[str]:
         else:
             lines.append(f'{column} = to_image(row["{column}"])')
     return lines + ["```", ""]
+
+
+def _load_call(facts: CardFacts, config: str | None = None, streaming: bool = False) -> str:
+    """``load_dataset("ID", [config, ]split="train")`` for ``config`` (default: the full data).
+
+    The full data's config is named only when it is not the default one, so a card without
+    a preview shows the plain call it always did; the preview's always is.
+    """
+    config = config or facts.full_config
+    named = config == PREVIEW_CONFIG or (facts.preview_features is not None and facts.preview_default)
+    args = [f'"{facts.load_id}"'] + ([f'"{config}"'] if named else []) + ['split="train"']
+    return f"load_dataset({', '.join(args + (['streaming=True'] if streaming else []))})"
+
+
+def _config_lines(facts: CardFacts) -> list[str]:
+    """The "Configs" section: the full data and the preview, one load line each; preview.png."""
+    if facts.preview_features is None:
+        return [f"![preview]({PREVIEW_PNG_NAME})", ""] if facts.has_preview_png else []
+    full, mark = facts.full_config, " (default)"
+    lines = [
+        "## Configs",
+        "",
+        "| config | files | what it holds |",
+        "|---|---|---|",
+        f"| `{full}`{'' if facts.preview_default else mark} | `{DATA_FILES}` | the full data: every NIfTI image "
+        "embedded in `Nifti()` cells, with all the columns above |",
+        f"| `{PREVIEW_CONFIG}`{mark if facts.preview_default else ''} | `{PREVIEW_FILES}` | the same rows, in the "
+        "same order, with small pictures instead of the images: no `Nifti` feature, so the Hub's dataset "
+        "viewer renders it |",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f"full = {_load_call(facts, full)}",
+        f"preview = {_load_call(facts, PREVIEW_CONFIG)}",
+        "```",
+        "",
+        "Each picture of the preview is a thumbnail of one image: its three orthogonal mid-slices (sagittal, "
+        "coronal, axial) side by side, the middle volume of a 4D image. Preview columns: "
+        + _listed([f"`{name}` ({_kind(feature)})" for name, feature in facts.preview_features.items()])
+        + ".",
+        "",
+        f"Decoding the full data's `Nifti()` cells into nibabel images needs `datasets >= "
+        f"{NIFTI_DATASETS_VERSION}` (the first release with the `Nifti` feature) and `nibabel`; the preview "
+        "needs no NIfTI support. This card was written with `datasets` " + datasets.__version__ + ".",
+        "",
+    ]
+    if facts.has_preview_png:
+        lines += [f"![preview]({PREVIEW_PNG_NAME})", ""]
+    return lines
+
+
+def _listed(items: Sequence[str], limit: int = 12) -> str:
+    """``a, b, c`` (at most ``limit``, then how many more)."""
+    more = f" … and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+#: companion columns of a NIfTI column C, by suffix: what C_<suffix> holds
+_FAMILIES = (
+    ("sidecar", "`Json()`: the image's JSON sidecar, merged by BIDS inheritance (null without one)"),
+    ("entities", "`Json()`: the BIDS entities of the file name (`sub`, `ses`, `run`, ...), as spelled there"),
+    ("events", "`List(Json())`: the typed records of the image's `_events.tsv`, one per line"),
+    ("bval", "`List(float64)`: the diffusion b-values of the `.bval` file (dwi images)"),
+    ("bvec", "`List(List(float64))`: the diffusion gradient directions of the `.bvec` file, 3 × N (dwi)"),
+)
+
+
+def _family_lines(facts: CardFacts) -> list[str]:
+    """The "Column families" section: the companion columns beside each NIfTI column, and the row
+    columns (participants.tsv, sessions.tsv), as far as the features hold them."""
+    nifti = nifti_columns(facts.features)
+    owners: dict[str, str] = {}  # companion column -> its NIfTI column (the longest matching name)
+    for name in facts.features:
+        if name in nifti or name in ("subject_id", "session_id"):
+            continue
+        matches = [c for c in nifti if name.startswith(f"{c}_") and len(name) > len(c) + 1]
+        if matches:
+            owners[name] = max(matches, key=len)
+    families: dict[str, list[str]] = {}
+    for name, column in owners.items():
+        suffix = name[len(column) + 1 :]
+        if suffix in dict(_FAMILIES):
+            key = suffix
+        elif suffix in facts.scans_columns:
+            key = "scans"
+        else:
+            key = "field"
+        families.setdefault(key, []).append(name)
+    rows = [
+        n
+        for n in facts.features
+        if n not in nifti and n not in owners and n not in ("subject_id", "session_id")
+    ]
+    sessions = [n for n in rows if n in facts.session_columns]
+    participants = [n for n in rows if n not in facts.session_columns]
+    if not families and not rows:
+        return []
+    lines = ["## Column families", ""]
+    if families:
+        lines += [
+            "Beside each NIfTI column `C` come the columns `C_...` below, where the BIDS dataset has them (for a "
+            "`List(Nifti())` column, lists aligned element for element with its images):",
+            "",
+            "| family | holds | columns |",
+            "|---|---|---|",
+        ]
+        described = [*_FAMILIES, ("field", ""), ("scans", "")]
+        for suffix, text in described:
+            if suffix not in families:
+                continue
+            if suffix == "field":
+                label, text = (
+                    "`C_<Field>`",
+                    "a typed field of the merged sidecar, lifted by the spec's `fields`",
+                )
+            elif suffix == "scans":
+                label, text = "`C_<column>`", "the image's value in a column of `scans.tsv`"
+            else:
+                label = f"`C_{suffix}`"
+            lines.append(f"| {label} | {text} | {', '.join(f'`{n}`' for n in families[suffix])} |")
+        lines.append("")
+    if participants or sessions:
+        lines.append("One value per row:")
+        lines.append("")
+        if participants:
+            lines.append("- from `participants.tsv`: " + ", ".join(f"`{n}`" for n in participants))
+        if sessions:
+            lines.append(
+                "- from `sessions.tsv` (the row's session): " + ", ".join(f"`{n}`" for n in sessions)
+            )
+        lines.append("")
+    return lines
 
 
 def is_tool_card(text: str) -> bool:
@@ -233,13 +430,7 @@ def render_card(facts: CardFacts) -> DatasetCard:
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts_rows] + [""]
     lines += ["## Columns", "", "| column | type | files | bytes |", "|---|---|---|---|"]
     for name, feature in facts.features.items():
-        kind = type(feature).__name__
-        if kind == "List":
-            kind = f"List({type(feature.feature).__name__}())"
-        elif kind == "Value":
-            kind = f"Value({feature.dtype!r})"
-        else:
-            kind = f"{kind}()"
+        kind = _kind(feature)
         files = facts.files_per_column.get(name)
         size = facts.bytes_per_column.get(name)
         desc = facts.phenotype_descriptions.get(name)
@@ -248,11 +439,13 @@ def render_card(facts: CardFacts) -> DatasetCard:
             f"| {label} | {kind} | {'' if files is None else files} | {'' if size is None else size} |"
         )
     lines += ["", "## Load it", "", "```python", "from datasets import load_dataset", ""]
-    lines += [f'ds = load_dataset("{facts.load_id}", split="train")', "row = ds[0]"]
+    lines += [f"ds = {_load_call(facts)}", "row = ds[0]"]
     first_nifti = next(iter(nifti_columns(facts.features)), None)
     if first_nifti:
         lines.append(f'img = row["{first_nifti}"]  # nibabel image(s)')
     lines += ["```", ""]
+    lines += _config_lines(facts)
+    lines += _family_lines(facts)
     if facts.nifti2_files:
         lines += _nifti2_lines(facts)
     if d.get("HowToAcknowledge") or d.get("ReferencesAndLinks") or d.get("Funding"):

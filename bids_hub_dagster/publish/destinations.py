@@ -1,8 +1,10 @@
 """Where a dataset is published: a local folder laid out like a Hub dataset repo, or the Hub.
 
 Both take the same input, the shard files in order and the card, and produce
-``data/train-XXXXX-of-NNNNN.parquet`` plus ``README.md``. The Hub repo is in ``hub/``;
-``publish.parse_destination`` picks one from a spec's ``destination`` string.
+``data/train-XXXXX-of-NNNNN.parquet`` plus ``README.md``; with a preview, also one
+``preview/train-XXXXX-of-NNNNN.parquet`` per shard (the ``preview`` config) and
+``preview.png`` beside the card. The Hub repo is in ``hub/``; ``publish.parse_destination``
+picks one from a spec's ``destination`` string.
 """
 
 from __future__ import annotations
@@ -29,8 +31,19 @@ from ..dataset.parquet import atomic_path
 from ..errors import UserError
 from .card import is_tool_card
 from .digests import check_recorded, file_digest, sha256_file
-from .manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe, git_blob_id
-from .verify import VerifyReport, short_digest, verify_published
+from .manifest import (
+    MANIFEST_NAME,
+    PREVIEW_PNG,
+    README,
+    TOOL_FOLDERS,
+    Manifest,
+    ManifestError,
+    adopted,
+    describe,
+    git_blob_id,
+    is_guarded,
+)
+from .verify import VerifyReport, short_digest, verify_preview_config, verify_published
 
 log = logging.getLogger(__name__)
 STAGING_PREFIX = ".bids_hub_staging-"
@@ -44,17 +57,39 @@ def data_file_name(index: int, num_shards: int) -> str:
     return f"data/train-{index:05d}-of-{num_shards:05d}.parquet"
 
 
+def preview_file_name(index: int, num_shards: int) -> str:
+    """``preview/train-00003-of-00010.parquet``: the preview of shard 3 of 10 (the ``preview`` config)."""
+    return f"preview/train-{index:05d}-of-{num_shards:05d}.parquet"
+
+
+def published_names(num_shards: int, num_previews: int, has_png: bool) -> dict[str, list[str]]:
+    """The names a publication writes: ``data``, ``preview`` (one per shard, or none) and ``other``
+    (README.md, and preview.png when there is one)."""
+    if num_previews not in (0, num_shards):
+        raise ValueError(
+            f"{num_previews} preview file(s) for {num_shards} shard(s): give one per shard, or none"
+        )
+    return {
+        "data": [data_file_name(i, num_shards) for i in range(num_shards)],
+        "preview": [preview_file_name(i, num_shards) for i in range(num_previews)],
+        "other": [README] + ([PREVIEW_PNG] if has_png else []),
+    }
+
+
 @dataclass
 class PublishResult:
     url: str
     files_written: list[str] = field(default_factory=list)  # written or committed by this publish
     files_skipped: list[str] = field(default_factory=list)  # already there, byte for byte
-    files_removed: list[str] = field(default_factory=list)  # shards of an older plan
+    files_removed: list[str] = field(default_factory=list)  # files of an older publication (shards, previews)
     bytes_written: int = 0  # bytes copied or sent over the network
     commit_urls: list[str] = field(default_factory=list)  # Hub only
     pr_url: str | None = None  # Hub only, with create_pr
     shard_files: list[Path] = field(default_factory=list)  # what was published, in order
     card: DatasetCard | None = None
+    preview_files: list[Path] = field(default_factory=list)  # the stored preview files published, in order
+    preview_png: bytes | None = None  # preview.png as published
+    configs: dict[str, str] = field(default_factory=dict)  # the card's configs: name -> data files pattern
 
 
 class Link(str):
@@ -80,15 +115,32 @@ class Destination(Protocol):
     def check(self) -> None:
         """Raise DestinationError now if publishing cannot work."""
 
-    def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult: ...
+    def publish(
+        self,
+        shard_files: Sequence[Path],
+        card: DatasetCard,
+        *,
+        preview_files: Sequence[Path] = (),
+        preview_png: bytes | None = None,
+    ) -> PublishResult:
+        """Publish the shards (``data/``), their previews (``preview/``, one per shard, or none),
+        ``preview.png`` (or none) and the card; files of an earlier publication that this one
+        does not have are removed (only those its manifest lists)."""
 
     def verify(self, index_table: pa.Table) -> VerifyReport:
         """Read the published copy back with ``datasets.load_dataset`` and compare it with the index."""
 
     def verify_quick(
-        self, shard_files: Sequence[Path], card: DatasetCard, index_table: pa.Table
+        self,
+        shard_files: Sequence[Path],
+        card: DatasetCard,
+        index_table: pa.Table,
+        *,
+        preview_files: Sequence[Path] = (),
+        preview_png: bytes | None = None,
     ) -> VerifyReport:
-        """Compare each published file with its shard and README.md with the card, without reading the dataset."""
+        """Compare each published file (shards, previews, preview.png) with its source and README.md with
+        the card, without reading the dataset."""
 
     def verify_after_publish(self, result: PublishResult, index_table: pa.Table) -> VerifyReport:
         """The verification this destination runs after each publish: :meth:`verify` or :meth:`verify_quick`."""
@@ -121,16 +173,18 @@ class LocalFolder:
     """A folder laid out exactly like a Hub dataset repo.
 
     The folder's manifest (:mod:`.manifest`) lists what the last publication wrote; a
-    publication replaces or deletes only those files. Anything else under ``data/``, a
-    README.md the tool did not write, or a folder that is, holds or lies inside one of the
-    ``sources`` (the BIDS root and scope folders) is refused before anything is built.
+    publication replaces or deletes only those files. Anything else under ``data/`` or
+    ``preview/``, a README.md or preview.png the tool did not write, or a folder that is,
+    holds or lies inside one of the ``sources`` (the BIDS root and scope folders) is refused
+    before anything is built.
 
     Publishing is staged so that a crash never leaves a mix of two publications: the new
-    data files are linked (hard links from the shard storage when both sit on one file
-    system, else copied) and the card written into a hidden staging folder; the manifest
-    is widened to old and new files; ``data/`` is swapped by two renames and ``README.md``
-    by one; then the manifest is narrowed to the new files and the old data files are
-    removed, one by one. A failed rename puts the previous publication back.
+    data and preview files are linked (hard links from the shard storage when both sit on
+    one file system, else copied), preview.png and the card written into a hidden staging
+    folder; the manifest is widened to old and new files; ``data/`` and ``preview/`` are
+    swapped by two renames each, ``preview.png`` and ``README.md`` by one each (the card
+    last); then the manifest is narrowed to the new files and the old files are removed,
+    one by one. A failed rename puts the previous publication back, every part of it.
     """
 
     def __init__(
@@ -172,16 +226,20 @@ class LocalFolder:
                 return manifest.without_readme()  # edited since it was published: the user's now
             return manifest
         readme = self.folder / README
-        if readme.is_file() and is_tool_card(readme.read_text(encoding="utf-8", errors="replace")):
-            return adopted(self._present())
+        text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
+        if is_tool_card(text):
+            return adopted(self._present(), text)
         return Manifest.of(())
 
     def _present(self) -> list[str]:
-        """README.md and every entry under data/ (files, links, empty folders), relative to the folder."""
-        found = [README] if os.path.lexists(self.folder / README) else []
-        data = self.folder / "data"
-        if data.is_dir() and not data.is_symlink():
-            for dirpath, dirnames, filenames in os.walk(data):
+        """README.md, preview.png and every entry under data/ and preview/ (files, links, empty
+        folders), relative to the folder: what must be the tool's before it publishes here."""
+        found = [name for name in (README, PREVIEW_PNG) if os.path.lexists(self.folder / name)]
+        for top in TOOL_FOLDERS:
+            folder = self.folder / top
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            for dirpath, dirnames, filenames in os.walk(folder):
                 rel = Path(dirpath).relative_to(self.folder).as_posix()
                 found += [f"{rel}/{n}" for n in filenames]
                 found += [f"{rel}/{n}/" for n in dirnames if not os.listdir(Path(dirpath, n))]
@@ -221,18 +279,21 @@ class LocalFolder:
                 break
         if not self.folder.exists():
             return Manifest.of(())
-        data, readme = self.folder / "data", self.folder / README
-        if data.is_symlink() or (data.exists() and not data.is_dir()):
-            raise self._refuse(
-                "data is not a folder (a file or a link); move it away, or choose another folder."
-            )
-        if readme.is_symlink() or (readme.exists() and not readme.is_file()):
-            raise self._refuse(f"{README} is not a regular file; move it away, or choose another folder.")
+        for top in TOOL_FOLDERS:
+            folder = self.folder / top
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                raise self._refuse(
+                    f"{top} is not a folder (a file or a link); move it away, or choose another folder."
+                )
+        for name in (README, PREVIEW_PNG):
+            path = self.folder / name
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                raise self._refuse(f"{name} is not a regular file; move it away, or choose another folder.")
         lock = self.folder / LOCK_NAME
         if lock.is_symlink() or (lock.exists() and not lock.is_file()):
             raise self._refuse(f"{LOCK_NAME} is not a regular file (the tool's lock); move it away.")
         owned = self._owned()
-        foreign = [p for p in self._present() if p not in owned.files]
+        foreign = [p for p in self._present() if is_guarded(p) and p not in owned.files]
         if foreign:
             edited = " (README.md was edited after it was published)" if README in foreign else ""
             raise self._refuse(
@@ -250,20 +311,32 @@ class LocalFolder:
 
     def _remove_leftover_staging(self, owned: Manifest) -> None:
         """Staging folders of a publish that died (only those that carry the tool's marker):
-        the tool's files go; anything else in their ``old-data`` is put back into ``data/``."""
+        the tool's files go; anything else in their ``old-data`` (``old-preview``) is put back
+        into ``data/`` (``preview/``)."""
         for leftover in self.folder.glob(f"{STAGING_PREFIX}*"):
             if not leftover.is_symlink() and (leftover / STAGING_MARKER).is_file():
-                _clean_staging(leftover, owned, self.folder / "data")
+                _clean_staging(leftover, owned, self.folder)
 
-    def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult:
+    def publish(
+        self,
+        shard_files: Sequence[Path],
+        card: DatasetCard,
+        *,
+        preview_files: Sequence[Path] = (),
+        preview_png: bytes | None = None,
+    ) -> PublishResult:
         if not shard_files:
             raise self._refuse("nothing to publish (no shard files).")
+        if len(preview_files) not in (0, len(shard_files)):
+            raise self._refuse(
+                f"{len(preview_files)} preview file(s) for {len(shard_files)} shard(s): give one per shard, or none."
+            )
         self.check()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with self._lock():
                 owned = self.check()  # again, now that no other publish of this tool can write here
-                return self._publish(shard_files, card, owned)
+                return self._publish(shard_files, card, owned, [Path(p) for p in preview_files], preview_png)
         except OSError as exc:  # a local file system fault is not transient: say it, never retry it
             raise self._refuse(f"publishing failed, the previous publication is kept: {exc}") from None
 
@@ -297,59 +370,94 @@ class LocalFolder:
         finally:
             os.close(fd)
 
-    def _publish(self, shard_files: Sequence[Path], card: DatasetCard, owned: Manifest) -> PublishResult:
+    def _publish(
+        self,
+        shard_files: Sequence[Path],
+        card: DatasetCard,
+        owned: Manifest,
+        preview_files: Sequence[Path] = (),
+        preview_png: bytes | None = None,
+    ) -> PublishResult:
         result = PublishResult(url=self.url)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._remove_leftover_staging(owned)
-        data, readme = self.folder / "data", self.folder / README
         staging = self.folder / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         (staging / STAGING_MARKER).write_text("a staging folder of bids_hub_dagster; safe to delete\n")
-        n = len(shard_files)
-        names = [data_file_name(i, n) for i in range(n)]
-        new = Manifest.of([*names, README], readmes=[git_blob_id(str(card).encode("utf-8"))])
+        names = published_names(len(shard_files), len(preview_files), preview_png is not None)
+        new = Manifest.of(
+            [*names["data"], *names["preview"], *names["other"]],
+            readmes=[git_blob_id(str(card).encode("utf-8"))],
+        )
         try:
-            (staging / "data").mkdir()
-            for name, src in zip(names, shard_files, strict=True):
-                if _same_file(src, self.folder / name):
-                    result.files_skipped.append(name)
+            for top, files in (("data", shard_files), ("preview", preview_files)):
+                if files:
+                    (staging / top).mkdir()
+                for name, src in zip(names[top], files, strict=True):
+                    if _same_file(src, self.folder / name):
+                        result.files_skipped.append(name)
+                    else:
+                        result.files_written.append(name)
+                        result.bytes_written += src.stat().st_size
+                    try:
+                        os.link(src, staging / name)
+                    except OSError:
+                        shutil.copyfile(src, staging / name)
+            if preview_png is not None:
+                there = self.folder / PREVIEW_PNG
+                if there.is_file() and there.read_bytes() == preview_png:
+                    result.files_skipped.append(PREVIEW_PNG)
                 else:
-                    result.files_written.append(name)
-                    result.bytes_written += src.stat().st_size
-                try:
-                    os.link(src, staging / name)
-                except OSError:
-                    shutil.copyfile(src, staging / name)
+                    result.files_written.append(PREVIEW_PNG)
+                    result.bytes_written += len(preview_png)
+                (staging / PREVIEW_PNG).write_bytes(preview_png)
             (staging / README).write_text(str(card), encoding="utf-8")
-            # a crash from here on leaves a manifest that covers whatever data/ then holds
+            # a crash from here on leaves a manifest that covers whatever data/ and preview/ then hold
             self._write_manifest(owned.union(new))
-            self._swap(staging, data, readme)
+            self._swap(staging)
             self._write_manifest(new)
             result.files_written.append(README)
-        finally:  # also after Ctrl-C: the previous data files go, whatever someone else wrote stays
-            removed = _clean_staging(staging, owned, data)
+        finally:  # also after Ctrl-C: the previous files go, whatever someone else wrote stays
+            removed = _clean_staging(staging, owned, self.folder)
             result.files_removed = sorted(r for r in removed if r not in new.files)
         return result
 
-    @staticmethod
-    def _swap(staging: Path, data: Path, readme: Path) -> None:
-        """``data/`` and ``README.md`` from ``staging`` in place, or both as they were."""
-        old = staging / "old-data"
-        had_data = data.is_dir()
+    #: what a publication swaps in, in this order: the card last, so that it never names files
+    #: not yet in place (its preview.png, its configs' folders)
+    SWAPPED = ("data", "preview", PREVIEW_PNG, README)
+
+    def _swap(self, staging: Path) -> None:
+        """``data/``, ``preview/``, ``preview.png`` and ``README.md`` from ``staging`` in place, or all as they were.
+
+        What ``staging`` does not hold is moved out of the way (into ``staging/old-NAME``,
+        removed after the swap when the previous manifest lists it): a publication without
+        a preview takes the previous one's away. A folder is swapped by two renames (the old
+        one out, the new one in); a file by one, after a hard link keeps the old one for a
+        rollback (the card, swapped last, needs none). Any failure, Ctrl-C included, undoes
+        every step already made, in reverse.
+        """
+        done: list[tuple[str, Path, Path]] = []  # ("rename" | "link", source, destination), before it runs
         try:
-            if had_data:
-                os.replace(data, old)
-            os.replace(staging / "data", data)
-        except BaseException:  # an OS error, or Ctrl-C between the two renames
-            if had_data and old.is_dir() and not os.path.lexists(data):
-                os.replace(old, data)
-            raise
-        try:
-            os.replace(staging / README, readme)
-        except BaseException:
-            os.replace(data, staging / "data")
-            if had_data:
-                os.replace(old, data)
+            for k, name in enumerate(self.SWAPPED):
+                target, staged, old = self.folder / name, staging / name, staging / f"old-{name}"
+                had, has_new = os.path.lexists(target), os.path.lexists(staged)
+                if had and (not has_new or target.is_dir()):
+                    done.append(("rename", target, old))
+                    os.replace(target, old)
+                elif had and k < len(self.SWAPPED) - 1:
+                    done.append(("link", target, old))
+                    _link_or_copy(target, old)
+                if has_new:
+                    done.append(("rename", staged, target))
+                    os.replace(staged, target)
+        except BaseException:  # an OS error, or Ctrl-C between two renames
+            for kind, source, dest in reversed(done):
+                # a step recorded but not made (it failed, or was interrupted before it ran) has nothing to undo
+                if os.path.lexists(dest) and (kind == "link" or not os.path.lexists(source)):
+                    try:
+                        os.replace(dest, source)
+                    except OSError as exc:  # keep undoing the other steps; say what could not be
+                        log.error("could not put %s back from %s: %s", shown(source), shown(dest), exc)
             raise
 
     # -- after publishing --------------------------------------------------------------
@@ -363,48 +471,107 @@ class LocalFolder:
         return verify_published(self.load_id, index_table)
 
     def verify_after_publish(self, result: PublishResult, index_table: pa.Table) -> VerifyReport:
-        """The full read-back (:meth:`verify`): on a local disk it costs one read of the files."""
-        return self.verify(index_table)
+        """The full read-back (:meth:`verify`): on a local disk it costs one read of the files.
+
+        With a preview, each published preview file and preview.png are also compared with
+        what was published (the read-back checks the preview config's rows, not its bytes).
+        """
+        report = self.verify(index_table)
+        if result.preview_files or result.preview_png is not None:
+            previews = VerifyReport(rows_expected=0, unit="published files")
+            self._compare_previews(
+                len(result.shard_files), result.preview_files, result.preview_png, previews
+            )
+            report.problems += previews.problems
+        return report
+
+    def _compare(self, name: str, stored: Path, report: VerifyReport) -> int | None:
+        """Compare the published ``name`` with the stored file it was published from; its size when equal.
+
+        A published file that is the stored one itself (a hard link) is trusted when the
+        stored file's recorded digest still holds (its stamp, else a hash); a copy is hashed.
+        """
+        published = self.folder / name
+        if not published.is_file():
+            report.problems.append(f"{shown(published)} is missing (expected a copy of {shown(stored)})")
+            return None
+        size = published.stat().st_size
+        if _same_file(published, stored):
+            check = check_recorded(stored)
+            if not check.ok:
+                report.problems.append(
+                    f"{shown(published)} differs from what was published: " + check.describe(stored)
+                )
+                return None
+        elif (found := sha256_file(published)) != (digest := file_digest(stored)):
+            report.problems.append(
+                f"{shown(published)} differs from {shown(stored)}: sha256 expected {short_digest(digest)}, "
+                f"found {short_digest(found)}; size expected {stored.stat().st_size}, found {size}"
+            )
+            return None
+        report.files_checked += 1
+        report.bytes_checked += size
+        return size
+
+    def _extra(self, top: str, wanted: set[str], what: str, report: VerifyReport) -> None:
+        """Files under ``top``/ that this publication did not write: problems."""
+        extra = sorted(p for p in self._present() if p.startswith(f"{top}/") and p not in wanted)
+        report.problems += [f"{shown(self.folder / p)} is not {what} of this publication" for p in extra]
+
+    def _compare_previews(
+        self, num_shards: int, preview_files: Sequence[Path], preview_png: bytes | None, report: VerifyReport
+    ) -> None:
+        """Each published preview file and preview.png against what was published; none left over."""
+        names = published_names(num_shards, len(preview_files), preview_png is not None)
+        for name, stored in zip(names["preview"], preview_files, strict=True):
+            self._compare(name, Path(stored), report)
+        self._extra("preview", set(names["preview"]), "a preview file", report)
+        png = self.folder / PREVIEW_PNG
+        if preview_png is None:
+            if os.path.lexists(png):
+                report.problems.append(
+                    f"{shown(png)} is not part of this publication (it has no preview.png)"
+                )
+        elif not png.is_file():
+            report.problems.append(
+                f"{shown(png)} is missing (expected the preview picture of this publication)"
+            )
+        elif (found := sha256_file(png)) != (digest := hashlib.sha256(preview_png).hexdigest()):
+            report.problems.append(
+                f"{shown(png)} is not the preview picture of this publication: sha256 expected "
+                f"{short_digest(digest)}, found {short_digest(found)}"
+            )
+        else:
+            report.files_checked += 1
+            report.bytes_checked += len(preview_png)
 
     def verify_quick(
-        self, shard_files: Sequence[Path], card: DatasetCard, index_table: pa.Table
+        self,
+        shard_files: Sequence[Path],
+        card: DatasetCard,
+        index_table: pa.Table,
+        *,
+        preview_files: Sequence[Path] = (),
+        preview_png: bytes | None = None,
     ) -> VerifyReport:
-        """Compare each published data file with its shard, and README.md with the card.
+        """Compare each published data and preview file with its stored file, preview.png with the
+        bytes published, README.md with the card; and that the preview config loads with its rows.
 
         A data file that is the shard itself (a hard link) is trusted when the shard's
-        recorded digest still holds (its stamp, else a hash); a copy is hashed. Data files
-        that no shard of this publication gave are problems too. The shards were checked
-        against their sources when they were built; the full read-back is :meth:`verify`.
+        recorded digest still holds (its stamp, else a hash); a copy is hashed. Data and
+        preview files that no shard of this publication gave are problems too. The shards
+        were checked against their sources when they were built; the full read-back is
+        :meth:`verify`.
         """
         shard_files = [Path(p) for p in shard_files]
         n = len(shard_files)
         report = VerifyReport(rows_expected=index_table.num_rows, unit="published files")
-        for i, shard in enumerate(shard_files):
-            name = data_file_name(i, n)
-            published = self.folder / name
-            if not published.is_file():
-                report.problems.append(f"{shown(published)} is missing (expected a copy of {shown(shard)})")
-                continue
-            size = published.stat().st_size
-            if _same_file(published, shard):
-                check = check_recorded(shard)
-                if not check.ok:
-                    report.problems.append(
-                        f"{shown(published)} differs from what was published: " + check.describe(shard)
-                    )
-                    continue
-            elif (found := sha256_file(published)) != (digest := file_digest(shard)):
-                report.problems.append(
-                    f"{shown(published)} differs from {shown(shard)}: sha256 expected {short_digest(digest)}, "
-                    f"found {short_digest(found)}; size expected {shard.stat().st_size}, found {size}"
-                )
-                continue
-            report.files_checked += 1
-            report.bytes_checked += size
-            report.rows_found += pq.ParquetFile(published).metadata.num_rows
-        wanted = {data_file_name(i, n) for i in range(n)}
-        extra = sorted(p for p in self._present() if p.startswith("data/") and p not in wanted)
-        report.problems += [f"{shown(self.folder / p)} is not a shard of this publication" for p in extra]
+        names = published_names(n, len(preview_files), preview_png is not None)
+        for name, shard in zip(names["data"], shard_files, strict=True):
+            if self._compare(name, shard, report) is not None:
+                report.rows_found += pq.ParquetFile(self.folder / name).metadata.num_rows
+        self._extra("data", set(names["data"]), "a shard", report)
+        self._compare_previews(n, preview_files, preview_png, report)
         readme = self.folder / README
         content = str(card).encode("utf-8")
         if not readme.is_file():
@@ -417,32 +584,49 @@ class LocalFolder:
         else:
             report.files_checked += 1
             report.bytes_checked += len(content)
+            if preview_files:  # the card names the configs: the preview one must load, with every row
+                report.problems += verify_preview_config(self.load_id, index_table.num_rows)
         return report
 
     def metadata(self, result: PublishResult | None = None) -> dict[str, object]:
         return {"destination": self.folder}
 
 
-def _clean_staging(staging: Path, owned: Manifest, data: Path) -> list[str]:
-    """Remove a staging folder of the tool: the previous publication's files (those ``owned``
-    lists) in its ``old-data``, its own links and marker; put anything else back into ``data/``
-    (or keep it there, named). Returns the data files removed."""
-    old = staging / "old-data"
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def _clean_staging(staging: Path, owned: Manifest, folder: Path) -> list[str]:
+    """Remove a staging folder of the tool in ``folder``: the previous publication's files (those
+    ``owned`` lists) in its ``old-data``, ``old-preview`` and ``old-preview.png``, its own links and
+    marker; put anything else back into ``data/`` or ``preview/`` (or keep it there, named).
+    Returns the files removed."""
     removed = []
     for rel in sorted(owned.files):
-        previous = old / rel.removeprefix("data/")
-        if rel.startswith("data/") and (previous.is_file() or previous.is_symlink()):
+        top, _, below = rel.partition("/")
+        if top in TOOL_FOLDERS and below:
+            previous = staging / f"old-{top}" / below
+        elif rel == PREVIEW_PNG:
+            previous = staging / f"old-{PREVIEW_PNG}"
+        else:
+            continue
+        if previous.is_file() or previous.is_symlink():
             previous.unlink()
-            if DATA_FILE.match(rel.removeprefix("data/")):
-                removed.append(rel)
-    if data.is_dir() and not data.is_symlink():
-        _put_back(old, data)  # written into data/ by someone else meanwhile: kept
+            removed.append(rel)
+    for top in TOOL_FOLDERS:
+        target = folder / top
+        old = staging / f"old-{top}"
+        if old.is_dir() and not target.is_symlink() and (target.is_dir() or not os.path.lexists(target)):
+            _put_back(old, target)  # written into data/ (preview/) by someone else meanwhile: kept
     _remove_own_tree(staging)
     return removed
 
 
 def _put_back(old: Path, data: Path) -> list[str]:
-    """Move files still in the previous ``data/`` (not the tool's) into the new one; their paths.
+    """Move files still in the previous ``data/`` (or ``preview/``; not the tool's) into the new one; their paths.
 
     The check before publishing refuses a ``data/`` with files the tool did not write, so
     these can only have been written while the publication was swapped in: they are kept.
@@ -457,10 +641,13 @@ def _put_back(old: Path, data: Path) -> list[str]:
                 continue  # left in the staging folder, which is then kept and named
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dest)
-            kept.append(f"data/{rel.as_posix()}")
+            kept.append(f"{data.name}/{rel.as_posix()}")
     if kept:
         log.warning(
-            "kept %d file(s) written into data/ during the publication: %s", len(kept), describe(kept)
+            "kept %d file(s) written into %s/ during the publication: %s",
+            len(kept),
+            data.name,
+            describe(kept),
         )
     return kept
 
@@ -472,7 +659,7 @@ def _remove_own_tree(staging: Path) -> None:
         for name in filenames:
             path = Path(dirpath, name)
             rel = path.relative_to(staging)
-            ours = rel.parts[0] in ("data", README, STAGING_MARKER)
+            ours = rel.parts[0] in (*TOOL_FOLDERS, PREVIEW_PNG, README, STAGING_MARKER)
             if ours:
                 path.unlink()
             else:

@@ -2,9 +2,11 @@
 
 A destination (a local folder or a Hub repo) holds ``.bids_hub_manifest.json`` beside
 ``README.md``, listing every file the last publication wrote there (paths relative to
-the destination root). A later publication replaces or deletes only the files that the
-manifest lists; any other file under ``data/`` (and, in a local folder, a README.md that
-the tool did not write) makes the destination refused before anything is built.
+the destination root): ``README.md``, ``data/train-XXXXX-of-NNNNN.parquet`` and, with a
+preview config, ``preview/train-XXXXX-of-NNNNN.parquet`` and ``preview.png``. A later
+publication replaces or deletes only the files that the manifest lists; any other file
+under ``data/`` or ``preview/``, a ``preview.png`` or a README.md that the tool did not
+write makes the destination refused before anything is built.
 
 The name starts with a dot: ``datasets`` skips hidden files when it resolves data files,
 so the manifest is never loaded as data. A destination published before manifests
@@ -27,8 +29,25 @@ TOOL = "bids_hub_dagster"
 FORMAT = 1
 README = "README.md"
 DATA_FILE = re.compile(r"^data/train-(\d{5})-of-(\d{5})\.parquet$")
+#: the files of the ``preview`` config, one per data file (same count and order)
+PREVIEW_FILE = re.compile(r"^preview/train-(\d{5})-of-(\d{5})\.parquet$")
+#: a small picture beside the card, which its body shows
+PREVIEW_PNG = "preview.png"
+#: the folders whose every file must be the tool's: ``datasets`` loads what they hold
+TOOL_FOLDERS = ("data", "preview")
 #: At most this many paths are named in an error; the rest are counted.
 SHOWN = 10
+
+
+def is_tool_name(path: str) -> bool:
+    """Whether the tool ever writes a file of this name (what a manifest may list)."""
+    return path in (README, PREVIEW_PNG) or bool(DATA_FILE.match(path) or PREVIEW_FILE.match(path))
+
+
+def is_guarded(path: str) -> bool:
+    """Whether a file at ``path`` (relative to the destination) must be the tool's before publishing:
+    README.md and preview.png would be replaced, files under data/ and preview/ loaded as data."""
+    return path in (README, PREVIEW_PNG) or ("/" in path and path.split("/", 1)[0] in TOOL_FOLDERS)
 
 
 class ManifestError(UserError):
@@ -93,11 +112,12 @@ class Manifest:
             not isinstance(raw, dict)
             or raw.get("tool") != TOOL
             or not isinstance(files, list)
-            or not all(isinstance(f, str) and (f == README or DATA_FILE.match(f)) for f in files)
+            or not all(isinstance(f, str) and is_tool_name(f) for f in files)
         ):
             raise ManifestError(
                 f"{where} was not written by bids_hub_dagster (no tool mark, a malformed file list, or "
-                "files the tool never writes: it writes only README.md and data/train-*.parquet); "
+                "files the tool never writes: it writes only README.md, data/train-*.parquet, "
+                "preview/train-*.parquet and preview.png); "
                 "move it away, or publish to a new destination."
             )
         readmes = raw.get("readme_blobs")
@@ -106,9 +126,23 @@ class Manifest:
         return cls(frozenset(files), frozenset(readmes))
 
 
-def adopted(paths: Iterable[str]) -> Manifest:
-    """The files a pre-manifest publication wrote: its README.md and its data files by their names."""
-    return Manifest.of(p for p in paths if p == README or DATA_FILE.match(p))
+def adopted(paths: Iterable[str], card: str = "") -> Manifest:
+    """The files a publication without a manifest wrote: its README.md and its data files by their names.
+
+    Versions before manifests never wrote a preview. A card that lists the ``preview``
+    config (a publication whose manifest was lost) also makes the preview files its
+    own, and preview.png when the card shows it.
+    """
+    header = card.partition("\n---\n")[0]
+    preview = "path: preview/train-*" in header
+    picture = preview and f"]({PREVIEW_PNG})" in card
+
+    def ours(path: str) -> bool:
+        if path == README or DATA_FILE.match(path):
+            return True
+        return bool(preview and PREVIEW_FILE.match(path)) or (picture and path == PREVIEW_PNG)
+
+    return Manifest.of(p for p in paths if ours(p))
 
 
 def describe(paths: Iterable[str]) -> str:

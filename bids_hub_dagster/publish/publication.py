@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datasets import Features
 
 from ..dataset.shards import ShardPlan, read_shard_record, recorded_nifti2, shard_rows
 from ..dataset.tables import FILES_COLUMN, IndexInfo
 from ..errors import UserError
-from .card import CardFacts, render_card
+from .card import CardFacts, config_names, render_card
 from .destinations import Destination, DestinationError, LocalFolder, PublishResult
 from .digests import check_recorded
 from .hub import Backoff, HubOptions, HubRepo, is_hub_url
@@ -74,11 +75,17 @@ def shard_file_stats(path: Path) -> ShardFileStats:
     )
 
 
-def ordered_shard_files(plan: ShardPlan, files: Mapping[str, Path], index_table: pa.Table) -> list[Path]:
-    """The shard files in plan order, each checked against the current plan and index.
+def ordered_shard_files(
+    plan: ShardPlan, files: Mapping[str, Path], index_table: pa.Table, what: str = "shard"
+) -> list[Path]:
+    """The shard files (or their previews: ``what``) in plan order, each checked against the current plan and index.
+
+    Every file must carry a shard record (:func:`..dataset.shards.read_shard_record`) with
+    the row range and input fingerprint the current index plans for its partition: a
+    preview file carries its data shard's record.
 
     Raises:
-        ShardsNotReadyError: listing every shard that is missing, whose stored file changed
+        ShardsNotReadyError: listing every file that is missing, whose stored file changed
             after it was built (sha256 against the digest recorded at write time) or cannot
             be read, or whose recorded row range or input fingerprint differs from what the
             current index plans.
@@ -104,17 +111,22 @@ def ordered_shard_files(plan: ShardPlan, files: Mapping[str, Path], index_table:
         ordered.append(Path(path))
     problems = []
     if missing:
-        problems.append(f"{len(missing)} shard(s) not built yet: {', '.join(missing)}")
+        problems.append(f"{len(missing)} {what}(s) not built yet: {', '.join(missing)}")
     if stale:
-        problems.append(f"{len(stale)} shard(s) were built from an older index or plan: {', '.join(stale)}")
+        problems.append(f"{len(stale)} {what}(s) were built from an older index or plan: {', '.join(stale)}")
     if changed:
         problems.append(
-            f"{len(changed)} stored shard file(s) changed after they were built, so their bytes cannot be "
+            f"{len(changed)} stored {what} file(s) changed after they were built, so their bytes cannot be "
             f"trusted: {'; '.join(changed)}"
         )
     if problems:
         raise ShardsNotReadyError(
-            "; ".join(problems) + ". Materialize those hub_shards partitions, then publish again."
+            "; ".join(problems)
+            + (
+                ". Materialize those hub_shards partitions, then publish again."
+                if what == "shard"
+                else f". Build the {what}s of those partitions again, then publish again."
+            )
         )
     return ordered
 
@@ -125,8 +137,17 @@ def card_facts(
     stats: list[ShardFileStats],
     load_id: str,
     nifti2_files: Mapping[str, int] | None = None,
+    *,
+    preview_stats: Sequence[ShardFileStats] = (),
+    preview_features: Features | None = None,
+    preview_default: bool = False,
+    has_preview_png: bool = False,
 ) -> CardFacts:
-    """What the card says; ``nifti2_files`` (column -> NIfTI-2 files) as the shards recorded it."""
+    """What the card says; ``nifti2_files`` (column -> NIfTI-2 files) as the shards recorded it.
+
+    ``preview_features`` (the preview files' features; None: no preview config) and
+    ``preview_stats`` (one per preview file) describe the ``preview`` config.
+    """
     info = IndexInfo.of(index_table)
     files_per_column = {c: 0 for c in info.columns}
     bytes_per_column = {c: 0 for c in info.columns}
@@ -155,7 +176,41 @@ def card_facts(
         load_id=load_id,
         phenotype_descriptions=info.phenotype_descriptions,
         nifti2_files=dict(nifti2_files or {}),
+        preview_features=preview_features,
+        preview_num_bytes=sum(s.dataset_size for s in preview_stats),
+        preview_download_size=sum(s.download_size for s in preview_stats),
+        preview_default=preview_default and preview_features is not None,
+        has_preview_png=has_preview_png,
+        session_columns=tuple(info.sessions),
+        scans_columns=tuple(info.scans),
     )
+
+
+def preview_features_of(preview_files: Sequence[Path]) -> Features:
+    """The features of the preview files (the HF metadata in their schema), which must all be the same.
+
+    Raises:
+        ShardsNotReadyError: when a preview file carries no features, or two carry different ones.
+    """
+    found: Features | None = None
+    for path in preview_files:
+        schema = pq.read_schema(path)
+        if b"huggingface" not in (schema.metadata or {}):
+            raise ShardsNotReadyError(
+                f"{path} carries no Hugging Face features in its parquet schema; write the preview with "
+                "the features' arrow schema (Features.arrow_schema). Materialize it again, then publish again."
+            )
+        features = Features.from_arrow_schema(schema)
+        if found is None:
+            found = features
+        elif features != found:
+            raise ShardsNotReadyError(
+                f"the preview files have different features ({path} differs from the first one); "
+                "materialize them again, then publish again."
+            )
+    if found is None:
+        raise ValueError("no preview files")
+    return found
 
 
 def publish_shards(
@@ -164,12 +219,41 @@ def publish_shards(
     plan: ShardPlan,
     files: Mapping[str, Path],
     destination: Destination,
+    *,
+    preview_files: Mapping[str, Path] | None = None,
+    preview_png: bytes | None = None,
+    preview_default: bool = False,
 ) -> PublishResult:
-    """Check the shards, render the card, and publish both to ``destination``."""
+    """Check the shards (and previews), render the card, and publish them to ``destination``.
+
+    ``preview_files`` maps the same partition keys as ``files`` to each shard's preview
+    parquet file (the ``preview`` config: written and digest-recorded like a shard, with its
+    shard's record in the schema); ``preview_png`` is published as ``preview.png`` beside the
+    card, which shows it; with ``preview_default``, ``load_dataset(repo)`` and the Hub's viewer
+    open the preview (the full data is then the config ``full``). Without them the publication
+    has no preview, and one an earlier publication made is removed.
+    """
     ordered = ordered_shard_files(plan, files, index_table)
+    previews = ordered_shard_files(plan, preview_files, index_table, "preview") if preview_files else []
     stats = [shard_file_stats(p) for p in ordered]
     nifti2 = recorded_nifti2(read_shard_record(pq.read_schema(p)) for p in ordered)
-    card = render_card(card_facts(name, index_table, stats, destination.load_id, nifti2_files=nifti2))
-    result = destination.publish(ordered, card)
+    facts = card_facts(
+        name,
+        index_table,
+        stats,
+        destination.load_id,
+        nifti2_files=nifti2,
+        preview_stats=[shard_file_stats(p) for p in previews],
+        preview_features=preview_features_of(previews) if previews else None,
+        preview_default=preview_default,
+        has_preview_png=preview_png is not None,
+    )
+    card = render_card(facts)
+    if previews or preview_png is not None:
+        result = destination.publish(ordered, card, preview_files=previews, preview_png=preview_png)
+    else:  # exactly the call of a publication without previews
+        result = destination.publish(ordered, card)
     result.shard_files, result.card = ordered, card
+    result.preview_files, result.preview_png = previews, preview_png
+    result.configs = config_names(facts)
     return result

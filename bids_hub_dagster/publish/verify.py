@@ -5,9 +5,11 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from huggingface_hub import HfFileSystem
 
 from ..bids.errors import shown
 from ..bids.index import RowKey
-from ..dataset.tables import IndexInfo
+from ..dataset.tables import IndexInfo, dataset_from_index
+from .card import PREVIEW_CONFIG, full_config_name
 from .digests import sha256_file
 
 DIGEST_CHARS = 12  # of a sha256 shown in a problem: enough to tell two files apart
@@ -89,20 +92,28 @@ class _DataFiles:
         return f"{self.names[k]} row {i - self.starts[k]}", self.bad_columns[k]
 
 
-def _shown_file(url: str) -> str:
+def _shown_file(url: str, folder: str = "data") -> str:
     """``hf://datasets/ORG/NAME@rev/data/x.parquet`` or ``/folder/data/x.parquet`` → ``data/x.parquet``."""
     url = re.sub(r"^hf://datasets/[^@]+@[^/]+/", "", url)
-    head, sep, tail = url.rpartition("/data/")
-    return shown(f"data/{tail}" if sep else url)
+    head, sep, tail = url.rpartition(f"/{folder}/")
+    return shown(f"{folder}/{tail}" if sep else url)
 
 
-def _type_problems(where: str, found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+def _footer(url: str, token: str | None) -> pq.FileMetaData:
+    """The parquet footer of a published data file (a local path or an ``hf://`` URL); only it is read."""
+    fs, path = fsspec.core.url_to_fs(url, **({"token": token} if url.startswith("hf://") else {}))
+    with fs.open(path, "rb") as fh:
+        return pq.ParquetFile(fh).metadata
+
+
+def _type_problems(
+    where: str,
+    found: dict[str, Any],
+    expected: dict[str, Any],
+    origin: str = "the BIDS index does not produce",
+) -> list[str]:
     """Columns ``found`` (name → type) has and ``expected`` has not, the reverse, and types that differ."""
-    problems = [
-        f"{where}: extra column {n!r} ({found[n]}) that the BIDS index does not produce"
-        for n in found
-        if n not in expected
-    ]
+    problems = [f"{where}: extra column {n!r} ({found[n]}) that {origin}" for n in found if n not in expected]
     problems += [f"{where}: column {n!r} ({expected[n]}) is missing" for n in expected if n not in found]
     problems += [
         f"{where}: column {n!r} is {found[n]}, expected {expected[n]}"
@@ -131,9 +142,7 @@ def _check_schemas(
     for url in files:
         name = _shown_file(url)
         try:
-            fs, path = fsspec.core.url_to_fs(url, **({"token": token} if url.startswith("hf://") else {}))
-            with fs.open(path, "rb") as fh:
-                meta = pq.ParquetFile(fh).metadata
+            meta = _footer(url, token)
         except (OSError, ValueError, pa.ArrowException, httpx2.HTTPError) as exc:
             report.problems.append(f"{name}: cannot read its parquet footer: {one_line(exc)}")
             located.complete = False
@@ -203,13 +212,39 @@ def _check_row(
                 )
             report.files_checked += 1
             report.bytes_checked += len(data)
-    for name in info.phenotype:
+    for name, source in _value_columns(info).items():
         if name in bad_columns or name not in row:
             continue  # a missing column is a schema problem, reported once
-        if row[name] != expected[key][name]:
+        if _plain(row[name]) != expected[key][name]:
             report.problems.append(
-                f"{label} {name}: {row[name]!r}, expected {expected[key][name]!r} from participants.tsv ({where})"
+                f"{label} {name}: {_short(row[name])}, expected {_short(expected[key][name])} from {source} ({where})"
             )
+
+
+def _value_columns(info: IndexInfo) -> dict[str, str]:
+    """The columns compared by value (not by file bytes): name -> where their values come from."""
+    out = {name: "participants.tsv" for name in info.phenotype}
+    out |= {name: "sessions.tsv" for name in info.sessions}
+    for name, many in info.columns.items():
+        out |= {c: "the BIDS files" for c in info.companion_features(name, many)}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A cell as Python values: ``Json`` cells (read undecoded, as JSON text) parsed."""
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @contextlib.contextmanager
@@ -224,6 +259,105 @@ def _quiet_parquet_reader():
         logger.setLevel(level)
 
 
+_LOAD_ERRORS = (OSError, DatasetsError, ValueError, KeyError)
+_READ_ERRORS = (OSError, DatasetsError, pa.ArrowException, ValueError, httpx2.HTTPError)
+
+
+def _builder(
+    load_id: str, config_name: str | None, *, revision: str | None, token: str | None, cache_dir: str
+):
+    """What ``load_dataset(load_id, config_name, streaming=True)`` builds, reading one row group at a time."""
+    return load_dataset_builder(
+        load_id,
+        config_name,
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
+        # read one row group at a time: pre-buffering would hold a whole shard in memory
+        fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
+    )
+
+
+def verify_preview_config(
+    load_id: str,
+    num_rows: int,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    cache_dir: str | None = None,
+    keys: list[RowKey] | None = None,
+) -> list[str]:
+    """Check the ``preview`` config of a publication: it loads with ``datasets`` and holds ``num_rows`` rows.
+
+    Reads the card (its configs and preview features) and each preview file's parquet
+    footer: rows counted, columns and types compared with the card's preview features.
+    With ``keys`` (the index's rows), the preview is also read through ``datasets``
+    (streaming, undecoded) and must hold each row once (by ``subject_id``/``session_id``,
+    when it has them). The problems found, one line each.
+    """
+    shown_id = shown(load_id)
+    with tempfile.TemporaryDirectory(prefix="bids-hub-verify-") as tmp:
+        try:
+            builder = _builder(
+                load_id, PREVIEW_CONFIG, revision=revision, token=token, cache_dir=cache_dir or tmp
+            )
+            files = [str(f) for f in (builder.config.data_files or {}).get("train", [])]
+            features = builder.info.features
+        except _LOAD_ERRORS as exc:
+            return [
+                f"cannot load the {PREVIEW_CONFIG} config of {shown_id} with datasets.load_dataset: {one_line(exc)}"
+            ]
+        if not files:
+            return [f"the {PREVIEW_CONFIG} config of {shown_id} has no data files"]
+        problems: list[str] = []
+        want = None if features is None else {f.name: f.type for f in features.arrow_schema}
+        rows, complete = 0, True
+        for url in files:
+            name = _shown_file(url, "preview")
+            try:
+                meta = _footer(url, token)
+            except (OSError, ValueError, pa.ArrowException, httpx2.HTTPError) as exc:
+                problems.append(f"{name}: cannot read its parquet footer: {one_line(exc)}")
+                complete = False
+                continue
+            rows += meta.num_rows
+            if want is not None:
+                found = {f.name: f.type for f in meta.schema.to_arrow_schema()}
+                problems += _type_problems(name, found, want, "the card's preview features do not list")
+        if complete and rows != num_rows:
+            problems.append(
+                f"the {PREVIEW_CONFIG} config of {shown_id} has {rows} rows, expected {num_rows} (one per row "
+                "of the full data)"
+            )
+        if keys is None or problems:
+            return problems
+        expected = Counter(keys)
+        seen: Counter = Counter()
+        try:
+            with _quiet_parquet_reader():
+                for row in builder.as_streaming_dataset(split="train").decode(False):
+                    if "subject_id" in row:
+                        seen[(row.get("subject_id"), row.get("session_id"))] += 1
+                    else:
+                        seen[None] += 1
+        except _READ_ERRORS as exc:
+            return [f"reading the {PREVIEW_CONFIG} config of {shown_id} failed: {one_line(exc)}"]
+        if None in seen:  # no row ids in the preview: only its rows can be counted
+            if seen[None] != num_rows:
+                problems.append(
+                    f"the {PREVIEW_CONFIG} config of {shown_id} read {seen[None]} rows, expected {num_rows}"
+                )
+            return problems
+        label = {k: shown(k[0] if k[1] is None else f"{k[0]}/{k[1]}") for k in expected | seen}
+        wrong = [
+            f"{PREVIEW_CONFIG} row {label[k]} appears {seen[k]} time(s), expected {expected[k]}"
+            for k in sorted(expected | seen, key=str)
+            if seen[k] != expected[k]
+        ]
+        problems += wrong[:50] + ([f"… and {len(wrong) - 50} more preview rows"] if len(wrong) > 50 else [])
+    return problems
+
+
 def verify_published(
     load_id: str,
     index_table: pa.Table,
@@ -231,6 +365,7 @@ def verify_published(
     *,
     revision: str | None = None,
     token: str | None = None,
+    config_name: str | None = None,
 ) -> VerifyReport:
     """Load ``load_id`` (a folder or a Hub repo id; streaming, fresh cache) and check it against the index.
 
@@ -240,6 +375,11 @@ def verify_published(
     order, compared by sha256, and the phenotype of participants.tsv. ``revision`` and
     ``token`` are for Hub repos: a branch or ``refs/pr/N``, and the token a private repo
     needs. Each problem names the row, the column, the file and the digests.
+
+    The full data is checked whatever the default config is: ``config_name``, else the
+    config the card names for it (``default``, or ``full`` when the preview is the
+    default). A ``preview`` config, when the card has one, must load and hold each row of
+    the index once (:func:`verify_preview_config`).
     """
     from .hub.http import bound_http_waits
 
@@ -250,28 +390,27 @@ def verify_published(
     subs = index_table.column("subject_id").to_pylist()
     sess = index_table.column("session_id").to_pylist()
     cols = {name: index_table.column(name).to_pylist() for name in info.columns}
-    pheno = {name: index_table.column(name).to_pylist() for name in info.phenotype}
+    typed = dataset_from_index(index_table).data.table
+    values = {name: _plain(typed.column(name).to_pylist()) for name in _value_columns(info)}
     for i, key in enumerate(zip(subs, sess, strict=True)):
         cells: dict[str, Any] = {}
         for name, many in info.columns.items():
             value = cols[name][i]
             cells[name] = list(value) if many else ([] if value is None else [value])
-        for name in info.phenotype:
-            cells[name] = pheno[name][i]
+        for name, column in values.items():
+            cells[name] = column[i]
         expected[key] = cells
     report = VerifyReport(rows_expected=len(expected))
     seen: set[RowKey] = set()
     shown_id = shown(load_id)
     with tempfile.TemporaryDirectory(prefix="bids-hub-verify-") as tmp:
         try:  # what load_dataset(load_id, split="train", streaming=True) does, keeping the builder
-            builder = load_dataset_builder(
-                load_id,
-                revision=revision,
-                token=token,
-                cache_dir=cache_dir or tmp,
-                # read one row group at a time: pre-buffering would hold a whole shard in memory
-                fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False),
-            )
+            load = {"revision": revision, "token": token, "cache_dir": cache_dir or tmp}
+            builder = _builder(load_id, config_name, **load)
+            configs = set(builder.builder_configs)
+            full = config_name or full_config_name(configs)
+            if full is not None and builder.config.name != full:  # the preview is the default
+                builder = _builder(load_id, full, **load)
             card = builder.info.features  # the card's dataset_info; None without (then read from the files)
             ds = builder.as_streaming_dataset(split="train").decode(False)
             files = [str(f) for f in (builder.config.data_files or {}).get("train", [])]
@@ -284,10 +423,19 @@ def verify_published(
             with _quiet_parquet_reader():
                 for i, row in enumerate(ds):
                     _check_row(row, located.where(i), expected, info, seen, report)
-        except (OSError, DatasetsError, pa.ArrowException, ValueError, httpx2.HTTPError) as exc:
+        except _READ_ERRORS as exc:
             report.problems.append(
                 f"reading {shown_id} failed after {report.rows_found} rows: "
                 + (one_line(exc) if schema_ok else f"{one_line(exc, 120)} (the columns differ: see above)")
+            )
+        if PREVIEW_CONFIG in configs:
+            report.problems += verify_preview_config(
+                load_id,
+                len(expected),
+                revision=revision,
+                token=token,
+                cache_dir=cache_dir,
+                keys=list(expected),
             )
     missing = [k for k in expected if k not in seen]
     for sub, ses in missing[:50]:

@@ -1,6 +1,7 @@
 """Publish to a Hugging Face Hub dataset repo: batched, resumable, safe under rate limits.
 
-The layout is the local folder's: ``data/train-XXXXX-of-NNNNN.parquet`` plus ``README.md``.
+The layout is the local folder's: ``data/train-XXXXX-of-NNNNN.parquet`` plus ``README.md``
+(and, with a preview, ``preview/train-XXXXX-of-NNNNN.parquet`` and ``preview.png``).
 A publish runs in four steps, all through ``huggingface_hub.HfApi``:
 
 1. ``create_repo(exist_ok=True)``, and the branch when a revision is named.
@@ -10,8 +11,8 @@ A publish runs in four steps, all through ``huggingface_hub.HfApi``:
    changed makes no commit at all.
 4. Upload the rest in batches (``preupload_lfs_files`` then ``create_commit``), at most
    ``files_per_commit`` files a commit, each commit pinned to the head it was planned on
-   (``parent_commit``). The last commit carries the card and deletes the remote shards
-   that the new plan no longer has.
+   (``parent_commit``). The last commit carries the card and deletes the remote files of
+   the previous publication that the new one no longer has.
 
 Faults: every call is retried on HTTP 429, 5xx and dropped connections (:mod:`.retry`).
 A failed commit is never retried blindly: the head is read again first, because a
@@ -45,11 +46,29 @@ from huggingface_hub.hf_api import RepoFile
 
 from ...bids.errors import shown
 from ..card import is_tool_card
-from ..destinations import DestinationError, Link, Markdown, PublishResult, data_file_name
+from ..destinations import DestinationError, Link, Markdown, PublishResult, data_file_name, published_names
 from ..digests import file_digest, mark_uploaded, was_uploaded
-from ..manifest import MANIFEST_NAME, README, Manifest, ManifestError, adopted, describe
-from ..verify import DIGEST_CHARS, VerifyReport, short_digest, verify_published
-from .batching import NOTHING_OWNED, Batch, RemoteFile, git_blob_id, plan_commits, still_needed
+from ..manifest import (
+    MANIFEST_NAME,
+    PREVIEW_PNG,
+    README,
+    Manifest,
+    ManifestError,
+    adopted,
+    describe,
+    is_guarded,
+)
+from ..verify import DIGEST_CHARS, VerifyReport, short_digest, verify_preview_config, verify_published
+from .batching import (
+    NOTHING_OWNED,
+    Batch,
+    RemoteFile,
+    git_blob_id,
+    local_files,
+    plan_commits,
+    remote_matches,
+    still_needed,
+)
 from .http import bound_http_waits
 from .options import HubOptions, parse_hub_url
 from .retry import (
@@ -272,20 +291,22 @@ class HubRepo:
             if there is not None and not manifest.owns_readme_blob(there.blob_id):
                 return manifest.without_readme()  # edited since it was published: the user's now
             return manifest
-        if README in remote and is_tool_card(self._read_remote(README, revision).decode("utf-8", "replace")):
-            return adopted(remote)
+        text = self._read_remote(README, revision).decode("utf-8", "replace") if README in remote else ""
+        if is_tool_card(text):
+            return adopted(remote, text)
         return Manifest.of(())
 
     def _refuse_foreign(self, remote: Mapping[str, RemoteFile], owned: Manifest) -> None:
-        """Files under data/ that no publication of this tool wrote would mix with the dataset, and a
-        README.md of someone else would be replaced by the card: refuse."""
-        foreign = [p for p in remote if (p.startswith("data/") or p == README) and p not in owned.files]
+        """Files under data/ or preview/ that no publication of this tool wrote would mix with the
+        dataset, and a README.md or preview.png of someone else would be replaced: refuse."""
+        foreign = [p for p in remote if is_guarded(p) and p not in owned.files]
         if foreign:
             raise DestinationError(
                 f"{self.url} holds {len(foreign)} file(s) that bids_hub_dagster did not write: "
-                f"{describe(foreign)}. Publishing would replace README.md with the dataset card, and datasets "
-                "would load files under data/ with the published shards; remove them from the repo (its "
-                "history keeps them), or publish to another repo or branch (hub.revision)."
+                f"{describe(foreign)}. Publishing would replace README.md with the dataset card (and "
+                "preview.png with its picture), and datasets would load files under data/ and preview/ "
+                "with the published ones; remove them from the repo (its history keeps them), or publish "
+                "to another repo or branch (hub.revision)."
             )
 
     def plan(
@@ -294,16 +315,40 @@ class HubRepo:
         card: bytes,
         remote: Mapping[str, RemoteFile],
         owned: Manifest = NOTHING_OWNED,
+        *,
+        preview_files: Sequence[Path] = (),
+        preview_png: bytes | None = None,
     ) -> tuple[list[Batch], list[str]]:
         """The commits still needed and the names skipped (see :func:`.batching.plan_commits`)."""
-        return plan_commits(shard_files, card, remote, self.options.files_per_commit, owned)
+        return plan_commits(
+            shard_files,
+            card,
+            remote,
+            self.options.files_per_commit,
+            owned,
+            preview_files=preview_files,
+            preview_png=preview_png,
+        )
 
-    def publish(self, shard_files: Sequence[Path], card: DatasetCard) -> PublishResult:
+    def publish(
+        self,
+        shard_files: Sequence[Path],
+        card: DatasetCard,
+        *,
+        preview_files: Sequence[Path] = (),
+        preview_png: bytes | None = None,
+    ) -> PublishResult:
         if not shard_files:
             raise DestinationError(f"{self.url}: nothing to publish (no shard files).")
+        if len(preview_files) not in (0, len(shard_files)):
+            raise DestinationError(
+                f"{self.url}: {len(preview_files)} preview file(s) for {len(shard_files)} shard(s): give one "
+                "per shard, or none."
+            )
         shard_files = [Path(p) for p in shard_files]
+        preview_files = [Path(p) for p in preview_files]
         n = len(shard_files)
-        local = {data_file_name(i, n): p for i, p in enumerate(shard_files)}
+        local = local_files(shard_files, preview_files)
         content = str(card).encode("utf-8")
         result = PublishResult(url=self.url)
         self.ensure_repo()
@@ -311,10 +356,13 @@ class HubRepo:
         remote = self.remote_files(parent)
         owned = self.owned(remote, parent)
         self._refuse_foreign(remote, owned)
-        batches, result.files_skipped = self.plan(shard_files, content, remote, owned)
+        batches, result.files_skipped = self.plan(
+            shard_files, content, remote, owned, preview_files=preview_files, preview_png=preview_png
+        )
         self.published_head = parent
         if not batches:
-            self._progress(f"{self.url}: all {n} shard(s) and the card are already published; no commit")
+            what = f"all {n} shard(s)" + (" and their previews" if preview_files else "")
+            self._progress(f"{self.url}: {what} and the card are already published; no commit")
             return result
         present = {f.sha256 for f in remote.values() if f.sha256}
         pr_revision: str | None = None  # set by the first commit when opening a pull request
@@ -329,6 +377,7 @@ class HubRepo:
                 path = local[name]
                 if file_digest(path) not in present and not was_uploaded(path, self.repo_url):
                     result.bytes_written += path.stat().st_size
+            result.bytes_written += sum(len(data) for data in batch.blobs.values())
             done = self._commit_batch(batch, local, title, parent, pr_revision)
             parent = done.oid
             if done.url is not None:
@@ -336,12 +385,15 @@ class HubRepo:
             if self.options.create_pr and pr_revision is None:
                 pr_revision, result.pr_url = done.pr_revision, done.pr_url
                 self.load_revision = pr_revision
-            result.files_written += batch.adds + ([README] if batch.card is not None else [])
+            result.files_written += (
+                batch.adds + list(batch.blobs) + ([README] if batch.card is not None else [])
+            )
             result.files_removed += batch.deletes
             present |= {file_digest(local[name]) for name in batch.adds}
             self._progress(
                 f"{self.url}: commit {k}/{len(batches)} done ({len(batch.adds)} file(s)"
                 + (f", {len(batch.deletes)} removed" if batch.deletes else "")
+                + "".join(f", {name}" for name in batch.blobs)
                 + (", card" if batch.card is not None else "")
                 + ")"
             )
@@ -350,6 +402,9 @@ class HubRepo:
 
     def _operations(self, batch: Batch, local: Mapping[str, Path]) -> list:
         ops: list = [_shard_addition(name, local[name]) for name in batch.adds]
+        ops += [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in batch.blobs.items()
+        ]
         if batch.card is not None:
             ops.append(CommitOperationAdd(path_in_repo=README, path_or_fileobj=batch.card))
         if batch.manifest is not None:
@@ -437,44 +492,106 @@ class HubRepo:
         return verify_published(self.load_id, index_table, revision=self.load_revision, token=self.api.token)
 
     def verify_after_publish(self, result: PublishResult, index_table: pa.Table) -> VerifyReport:
-        """:meth:`verify_quick` (nothing downloaded), or the full read-back with ``hub.verify_download``."""
+        """:meth:`verify_quick` (nothing downloaded), or the full read-back with ``hub.verify_download``.
+
+        The full read-back checks the preview config's rows; the published preview files and
+        preview.png are then also compared with what was published, by sha256, as the quick
+        check does.
+        """
         if self.options.verify_download:
-            return self.verify(index_table)
-        return self.verify_quick(result.shard_files, result.card, index_table)
+            report = self.verify(index_table)
+            if result.preview_files or result.preview_png is not None:
+                remote = self.remote_files(self.published_head or self.head(self.load_revision))
+                previews = VerifyReport(rows_expected=0, unit="published files")
+                self._compare_previews(
+                    remote, len(result.shard_files), result.preview_files, result.preview_png, previews
+                )
+                report.problems += previews.problems
+            return report
+        return self.verify_quick(
+            result.shard_files,
+            result.card,
+            index_table,
+            preview_files=result.preview_files,
+            preview_png=result.preview_png,
+        )
+
+    def _compare_file(self, name: str, path: Path, there: RemoteFile | None, report: VerifyReport) -> bool:
+        """Whether the remote ``name`` is a copy of the local ``path`` (sha256, the LFS oid, and size)."""
+        if there is None:
+            report.problems.append(f"{name} is missing from {self.url} (expected a copy of {shown(path)})")
+            return False
+        if (there.sha256, there.size) != (digest := file_digest(path), size := path.stat().st_size):
+            found = "not an LFS file" if there.sha256 is None else f"found {short_digest(there.sha256)}"
+            report.problems.append(
+                f"{name} differs from {shown(path)}: sha256 expected {short_digest(digest)}, {found}; "
+                f"size expected {size}, found {there.size}"
+            )
+            return False
+        report.files_checked += 1
+        report.bytes_checked += there.size
+        return True
+
+    def _compare_previews(
+        self,
+        remote: Mapping[str, RemoteFile],
+        num_shards: int,
+        preview_files: Sequence[Path],
+        preview_png: bytes | None,
+        report: VerifyReport,
+    ) -> None:
+        """The remote preview files and preview.png against what was published; none left over."""
+        names = published_names(num_shards, len(preview_files), preview_png is not None)
+        for name, path in zip(names["preview"], preview_files, strict=True):
+            self._compare_file(name, Path(path), remote.get(name), report)
+        wanted = set(names["preview"])
+        extra = sorted(p for p in remote if p.startswith("preview/") and p not in wanted)
+        report.problems += [f"{shown(p)} is not a preview file of this publication" for p in extra]
+        there = remote.get(PREVIEW_PNG)
+        if preview_png is None:
+            if there is not None:
+                report.problems.append(f"{PREVIEW_PNG} of {self.url} is not part of this publication")
+        elif not remote_matches(there, preview_png):
+            found = (
+                "missing" if there is None else f"found {there.blob_id[:DIGEST_CHARS]}… ({there.size} bytes)"
+            )
+            report.problems.append(
+                f"{PREVIEW_PNG} of {self.url} is not the preview picture of this publication "
+                f"({len(preview_png)} bytes expected, {found})"
+            )
+        else:
+            report.files_checked += 1
+            report.bytes_checked += there.size
 
     def verify_quick(
-        self, shard_files: Sequence[Path], card: DatasetCard, index_table: pa.Table
+        self,
+        shard_files: Sequence[Path],
+        card: DatasetCard,
+        index_table: pa.Table,
+        *,
+        preview_files: Sequence[Path] = (),
+        preview_png: bytes | None = None,
     ) -> VerifyReport:
         """Compare each published file with its local source by sha256 (LFS oid) and size, without downloading.
 
         Reads the commit the last publish left (``published_head``), so a later writer
-        cannot make it pass or fail. The shard files were checked against their sources
-        when they were built; a full read-back is :meth:`verify`.
+        cannot make it pass or fail. The shard and preview files were checked against their
+        sources when they were built; a full read-back is :meth:`verify`. With previews, the
+        preview config must load (the card and the preview files' footers are read).
         """
         shard_files = [Path(p) for p in shard_files]
         n = len(shard_files)
         report = VerifyReport(rows_expected=index_table.num_rows, unit="published files")
-        remote = self.remote_files(self.published_head or self.head(self.load_revision))
+        head = self.published_head or self.head(self.load_revision)
+        remote = self.remote_files(head)
         for i, path in enumerate(shard_files):
             name = data_file_name(i, n)
-            there = remote.get(name)
-            if there is None:
-                report.problems.append(
-                    f"{name} is missing from {self.url} (expected a copy of {shown(path)})"
-                )
-            elif (there.sha256, there.size) != (digest := file_digest(path), size := path.stat().st_size):
-                found = "not an LFS file" if there.sha256 is None else f"found {short_digest(there.sha256)}"
-                report.problems.append(
-                    f"{name} differs from {shown(path)}: sha256 expected {short_digest(digest)}, {found}; "
-                    f"size expected {size}, found {there.size}"
-                )
-            else:
-                report.files_checked += 1
-                report.bytes_checked += there.size
+            if self._compare_file(name, path, remote.get(name), report):
                 report.rows_found += pq.ParquetFile(path).metadata.num_rows
         published = {data_file_name(i, n) for i in range(n)}  # once, not per remote file
         extra = sorted(p for p in remote if p.startswith("data/") and p not in published)
         report.problems += [f"{shown(p)} is not a shard of this publication" for p in extra]
+        self._compare_previews(remote, n, preview_files, preview_png, report)
         readme = remote.get("README.md")
         blob = git_blob_id(str(card).encode("utf-8"))
         if readme is None or readme.blob_id != blob:
@@ -486,6 +603,10 @@ class HubRepo:
         else:
             report.files_checked += 1
             report.bytes_checked += readme.size
+            if preview_files:  # the card names the configs: the preview one must load, with every row
+                report.problems += verify_preview_config(
+                    self.load_id, index_table.num_rows, revision=head, token=self.api.token
+                )
         return report
 
     def metadata(self, result: PublishResult | None = None) -> dict[str, object]:
