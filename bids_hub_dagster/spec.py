@@ -352,11 +352,13 @@ class DatasetSpec:
         scopes = sorted({c.scope for c in self.columns or () if c.scope})
         return (self.bids_root, *(self.bids_root / s for s in scopes))
 
-    def build_index(self, gate: bool = True) -> BidsIndex:
+    def build_index(self, gate: bool = True, public_hub: bool | None = None) -> BidsIndex:
         """Index this spec's BIDS folder with its columns, row unit, phenotype and companions.
 
         ``gate`` runs the privacy gate (the report is ``privacy_report``); without it the
-        policy's strips still apply, so the table is the same.
+        policy's strips still apply, so the table is the same. ``public_hub``: the
+        destination's visibility as read from it (default: as the spec says, see
+        :attr:`publishes_publicly`).
         """
         return build_index(
             self.bids_root,
@@ -369,7 +371,7 @@ class DatasetSpec:
             rename=dict(self.rename),
             follow_external_symlinks=self.follow_external_symlinks,
             privacy=self.privacy,
-            public_hub=self.publishes_publicly,
+            public_hub=self.publishes_publicly if public_hub is None else public_hub,
             gate=gate,
         )
 

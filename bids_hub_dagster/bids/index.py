@@ -324,10 +324,12 @@ def build_index(
         for rule in rules
     }
     report = None
+    if privacy is not None and rename:  # a sessions column renamed by the spec answers to both names
+        privacy = privacy.with_aliases(rename)
     if privacy is not None and gate:
         report = run_gate(
             root,
-            {rel: data for rel, data in resolver.read_sources(rows) if data} if families.sidecar else {},
+            _published_sidecars(resolver.read_sources(rows), families, fields or {}),
             [f.relpath for r in rows for f in r.files if not f.broken_link],
             _published_tables(root, rows, participants, sessions, scans_types, rename or {}),
             privacy,
@@ -551,6 +553,20 @@ def _check_names(
         claim(name, f"participants.tsv column {name!r}")
     for name in sessions.columns:
         claim(name, f"sessions.tsv column {name!r}")
+
+
+def _published_sidecars(
+    sources: Sequence[tuple[str, dict[str, Any] | None]],
+    families: Companions,
+    fields: Mapping[str, Sequence[str]],
+) -> dict[str, dict[str, Any]]:
+    """The sidecar keys that would be published, per source file: all of them with the sidecar
+    columns on, else only the fields the spec lifts into columns of their own."""
+    if families.sidecar:
+        return {rel: data for rel, data in sources if data}
+    lifted = {name for wanted in fields.values() for name in wanted}
+    kept = {rel: {k: v for k, v in data.items() if k in lifted} for rel, data in sources if data}
+    return {rel: data for rel, data in kept.items() if data}
 
 
 def _published_tables(

@@ -246,6 +246,15 @@ class PrivacyPolicy:
     def to_mapping(self) -> dict[str, Any]:
         return {"allow": sorted(self.allow), "strip": sorted(self.strip), "defaced": self.defaced}
 
+    def with_aliases(self, aliases: Mapping[str, str]) -> PrivacyPolicy:
+        """This policy where a field published under another name (``old -> new``) answers to both."""
+        def widened(names: frozenset[str]) -> frozenset[str]:
+            extra = {old for old, new in aliases.items() if _matches(new, names)}
+            extra |= {new for old, new in aliases.items() if _matches(old, names)}
+            return names | extra
+
+        return PrivacyPolicy(allow=widened(self.allow), strip=widened(self.strip), defaced=self.defaced)
+
     def allows(self, name: str) -> bool:
         return _matches(name, self.allow)
 
@@ -812,6 +821,11 @@ class PrivacyReport:
             "unmatched_allow": list(self.unmatched_allow),
             "policy": self.policy.to_mapping(),
         }
+
+    def notice_lines(self) -> list[str]:
+        """What a publish that goes ahead must still say: warnings, and what was allowed or stripped."""
+        said = [f for f in self.sorted_findings() if f.outcome or f.severity == "warn"]
+        return [f"privacy: {f.file} {f.field}: {f.finding} ({f.shown_severity})" for f in said]
 
     def summary_line(self) -> str:
         if not self.findings:

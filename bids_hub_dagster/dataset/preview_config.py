@@ -72,8 +72,10 @@ def preview_features(info: IndexInfo) -> Features:
         def shaped(feature: Any, many: bool = many) -> Any:
             return List(feature) if many else feature
 
-        feats[f"{name}_entities"] = shaped(Value("string"))
-        feats[f"{name}_sidecar"] = shaped(Value("string"))
+        families = info.companions.get(name, [])
+        for family in ("entities", "sidecar"):  # as the full data carries them (companions: …)
+            if family in families:
+                feats[f"{name}_{family}"] = shaped(Value("string"))
         feats[f"{name}{THUMBNAIL_SUFFIX}"] = shaped(Image())
     for name, kind in info.phenotype.items():
         feats[name] = Value(kind)
@@ -102,6 +104,13 @@ def preview_table(
     """
     features = preview_features(info)
     files = index_part.column(FILES_COLUMN).to_pylist()
+    made: dict[str, Thumbnail | None] = {}  # a file in two columns is taken once, shown in both
+
+    def thumbnail(path: str) -> Thumbnail | None:
+        if path not in made:
+            made[path] = thumbnails(path)
+        return made[path]
+
     data: dict[str, Any] = {}
     for name in ("subject_id", "session_id", *info.phenotype, *info.sessions):
         data[name] = index_part.column(name)
@@ -113,11 +122,13 @@ def preview_table(
         for row_paths in paths[name]:
             cells = []
             for path in row_paths:
-                thumb = thumbnails(path)
+                thumb = thumbnail(path)
                 cells.append(None if thumb is None else {"bytes": thumb.png, "path": _png_name(path)})
             pictures.append(cells)
         for suffix, values in (("_entities", entities), ("_sidecar", sidecars), (THUMBNAIL_SUFFIX, pictures)):
             column = f"{name}{suffix}"
+            if column not in features:
+                continue
             cells = values if many else [row[0] if row else None for row in values]
             data[column] = pa.array(cells, type=get_nested_type(features[column]))
     return pa.Table.from_pydict(data, schema=features.arrow_schema)

@@ -23,6 +23,7 @@ aligned element for element with ``C``):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,24 @@ def nifti_columns(features: Features) -> dict[str, bool]:
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+    """JSON text of a value read from a BIDS file; NaN and infinities (which Python's json reads but
+    JSON has not) become null, so every cell is valid JSON."""
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def index_to_table(index: BidsIndex, preview: bool = False) -> pa.Table:

@@ -200,9 +200,9 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     def bids_index(context: dg.AssetExecutionContext, hf_hub: HubResource) -> dg.Output[pa.Table]:
         started = time.monotonic()
         try:
-            if spec.destination:  # refuse an unusable destination (or token) before any shard is built
-                hf_hub.destination(spec, progress=context.log.info).check()
-            index = spec.build_index()
+            destination = hf_hub.destination(spec, progress=context.log.info) if spec.destination else None
+            # the repo's visibility as the Hub has it (a --private that came too late does not count)
+            index = spec.build_index(public_hub=destination.is_public() if destination is not None else None)
         except UserError as exc:  # a bad file, spec or destination, named: a retry fails the same way
             raise user_failure(exc) from None
         for warning in index.warnings:
@@ -215,8 +215,13 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             context.log.info(index.privacy_report.summary_line())
             try:
                 index.privacy_report.raise_if_blocked()
-            except UserError as exc:  # identifying data: nothing is built, the report says what to do
+            except UserError as exc:  # identifying data: nothing is built or created, the report says why
                 raise user_failure(exc, metadata=checked) from None
+        try:
+            if destination is not None:  # refuse an unusable destination (or token) before any shard is built
+                destination.check()
+        except UserError as exc:
+            raise user_failure(exc) from None
         table = spec.index_table(index)
         preview = [
             {"subject_id": r.subject_id, "session_id": r.session_id}
@@ -237,7 +242,10 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 "bytes_per_column": index.bytes_per_column(),
                 "total_bytes": sum(index.bytes_per_column().values()),
                 "index_fingerprint": index_fingerprint(table),
-                **IndexSummary(tuple(index.warnings)).metadata(),
+                **IndexSummary(
+                    tuple(index.warnings)
+                    + tuple(index.privacy_report.notice_lines() if index.privacy_report is not None else ())
+                ).metadata(),
                 **checked,
                 "preview": dg.MetadataValue.md(_markdown_table(preview)),
                 "duration_s": round(time.monotonic() - started, 2),

@@ -107,6 +107,8 @@ class CardFacts:
     phenotype_descriptions: Mapping[str, str]
     #: column -> NIfTI-2 files in it: datasets' Nifti() cannot decode those, the card says how to read them
     nifti2_files: Mapping[str, int] = field(default_factory=dict)
+    #: the publisher affirmed that every anatomical image is defaced (--affirm-defaced, privacy: {defaced: true})
+    defaced_affirmed: bool = False
     #: the features of the ``preview`` config (preview/train-*), or None: no preview config
     preview_features: Features | None = None
     preview_num_bytes: int = 0  # bytes of the preview data in memory, as the parquet footers record them
@@ -448,6 +450,15 @@ def render_card(facts: CardFacts) -> DatasetCard:
     lines += _family_lines(facts)
     if facts.nifti2_files:
         lines += _nifti2_lines(facts)
+    if facts.defaced_affirmed:
+        lines += [
+            "## Defacing",
+            "",
+            "The publisher affirmed that every anatomical image in this dataset is defaced "
+            "(`bids-hub-dagster publish --affirm-defaced`, or `privacy: {defaced: true}` in the spec), as "
+            "OpenNeuro asks of its uploaders.",
+            "",
+        ]
     if d.get("HowToAcknowledge") or d.get("ReferencesAndLinks") or d.get("Funding"):
         lines += ["## How to acknowledge", ""]
         if d.get("HowToAcknowledge"):

@@ -115,6 +115,9 @@ class Destination(Protocol):
     def check(self) -> None:
         """Raise DestinationError now if publishing cannot work."""
 
+    def is_public(self) -> bool | None:
+        """Whether what is published here is public, read without changing anything (None: not known yet)."""
+
     def publish(
         self,
         shard_files: Sequence[Path],
@@ -245,6 +248,10 @@ class LocalFolder:
                 found += [f"{rel}/{n}/" for n in dirnames if not os.listdir(Path(dirpath, n))]
                 found += [f"{rel}/{n}" for n in dirnames if Path(dirpath, n).is_symlink()]
         return found
+
+    def is_public(self) -> bool:
+        """A local folder is not a public repo (its sharing is the user's business)."""
+        return False
 
     def check(self) -> Manifest:
         """Refuse what cannot work or would touch files the tool did not write; return what it owns."""

@@ -183,6 +183,7 @@ def card_facts(
         has_preview_png=has_preview_png,
         session_columns=tuple(info.sessions),
         scans_columns=tuple(info.scans),
+        defaced_affirmed=bool((info.privacy.get("policy") or {}).get("defaced")),
     )
 
 

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi, constants
+from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
 from ...bids.errors import shown
@@ -189,6 +190,18 @@ class HubRepo:
         head = self.head()
         remote = self.remote_files(head)
         self._refuse_foreign(remote, self.owned(remote, head))
+
+    def is_public(self) -> bool | None:
+        """The repo's visibility as the Hub says it now (None: no such repo yet; it is created per ``private``)."""
+
+        def read() -> bool | None:
+            try:
+                info = self.api.repo_info(self.repo_id, repo_type="dataset")
+            except RepositoryNotFoundError:
+                return None
+            return not info.private
+
+        return self._call("read the repo's visibility", read)
 
     def ensure_repo(self) -> None:
         """Create the repo (and the branch) when missing; say so when its visibility differs from ``private``."""
