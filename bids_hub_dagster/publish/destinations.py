@@ -76,6 +76,16 @@ def published_names(num_shards: int, num_previews: int, has_png: bool) -> dict[s
     }
 
 
+def check_publishable(url: str, shard_files: Sequence[Path], preview_files: Sequence[Path]) -> None:
+    """Refuse a publication of no shard, or of previews that are not one per shard."""
+    if not shard_files:
+        raise DestinationError(f"{url}: nothing to publish (no shard files).")
+    if len(preview_files) not in (0, len(shard_files)):
+        raise DestinationError(
+            f"{url}: {len(preview_files)} preview file(s) for {len(shard_files)} shard(s): give one per shard, or none."
+        )
+
+
 @dataclass
 class PublishResult:
     url: str
@@ -332,12 +342,7 @@ class LocalFolder:
         preview_files: Sequence[Path] = (),
         preview_png: bytes | None = None,
     ) -> PublishResult:
-        if not shard_files:
-            raise self._refuse("nothing to publish (no shard files).")
-        if len(preview_files) not in (0, len(shard_files)):
-            raise self._refuse(
-                f"{len(preview_files)} preview file(s) for {len(shard_files)} shard(s): give one per shard, or none."
-            )
+        check_publishable(self.url, shard_files, preview_files)
         self.check()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

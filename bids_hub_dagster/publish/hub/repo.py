@@ -47,7 +47,15 @@ from huggingface_hub.hf_api import RepoFile
 
 from ...bids.errors import shown
 from ..card import is_tool_card
-from ..destinations import DestinationError, Link, Markdown, PublishResult, data_file_name, published_names
+from ..destinations import (
+    DestinationError,
+    Link,
+    Markdown,
+    PublishResult,
+    check_publishable,
+    data_file_name,
+    published_names,
+)
 from ..digests import file_digest, mark_uploaded, was_uploaded
 from ..manifest import (
     MANIFEST_NAME,
@@ -351,13 +359,7 @@ class HubRepo:
         preview_files: Sequence[Path] = (),
         preview_png: bytes | None = None,
     ) -> PublishResult:
-        if not shard_files:
-            raise DestinationError(f"{self.url}: nothing to publish (no shard files).")
-        if len(preview_files) not in (0, len(shard_files)):
-            raise DestinationError(
-                f"{self.url}: {len(preview_files)} preview file(s) for {len(shard_files)} shard(s): give one "
-                "per shard, or none."
-            )
+        check_publishable(self.url, shard_files, preview_files)
         shard_files = [Path(p) for p in shard_files]
         preview_files = [Path(p) for p in preview_files]
         n = len(shard_files)
