@@ -24,6 +24,8 @@ from bids_hub_dagster.bids.index import build_index
 from bids_hub_dagster.dataset.nifti import NiftiFileError, check_nifti
 from bids_hub_dagster.defs import build_definitions, job_names, names
 from bids_hub_dagster.defs.outcomes import failed_check_problems
+from bids_hub_dagster.publish.manifest import MANIFEST_NAME, PREVIEW_PNG
+from bids_hub_dagster.publish.privacy_report import REPORT_NAME
 from bids_hub_dagster.spec import DatasetSpec, spec_for_folder
 from bids_hub_dagster_tests.conftest import memory_instance
 
@@ -92,6 +94,32 @@ def files_under(folder: Path) -> list[str]:
         return []
     return sorted(
         str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir() and p.name != ".bids_hub_lock"
+    )
+
+
+def data_files(num_shards: int) -> list[str]:
+    """The data files of a publication of ``num_shards`` shards (the ``default`` config)."""
+    return [f"data/train-{i:05d}-of-{num_shards:05d}.parquet" for i in range(num_shards)]
+
+
+def preview_files(num_shards: int) -> list[str]:
+    """Their previews, one per data file (the ``preview`` config)."""
+    return [f"preview/train-{i:05d}-of-{num_shards:05d}.parquet" for i in range(num_shards)]
+
+
+def published_folder(num_shards: int) -> list[str]:
+    """Every file a local publication of ``num_shards`` shards leaves (as :func:`files_under` lists them):
+    the data and preview files, preview.png and the card, the manifest and the privacy report the tool
+    keeps beside them (neither published)."""
+    return sorted(
+        [
+            MANIFEST_NAME,
+            REPORT_NAME,
+            "README.md",
+            PREVIEW_PNG,
+            *data_files(num_shards),
+            *preview_files(num_shards),
+        ]
     )
 
 
@@ -201,7 +229,7 @@ def test_bad_files_fail_their_shard_only_and_block_upload_until_fixed(
         assert "shards_hold_every_row_once: shard-00001: not built yet" in text
         assert "materialize this hub_shards partition" in text
         assert "shard-00000" not in text and "shard-00002" not in text
-        assert [p for p in files_under(dest) if p.endswith((".parquet", ".tmp", ".md"))] == []
+        assert [p for p in files_under(dest) if p.endswith((".parquet", ".tmp", ".md", ".png"))] == []
 
         # fix the files with real images, re-run only the failed shard, then the upload
         shutil.copyfile(nibabel_data / "functional.nii", zero)
@@ -215,9 +243,7 @@ def test_bad_files_fail_their_shard_only_and_block_upload_until_fixed(
         meta = event.materialization.metadata
         assert meta["verification"].value.startswith("OK: 4/4 rows, 13 files")
 
-    assert files_under(dest) == [".bids_hub_manifest.json", "README.md"] + [
-        f"data/train-0000{i}-of-00004.parquet" for i in range(4)
-    ]
+    assert files_under(dest) == published_folder(4)
     ds = load_dataset(str(dest), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds.features["t1w"] == Nifti() and ds.features["bold"] == List(Nifti())
     assert len(ds) == 4
@@ -399,8 +425,8 @@ def test_replanning_to_fewer_shards_leaves_no_stale_data_files(
         assert first.keys == ["shard-00000", "shard-00001", "shard-00002"]
         assert all(first.shard(k).success for k in first.keys)
         assert first.upload().success
-        published_3 = [f"data/train-0000{i}-of-00003.parquet" for i in range(3)]
-        assert files_under(dest) == [".bids_hub_manifest.json", "README.md", *published_3]
+        published_3 = published_folder(3)
+        assert files_under(dest) == published_3
 
         second = Pipeline(two, storage, instance)
         assert second.prepare().success
@@ -412,26 +438,21 @@ def test_replanning_to_fewer_shards_leaves_no_stale_data_files(
         text = error_text(refused)
         # its file, built for other rows, was dropped when the plan changed: it must be built again
         assert "1 shard(s) not built yet: shard-00001" in text
-        assert files_under(dest) == [
-            ".bids_hub_manifest.json",
-            "README.md",
-            *published_3,
-        ]  # the old publish is untouched
+        assert files_under(dest) == published_3  # the old publish is untouched
 
         assert second.shard("shard-00001").success
         upload = second.upload()
         assert upload.success, error_text(upload)
         [event] = upload.get_asset_materialization_events()
-        assert event.materialization.metadata["files_removed"].value == 3
+        # the old plan's 3 data files and their 3 previews (preview.png is replaced, not removed)
+        assert event.materialization.metadata["files_removed"].value == len(data_files(3) + preview_files(3))
         assert event.materialization.metadata["verification"].value.startswith("OK: 4/4 rows")
 
-    assert files_under(dest) == [
-        ".bids_hub_manifest.json",
-        "README.md",
-        "data/train-00000-of-00002.parquet",
-        "data/train-00001-of-00002.parquet",
-    ]
+    assert files_under(dest) == published_folder(2)  # no data or preview file of the 3-shard plan left
     ds = load_dataset(str(dest), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(ds) == 4
     assert ds["subject_id"] == ["sub-01", "sub-01", "sub-02", "sub-03"]
+    # the preview config too holds each row once: no preview file of the old plan is read with it
+    preview = load_dataset(str(dest), "preview", split="train", cache_dir=str(tmp_path / "cache"))
+    assert preview["subject_id"] == ["sub-01", "sub-01", "sub-02", "sub-03"]
     assert "num_examples: 4" in (dest / "README.md").read_text()

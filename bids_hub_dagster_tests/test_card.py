@@ -49,15 +49,22 @@ def test_card_yaml_is_what_datasets_reads(demo_spec, tmp_path):
     data = card.data.to_dict()
     assert data["license"] == "cc0-1.0"
     assert data["pretty_name"] == "bids_hub_dagster demo"
-    assert data["configs"] == [
-        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}
-    ]
-    features = {f["name"]: f for f in data["dataset_info"]["features"]}
+    # two configs: the full data (default) and the preview beside it; this test reads the default one
+    configs = {c["config_name"]: c for c in data["configs"]}
+    assert sorted(configs) == ["default", "preview"]
+    assert configs["default"] == {
+        "config_name": "default",
+        "data_files": [{"split": "train", "path": "data/train-*"}],
+    }
+    infos = {i["config_name"]: i for i in data["dataset_info"]}
+    assert sorted(infos) == ["default", "preview"]
+    default_info = infos["default"]
+    features = {f["name"]: f for f in default_info["features"]}
     assert features["t1w"] == {"name": "t1w", "dtype": "nifti"}
     assert features["bold"] == {"name": "bold", "list": "nifti"}
     assert features["age"] == {"name": "age", "dtype": "float64"}
     # datasets' own parsers give back the same features and configs
-    info = DatasetInfo._from_yaml_dict(data["dataset_info"])
+    info = DatasetInfo._from_yaml_dict(default_info)
     expected = IndexInfo.of(demo_spec.index_table()).features()
     assert info.features == expected
     assert info.splits["train"].num_examples == 4

@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from datasets import load_dataset
 
+from bids_hub_dagster.defs.io_managers import preview_file
 from bids_hub_dagster.demo import build_demo_bids
 from bids_hub_dagster.publish.destinations import STAGING_PREFIX, DestinationError, LocalFolder
-from bids_hub_dagster.publish.manifest import MANIFEST_NAME, Manifest
+from bids_hub_dagster.publish.manifest import MANIFEST_NAME, PREVIEW_PNG, Manifest
+from bids_hub_dagster.publish.privacy_report import REPORT_NAME
 from bids_hub_dagster.publish.publication import parse_destination
 from bids_hub_dagster.spec import load_spec
 from bids_hub_dagster_tests.conftest import materialize_all
@@ -145,11 +147,16 @@ def test_the_manifest_lists_what_was_written_and_is_never_loaded_as_data(demo_sp
     materialize_all(demo_spec, tmp_path / "storage")
     dest = Path(demo_spec.destination)
     manifest = Manifest.parse((dest / MANIFEST_NAME).read_bytes(), "manifest")
+    assert (dest / REPORT_NAME).is_file()
     written = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()} - {
         MANIFEST_NAME,
         ".bids_hub_lock",  # held while a publish writes here
+        REPORT_NAME,  # the privacy gate's report, kept beside the data: never published, never listed
     }
     assert manifest.files == written
+    assert {p for p in written if p.startswith("preview")} == {PREVIEW_PNG} | {
+        f"preview/train-{i:05d}-of-00003.parquet" for i in range(3)
+    }  # the preview config is the tool's too
     ds = load_dataset(str(dest), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(ds) == 4 and "files" not in ds.column_names and "tool" not in ds.column_names
 
@@ -162,17 +169,29 @@ def test_a_smaller_plan_removes_only_the_tools_own_files(demo_spec, tmp_path):
     (dest / "scripts" / "analysis.py").write_text("print('mine')\n")
     mine = {k: v for k, v in snapshot(dest).items() if k in ("NOTES.md", "scripts/analysis.py")}
     shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet"))
-    result = LocalFolder(dest).publish(shards[:2], card="---\n---\n" + "Published with bids_hub_dagster.\n")
-    assert sorted(result.files_removed) == [f"data/train-{i:05d}-of-00003.parquet" for i in range(3)]
-    assert sorted(p.name for p in (dest / "data").iterdir()) == [
-        "train-00000-of-00002.parquet",
-        "train-00001-of-00002.parquet",
+    result = LocalFolder(dest).publish(
+        shards[:2],
+        card="---\n---\n" + "Published with bids_hub_dagster.\n",
+        preview_files=[preview_file(p) for p in shards[:2]],
+        preview_png=(dest / PREVIEW_PNG).read_bytes(),
+    )
+    # the old plan's data files and their previews (preview.png is replaced, not removed)
+    assert sorted(result.files_removed) == [f"data/train-{i:05d}-of-00003.parquet" for i in range(3)] + [
+        f"preview/train-{i:05d}-of-00003.parquet" for i in range(3)
     ]
+    for top in ("data", "preview"):
+        assert sorted(p.name for p in (dest / top).iterdir()) == [
+            "train-00000-of-00002.parquet",
+            "train-00001-of-00002.parquet",
+        ]
     assert {k: v for k, v in snapshot(dest).items() if k in mine} == mine
     assert json.loads((dest / MANIFEST_NAME).read_text())["files"] == [
         "README.md",
         "data/train-00000-of-00002.parquet",
         "data/train-00001-of-00002.parquet",
+        "preview.png",
+        "preview/train-00000-of-00002.parquet",
+        "preview/train-00001-of-00002.parquet",
     ]
 
 
@@ -182,8 +201,15 @@ def test_a_folder_published_before_manifests_is_adopted_by_its_readme_mark(demo_
     (dest / MANIFEST_NAME).unlink()  # as an older version left it
     shards = sorted((tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet"))
     card = (dest / "README.md").read_text()
-    result = LocalFolder(dest).publish(shards[:1], card=card)
-    assert len(result.files_removed) == 3 and (dest / MANIFEST_NAME).is_file()
+    png = (dest / PREVIEW_PNG).read_bytes()
+    result = LocalFolder(dest).publish(
+        shards[:1], card=card, preview_files=[preview_file(shards[0])], preview_png=png
+    )
+    # the card names the preview config and shows preview.png: the old previews were adopted too
+    assert sorted(result.files_removed) == [f"data/train-{i:05d}-of-00003.parquet" for i in range(3)] + [
+        f"preview/train-{i:05d}-of-00003.parquet" for i in range(3)
+    ]
+    assert (dest / MANIFEST_NAME).is_file()
     # but an adopted folder with a file of someone else under data/ is refused
     (dest / "data" / "extra.csv").write_text("x")
     with pytest.raises(DestinationError, match="data/extra.csv"):
@@ -225,12 +251,14 @@ def test_a_failed_rename_puts_the_previous_publication_back(demo_spec, tmp_path,
         LocalFolder(dest).publish(shards[:1], card="---\n---\nPublished with bids_hub_dagster.\n")
     monkeypatch.setattr(os, "replace", real_replace)
     after = snapshot(dest)
-    # same data files and card; the manifest may have been widened, never narrowed
+    # the new publication has no preview: preview/ and preview.png were moved away, then put back too
+    assert PREVIEW_PNG in before and any(k.startswith("preview/") for k in before)
+    # same data and preview files and card; the manifest may have been widened, never narrowed
     assert {k: v for k, v in after.items() if k != MANIFEST_NAME} == {
         k: v for k, v in before.items() if k != MANIFEST_NAME
     }
     assert Manifest.parse((dest / MANIFEST_NAME).read_bytes(), "m").files >= {
-        k for k in before if k not in (MANIFEST_NAME, ".bids_hub_lock")
+        k for k in before if k not in (MANIFEST_NAME, ".bids_hub_lock", REPORT_NAME)
     }
     assert not list(dest.glob(f"{STAGING_PREFIX}*"))
 

@@ -50,7 +50,7 @@ def test_every_user_error_has_one_root():
 def test_a_bug_in_an_asset_is_not_a_user_error(demo_spec, tmp_path, monkeypatch):
     """Only UserError becomes a no-retry user failure; anything else keeps its type and traceback."""
 
-    def broken(self):
+    def broken(self, **kwargs):  # build_index(public_hub=...)
         raise KeyError("a bug, not a bad file")
 
     monkeypatch.setattr(DatasetSpec, "build_index", broken)
@@ -68,7 +68,7 @@ def test_a_bug_in_an_asset_is_not_a_user_error(demo_spec, tmp_path, monkeypatch)
 
 
 def test_a_user_error_in_an_asset_is_a_user_failure(demo_spec, tmp_path, monkeypatch):
-    def bad(self):
+    def bad(self, **kwargs):  # build_index(public_hub=...)
         raise SpecError("columns: 't1w' matches nothing; fix the spec.")
 
     monkeypatch.setattr(DatasetSpec, "build_index", bad)

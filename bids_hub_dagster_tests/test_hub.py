@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ from huggingface_hub import HfApi
 
 from bids_hub_dagster.dataset.shards import ShardPlan
 from bids_hub_dagster.defs import build_definitions, job_names, names
+from bids_hub_dagster.defs.io_managers import preview_file
 from bids_hub_dagster.demo import write_demo
 from bids_hub_dagster.publish.card import render_card
 from bids_hub_dagster.publish.destinations import DestinationError, PublishResult
@@ -97,6 +99,16 @@ class Built:
         assert "README.md" in remote and b"configs:" in remote["README.md"]
 
 
+def stored_publication(storage: Path) -> tuple[list[Path], list[Path]]:
+    """The demo's stored data shards and their preview files (the ``preview`` config), in shard order."""
+    shards = sorted((storage / "demo" / "hub_shards").glob("*.parquet"))
+    return shards, [preview_file(p) for p in shards]
+
+
+def total_bytes(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths)
+
+
 def hub_spec(demo_spec: DatasetSpec, **hub) -> DatasetSpec:
     return demo_spec.with_overrides(
         destination=DEST, num_shards=4, hub=HubOptions(files_per_commit=2, **hub).to_mapping()
@@ -166,15 +178,22 @@ def test_dagster_publishes_to_the_hub_and_load_dataset_reads_it_back(hub_server,
         event = instance.get_latest_materialization_event(dg.AssetKey(["demo", "hub_upload"]))
         meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
     assert meta["destination"] == f"{hub_server.endpoint}/datasets/{REPO_ID}"
-    assert meta["files_written"] == 5 and meta["files_skipped"] == 0  # 4 shards + card
-    assert meta["num_commits"] == 4  # the manifest, 2 + 2 shards, then the card and final manifest
-    assert meta["commits"].count(f"{hub_server.endpoint}/datasets/{REPO_ID}/commit/") == 4
+    shards, previews = stored_publication(tmp_path / "storage")
+    n = spec.num_shards
+    assert len(shards) == len(previews) == n
+    files = 2 * n + 1  # n data files, their n preview files, preview.png
+    assert meta["files_written"] == files + 1 and meta["files_skipped"] == 0  # + the card
+    # the widened manifest, the files 2 a commit (files_per_commit), then the card and final manifest
+    # (a commit of their own: the last batch has no room for both)
+    commits = 1 + math.ceil(files / 2) + 1
+    assert meta["num_commits"] == commits
+    assert meta["commits"].count(f"{hub_server.endpoint}/datasets/{REPO_ID}/commit/") == commits
     assert meta["verification"].startswith("OK: 4/4 rows, 12 files")
-    shard_bytes = sum(
-        p.stat().st_size for p in (tmp_path / "storage" / "demo" / "hub_shards").glob("*.parquet")
-    )
-    assert meta["bytes_written"] == shard_bytes
-    assert sum(size for _, size in hub_server.lfs_uploads()) == shard_bytes
+    png = hub_server.files(REPO_ID)["preview.png"]
+    sent = total_bytes(shards) + total_bytes(previews) + len(png)
+    assert meta["bytes_written"] == sent
+    assert sum(size for _, size in hub_server.lfs_uploads()) == sent
+    assert len(hub_server.lfs_uploads()) == files  # each file once (the card and manifest are not LFS)
 
     # a fresh datasets cache reads every row with the NIfTI bytes of the source files
     ds = load_dataset(REPO_ID, split="train", cache_dir=str(tmp_path / "fresh-cache"))
@@ -188,6 +207,9 @@ def test_dagster_publishes_to_the_hub_and_load_dataset_reads_it_back(hub_server,
         assert row["t1w"]["bytes"] == sources[row["t1w"]["path"]].read_bytes()
         for cell in row["bold"]:
             assert cell["bytes"] == sources[cell["path"]].read_bytes()
+    # and the preview config beside it, the same rows in the same order
+    preview = load_dataset(REPO_ID, "preview", split="train", cache_dir=str(tmp_path / "fresh-cache"))
+    assert preview["subject_id"] == [row["subject_id"] for row in rows]
 
 
 def test_rerun_with_nothing_changed_makes_no_commit_and_sends_nothing(hub_server, demo_spec, tmp_path):
@@ -202,7 +224,9 @@ def test_rerun_with_nothing_changed_makes_no_commit_and_sends_nothing(hub_server
         meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
     assert len(hub_server.commits(REPO_ID)) == commits
     assert len(hub_server.lfs_uploads()) == puts
-    assert meta["files_written"] == 0 and meta["files_skipped"] == 4 and meta["bytes_written"] == 0
+    # every data file, preview file and preview.png already there (the card is not counted)
+    assert meta["files_written"] == 0 and meta["files_skipped"] == 2 * spec.num_shards + 1
+    assert meta["bytes_written"] == 0
     assert meta["num_commits"] == 0 and "no commit" in meta["commits"]
 
 
@@ -225,19 +249,27 @@ def test_per_shard_upload_sends_bytes_while_shards_build(hub_server, demo_spec, 
         assert (
             len(hub_server.lfs_uploads()) == 4 and len(hub_server.commits(REPO_ID)) == 1
         )  # bytes, no commit
-        # the upload commits them without sending any byte again
+        shards, previews = stored_publication(tmp_path / "storage")
+        assert sent == total_bytes(shards)  # only the data shards go ahead, not their previews
+        # the upload commits them without sending any shard byte again: it sends only what was not
+        # pre-uploaded, the preview files and preview.png
         assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
         event = instance.get_latest_materialization_event(dg.AssetKey(["demo", "hub_upload"]))
-        assert event.asset_materialization.metadata["bytes_written"].value == 0
-        assert len(hub_server.lfs_uploads()) == 4
+        png = hub_server.files(REPO_ID)["preview.png"]
+        assert event.asset_materialization.metadata["bytes_written"].value == total_bytes(previews) + len(png)
+        uploads = hub_server.lfs_uploads()
+        assert len(uploads) == 4 + len(previews) + 1
+        assert Counter(oid for oid, _ in uploads[4:]) == Counter(
+            [sha256(p.read_bytes()) for p in previews] + [sha256(png)]
+        )
         # a backfill of one shard, rebuilt identical, sends nothing either
         assert (
             defs.resolve_job_def(jobs.shards)
             .execute_in_process(instance=instance, partition_key=keys[1])
             .success
         )
-        assert len(hub_server.lfs_uploads()) == 4
-    assert sent == sum(size for _, size in hub_server.lfs_uploads())
+        assert hub_server.lfs_uploads() == uploads
+    assert sent == sum(size for _, size in uploads[:4])
 
 
 def test_the_token_never_appears_in_logs_output_or_metadata(hub_server, demo_spec, tmp_path, caplog, capfd):
@@ -275,7 +307,8 @@ def test_a_bad_token_fails_before_any_shard_is_built_and_says_what_to_do(
     message = failed_prepare_message(hub_spec(demo_spec), tmp_path / "storage")
     assert "HTTP 401" in message and "Set HF_TOKEN" in message
     assert "hf_wrong" not in message
-    assert [r.status for r in hub_server.requests if r.path == "/api/whoami-v2"] == [401]
+    # refused at the first request (reading the repo's visibility for the privacy gate), nothing after it
+    assert [r.status for r in hub_server.requests] == [401]
     assert not any(r.path == "/api/repos/create" for r in hub_server.requests)  # no repo was created
 
 
@@ -583,7 +616,12 @@ def test_a_failed_pre_upload_does_not_fail_the_shard(hub_server, demo_spec, tmp_
                 .success
             )
         assert defs.resolve_job_def(jobs.upload).execute_in_process(instance=instance).success
-    assert len(hub_server.lfs_uploads()) == 4  # the refused shard went up with the upload
+    shards, previews = stored_publication(tmp_path / "storage")
+    uploaded = Counter(oid for oid, _ in hub_server.lfs_uploads())
+    # every shard went up once, the refused one with the upload; so did each preview file and preview.png
+    assert all(uploaded[sha256(p.read_bytes())] == 1 for p in shards)
+    assert all(uploaded[sha256(p.read_bytes())] == 1 for p in previews)
+    assert sum(uploaded.values()) == len(shards) + len(previews) + 1
 
 
 # -- the manifest: only what the tool wrote is deleted ---------------------------------------

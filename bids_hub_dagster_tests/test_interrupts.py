@@ -153,7 +153,11 @@ def test_an_interrupt_stops_every_run_and_the_same_command_resumes(tmp_path, wor
 def test_kill_9_during_the_upload_frees_its_slot_for_the_next_publish(hub_server, tmp_path):
     """A CLI killed while its upload holds the hub_commits slot: the next publish marks that run failed and goes on."""
     root = build_demo_bids(tmp_path / "bids")
-    args = ("publish", str(root), "--to", "hf://datasets/lab/killed", "--num-shards", "2", "--workers", "1")
+    # a new repo is public: the privacy gate wants the anatomical images affirmed defaced
+    args = (
+        "publish", str(root), "--to", "hf://datasets/lab/killed", "--num-shards", "2", "--workers", "1",
+        "--affirm-defaced",
+    )  # fmt: skip
     # the upload's first call waits a minute (429, Retry-After): the CLI is killed meanwhile
     fault = hub_server.inject("POST", r"/preupload/", status=429, retry_after=60, times=1)
     proc = start(*args, "--no-progress")

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from huggingface_hub import DatasetCard
 
 from bids_hub_dagster.cli import main
 from bids_hub_dagster.defs import assets as assets_module
@@ -104,8 +105,14 @@ def test_an_extra_column_fails_whether_or_not_the_card_lists_it(published, tmp_p
     # the card lists it too: datasets reads every row without complaint, and this used to pass
     readme = dest / "README.md"
     card = readme.read_text()
-    assert card.count("  splits:") == 1
-    readme.write_text(card.replace("  splits:", "  - name: note\n    dtype: string\n  splits:"))
+    assert card.count("  splits:") == 2  # one per config in dataset_info: default, then preview
+    # the feature goes at the end of the default config's features, before its splits
+    at = card.index("  splits:", card.index("- config_name: default"))
+    assert at < card.index("- config_name: preview")
+    readme.write_text(card[:at] + "  - name: note\n    dtype: string\n" + card[at:])
+    infos = {i["config_name"]: i for i in DatasetCard.load(readme).data.to_dict()["dataset_info"]}
+    assert [f["name"] for f in infos["default"]["features"]][-1] == "note"
+    assert "note" not in [f["name"] for f in infos["preview"]["features"]]
     report = verify_published(str(dest), index, cache_dir=str(tmp_path / "c2"))
     assert not report.ok and report.rows_found == 4
     assert report.problems == [

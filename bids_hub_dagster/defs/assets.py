@@ -345,7 +345,7 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         value, uploaded = shard, {}
         if spec.hub.upload_shards and spec.destination:
             value, uploaded = _preupload(context, spec, shard, plan.num_shards)
-        elif shard.preview_schema is not None:  # stored now: the thumbnails are made as it is written
+        if value is shard and shard.preview_schema is not None:  # stored now: thumbnails come as it is written
             value = getattr(context.resources, IO_MANAGER_KEY).store_shard(context.asset_key, key, shard)
         uploaded |= _qc_mosaic(shard)
         files_per_column: dict[str, int] = {}
