@@ -63,7 +63,7 @@ class _FileChecks:
             return
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="gzip-check")
-        self._pending.append(self._pool.submit(check_file_bytes, path, data, consume))
+        self._pending.append(self._pool.submit(_check_then_close, path, data, consume))
 
     def wait(self) -> None:
         try:
@@ -72,6 +72,16 @@ class _FileChecks:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)
+
+
+def _check_then_close(path: str, data: memoryview, consume: Callable[[bytes], object] | None) -> object:
+    """Check a file's bytes feeding ``consume``; then let it finish its work on this same thread
+    (its ``close``, e.g. a thumbnail's encoding), in parallel with the other files' checks."""
+    checked = check_file_bytes(path, data, consume)
+    close = getattr(consume, "close", None)
+    if close is not None:
+        close()
+    return checked
 
 
 @contextlib.contextmanager

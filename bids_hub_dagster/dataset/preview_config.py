@@ -48,10 +48,10 @@ class ThumbnailCollector:
 
     def __call__(self, path: str, data: memoryview) -> Callable[[bytes], object] | None:
         if path.lower().endswith(".gz"):
-            builder = ThumbnailBuilder(path)
+            builder = _Finishing(ThumbnailBuilder(path))
             with self._lock:
                 self._made[path] = builder
-            return builder.consume
+            return builder
         thumbnail = thumbnail_from_bytes(data, path)
         with self._lock:
             self._made[path] = thumbnail
@@ -61,7 +61,27 @@ class ThumbnailCollector:
         """The thumbnail of ``path`` (None when it could not be made or was not embedded)."""
         with self._lock:
             made = self._made.pop(path, None)
-        return made.finish() if isinstance(made, ThumbnailBuilder) else made
+        return made.result() if isinstance(made, _Finishing) else made
+
+
+class _Finishing:
+    """A thumbnail builder fed by the gzip check's pieces, finished (rendered, PNG-encoded) by
+    ``close`` on the check's own thread, so thumbnails of several files are made in parallel."""
+
+    def __init__(self, builder: ThumbnailBuilder) -> None:
+        self._builder = builder
+        self._done = False
+        self._thumbnail: Thumbnail | None = None
+
+    def __call__(self, piece: bytes) -> None:
+        self._builder.consume(piece)
+
+    def close(self) -> None:
+        self._thumbnail = self._builder.finish()
+        self._done = True
+
+    def result(self) -> Thumbnail | None:
+        return self._thumbnail if self._done else self._builder.finish()
 
 
 def preview_features(info: IndexInfo) -> Features:
