@@ -456,7 +456,7 @@ def mosaic_png(
                 if draw is not None and labels is not None:
                     draw.text((x + 1, y + h + 1), _fit_label(draw, str(labels[i]), widths[i]), fill=255)
                 x += widths[i] + TILE_GAP
-        png = _png(canvas, level=9)
+        png = _png(canvas, level=6)
         if len(png) <= max_bytes:
             return png
         if h == 1:
