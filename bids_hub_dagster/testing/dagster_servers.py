@@ -196,6 +196,13 @@ def dagster_servers(
     home = workdir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(instance_yaml, home / "dagster.yaml")
+    # Create the instance's storage here, once: the webserver and the daemon, started together on a
+    # fresh home, would both create its SQLite tables, and one of them dies of the race
+    # ("table alembic_version already exists").
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs(limit=1)
     full_env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     port = free_port()
     commands = {
