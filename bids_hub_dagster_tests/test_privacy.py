@@ -639,3 +639,59 @@ def test_run_gate_on_an_identifying_tree(tmp_path):
     with pytest.raises(PrivacyBlocked) as caught:
         report.raise_if_blocked()
     assert "Publishing refused: 4 findings" in str(caught.value)
+
+
+# --- places a new user hid identifying data in ---------------------------------------------------
+
+
+def test_a_key_nested_in_a_sidecar_is_found_and_stripped_at_any_depth():
+    from bids_hub_dagster.bids.privacy import PrivacyPolicy, scan_sidecar, strip_sidecar
+
+    sidecar = {"Extra": {"PatientName": "Doe^Jane"}, "List": [{"PatientID": "123456"}], "TaskName": "rest"}
+    found = {(f.field, f.severity) for f in scan_sidecar("task-rest_bold.json", sidecar)}
+    assert ("PatientName", "block") in found and ("PatientID", "block") in found
+    stripped = strip_sidecar(sidecar, PrivacyPolicy(strip=frozenset({"PatientName", "PatientID"})))
+    assert stripped == {"Extra": {}, "List": [{}], "TaskName": "rest"}
+
+
+def test_free_text_under_any_key_or_in_a_table_cell_is_scanned():
+    from bids_hub_dagster.bids.privacy import scan_sidecar, scan_table
+
+    sidecar = {"SeriesDescription": "Doe^Jane 2023-03-12", "ProtocolName": "T1_MPRAGE", "RepetitionTime": 2.0}
+    findings = scan_sidecar("sub-01/anat/sub-01_T1w.json", sidecar)
+    assert [(f.field, f.severity) for f in findings] == [("SeriesDescription", "block")]
+    assert "Doe" not in findings[0].finding and "2023" not in findings[0].finding
+    rows = [["sub-01", "born 03/12/1980", "30"], ["sub-02", "healthy", "41"]]
+    table = scan_table("participants.tsv", ["participant_id", "notes", "age"], rows)
+    assert [(f.field, f.severity) for f in table] == [("notes", "block")]
+    assert "1980" not in table[0].finding
+
+
+def test_events_files_are_scanned_and_their_stripped_columns_leave_every_record(tmp_path):
+    import json
+
+    import nibabel
+    import numpy as np
+
+    from bids_hub_dagster.bids.index import build_index
+    from bids_hub_dagster.bids.privacy import PrivacyPolicy
+
+    root = tmp_path / "ds"
+    (root / "sub-01/func").mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "e", "BIDSVersion": "1.10.0"}))
+    image = nibabel.Nifti1Image(np.arange(64 * 2, dtype=np.int16).reshape(4, 4, 4, 2), np.eye(4))
+    image.to_filename(root / "sub-01/func/sub-01_task-rest_bold.nii.gz")
+    (root / "sub-01/func/sub-01_task-rest_events.tsv").write_text(
+        "onset\tduration\tpatient_name\tacq_time\n1\t1\tDoe^Jane\t2023-03-12T10:00:00\n"
+    )
+    report = build_index(root, privacy=PrivacyPolicy()).privacy_report
+    blocked = {(f.file, f.field) for f in report.blocking}
+    assert blocked == {
+        ("sub-01/func/sub-01_task-rest_events.tsv", "patient_name"),
+        ("sub-01/func/sub-01_task-rest_events.tsv", "acq_time"),
+    }
+    policy = PrivacyPolicy(strip=frozenset({"patient_name", "acq_time"}))
+    index = build_index(root, privacy=policy)
+    assert not index.privacy_report.blocking
+    events = index.file_companions["sub-01/func/sub-01_task-rest_bold.nii.gz"]["events"]
+    assert events == [{"onset": 1.0, "duration": 1.0}]

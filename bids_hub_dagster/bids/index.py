@@ -331,7 +331,8 @@ def build_index(
             root,
             _published_sidecars(resolver.read_sources(rows), families, fields or {}),
             [f.relpath for r in rows for f in r.files if not f.broken_link],
-            _published_tables(root, rows, participants, sessions, scans_types, rename or {}),
+            _published_tables(root, rows, participants, sessions, scans_types, rename or {})
+            + [(rel, header, cells) for rel, (header, cells) in sorted(found.events_files.items())],
             privacy,
             destination_is_public_hub=public_hub,
         )
@@ -378,6 +379,7 @@ class _Found:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: set[str] = field(default_factory=set)
     gradients: set[str] = field(default_factory=set)
+    events_files: dict[str, tuple[list[str], list[list[str]]]] = field(default_factory=dict)  # as written
 
 
 def _read_companions(
@@ -399,6 +401,11 @@ def _read_companions(
                 if families.events and (events := read_events(root, f, finder)) is not None:
                     extra["events"] = events.records
                     found.events.add(column)
+                    header = list(events.columns)
+                    found.events_files[events.path] = (
+                        header,
+                        [[t.get(c) or "n/a" for c in header] for t in events.texts],
+                    )
                     warnings.extend(events.warnings)
                 if families.gradients and f.datatype == "dwi" and not f.broken_link:
                     try:
@@ -624,5 +631,7 @@ def _strip_tables(
     for extra in found.files.values():
         if "scans" in extra:
             extra["scans"] = {c: v for c, v in extra["scans"].items() if c in scans}
+        if extra.get("events"):  # events columns the policy strips leave every record
+            extra["events"] = [{c: v for c, v in e.items() if not privacy.strips(c)} for e in extra["events"]]
     descriptions = {c: d for c, d in sessions.descriptions.items() if c in kept}
     return SessionColumns(kept, descriptions), scans

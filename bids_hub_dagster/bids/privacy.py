@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -248,6 +248,7 @@ class PrivacyPolicy:
 
     def with_aliases(self, aliases: Mapping[str, str]) -> PrivacyPolicy:
         """This policy where a field published under another name (``old -> new``) answers to both."""
+
         def widened(names: frozenset[str]) -> frozenset[str]:
             extra = {old for old, new in aliases.items() if _matches(new, names)}
             extra |= {new for old, new in aliases.items() if _matches(old, names)}
@@ -454,17 +455,40 @@ def scan_sidecar(
     """The identifying keys of a (merged) sidecar. ``source_of`` maps a key to the JSON file that
     holds it (after BIDS inheritance): a finding names that file, else ``relpath``."""
     findings = []
-    for key, value in sidecar.items():
+    for key, value, within in _walk(sidecar):
+        file = (source_of or {}).get(within[0] if within else key, relpath)
+        nested = f" (nested in {'.'.join(within)})" if within else ""
         rule = _KEY_RULES.get(_norm(str(key)))
-        if rule is None or _empty(value):
-            continue
-        canonical, severity = rule
-        text = _SIDECAR_BLOCK_TEXT if severity == "block" else _SIDECAR_WARN_TEXT
-        if key != canonical:
-            text = f"{text}; a variant of {canonical}"
-        file = (source_of or {}).get(key, relpath)
-        findings.append(Finding(file, str(key), text, severity, "sidecar"))
+        if rule is not None and not _empty(value):
+            canonical, severity = rule
+            text = _SIDECAR_BLOCK_TEXT if severity == "block" else _SIDECAR_WARN_TEXT
+            if key != canonical:
+                text = f"{text}; a variant of {canonical}"
+            findings.append(Finding(file, str(key), text + nested, severity, "sidecar"))
+        elif isinstance(value, str):  # free text under any other key: a name or a date in it blocks
+            found = text_findings(value, long_numbers=False)
+            if found:
+                findings.append(
+                    Finding(
+                        file, str(key), f"free text holding {', '.join(found)}{nested}", "block", "sidecar"
+                    )
+                )
     return findings
+
+
+def _walk(value: Any, within: tuple[str, ...] = ()) -> Iterator[tuple[str, Any, tuple[str, ...]]]:
+    """``(key, value, enclosing keys)`` of every key of a JSON object, nested objects and lists included."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield str(key), item, within
+            if isinstance(item, (Mapping, list)):
+                yield from _walk(item, (*within, str(key)))
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, (Mapping, list)):
+                yield from _walk(item, within)
+            elif isinstance(item, str) and within:
+                yield within[-1], item, within[:-1]
 
 
 def scan_sidecar_sources(sources: Mapping[str, Mapping[str, Any]]) -> list[Finding]:
@@ -478,8 +502,16 @@ def scan_sidecar_sources(sources: Mapping[str, Mapping[str, Any]]) -> list[Findi
 
 
 def strip_sidecar(sidecar: Mapping[str, Any], policy: PrivacyPolicy) -> dict[str, Any]:
-    """A copy of ``sidecar`` without the keys the policy strips."""
-    return {k: v for k, v in sidecar.items() if not policy.strips(str(k))}
+    """A copy of ``sidecar`` without the keys the policy strips, at any depth."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: strip(v) for k, v in value.items() if not policy.strips(str(k))}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(sidecar)
 
 
 # --- NIfTI headers -----------------------------------------------------------------------------
@@ -651,6 +683,9 @@ def scan_table(relpath: str, header: Sequence[str], rows: Sequence[Sequence[str]
     return findings
 
 
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")  # a plain number: no free text to scan
+
+
 def _column_finding(name: str, values: list[str]) -> tuple[str, Severity] | None:
     if not values:
         return None
@@ -688,6 +723,11 @@ def _column_finding(name: str, values: list[str]) -> tuple[str, Severity] | None
         return "a column named as an acquisition date/time (values in no known date form)", "block"
     if kind == "date":
         return "a column named as a date (values in no known date form)", "warn"
+    free = sorted(
+        {f for v in values if not _NUMBER.fullmatch(v) for f in text_findings(v, long_numbers=False)}
+    )
+    if free:
+        return f"free text holding {', '.join(free)}", "block"
     return None
 
 

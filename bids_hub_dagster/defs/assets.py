@@ -31,7 +31,7 @@ from ..pipeline.versions import (
 )
 from ..publish.destinations import DestinationError, Link, LocalFolder, Markdown
 from ..publish.hub import HubTransientError, is_hub_url
-from ..publish.privacy_report import write_privacy_report
+from ..publish.privacy_report import REPORT_NAME, write_privacy_report
 from ..publish.publication import publish_shards
 from ..spec import DatasetSpec, format_size
 from .io_managers import preview_file
@@ -419,6 +419,11 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         kept = _keep_privacy_report(spec, destination, bids_index, hub_shards)
         if kept is not None:
             context.log.info(f"privacy report (not published): {kept}")
+        elif IndexInfo.of(bids_index).privacy:
+            context.log.warning(
+                f"the privacy report was not written: a {REPORT_NAME} that the tool did not write is in the way "
+                "(kept); the report is in bids_index's metadata"
+            )
         context.log.info(report.summary())
         card = str(result.card)
         where = destination.metadata(result)
