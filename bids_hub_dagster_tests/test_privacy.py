@@ -695,3 +695,11 @@ def test_events_files_are_scanned_and_their_stripped_columns_leave_every_record(
     assert not index.privacy_report.blocking
     events = index.file_companions["sub-01/func/sub-01_task-rest_bold.nii.gz"]["events"]
     assert events == [{"onset": 1.0, "duration": 1.0}]
+
+
+def test_a_study_arm_named_patient_is_not_an_identity():
+    from bids_hub_dagster.bids.privacy import scan_sidecar, scan_table
+
+    rows = [["sub-01", "patient"], ["sub-02", "control"]]  # genetics_ukbb's participants.tsv has this
+    assert scan_table("participants.tsv", ["participant_id", "group"], rows) == []
+    assert scan_sidecar("task-rest_bold.json", {"TaskDescription": "patients rest with eyes open"}) == []

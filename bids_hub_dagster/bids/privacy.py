@@ -412,10 +412,12 @@ _KEYWORD_SHOWN = {
 _MASK = "\x01"
 
 
-def text_findings(text: str, *, long_numbers: bool = True) -> list[str]:
+def text_findings(text: str, *, long_numbers: bool = True, keywords: bool = True) -> list[str]:
     """What in ``text`` may identify a person, as finding texts (each kind once, in pattern order);
     never the matched text itself. ``long_numbers=False`` skips the 6+ digit rule (for machine
-    written extensions such as CIFTI's XML, whose numbers are counts and indices)."""
+    written extensions such as CIFTI's XML, whose numbers are counts and indices);
+    ``keywords=False`` the personal keywords (for data values: ``group: patient`` is a
+    study arm, not an identity)."""
     found: list[str] = []
     work = text.replace("\x00", " ")
     for finding, pattern, valid in _TEXT_PATTERNS:
@@ -433,12 +435,12 @@ def text_findings(text: str, *, long_numbers: bool = True) -> list[str]:
         work = pattern.sub(mask, work)
         if hit:
             found.append(finding)
-    keywords = []
-    for m in _KEYWORDS.finditer(work):
+    words: list[str] = []
+    for m in _KEYWORDS.finditer(work) if keywords else ():
         word = _KEYWORD_SHOWN[next(k for k, v in m.groupdict().items() if v is not None)]
-        if word not in keywords:
-            keywords.append(word)
-    found.extend(f"a personal keyword ({word})" for word in keywords)
+        if word not in words:
+            words.append(word)
+    found.extend(f"a personal keyword ({word})" for word in words)
     return found
 
 
@@ -466,7 +468,7 @@ def scan_sidecar(
                 text = f"{text}; a variant of {canonical}"
             findings.append(Finding(file, str(key), text + nested, severity, "sidecar"))
         elif isinstance(value, str):  # free text under any other key: a name or a date in it blocks
-            found = text_findings(value, long_numbers=False)
+            found = text_findings(value, long_numbers=False, keywords=False)
             if found:
                 findings.append(
                     Finding(
@@ -724,7 +726,12 @@ def _column_finding(name: str, values: list[str]) -> tuple[str, Severity] | None
     if kind == "date":
         return "a column named as a date (values in no known date form)", "warn"
     free = sorted(
-        {f for v in values if not _NUMBER.fullmatch(v) for f in text_findings(v, long_numbers=False)}
+        {
+            f
+            for v in values
+            if not _NUMBER.fullmatch(v)
+            for f in text_findings(v, long_numbers=False, keywords=False)
+        }
     )
     if free:
         return f"free text holding {', '.join(free)}", "block"
