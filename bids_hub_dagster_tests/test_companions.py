@@ -575,3 +575,28 @@ def test_lift_values():
     with pytest.raises(BidsError):
         lift_value(True, "float64", "RepetitionTime")  # a bool is not a number
     assert math.isnan(lift_value(float("nan"), "float64"))
+
+
+def test_index_says_which_dwi_images_lack_gradients_and_which_session_rows_have_no_data(tmp_path):
+    import json
+
+    import nibabel
+    import numpy as np
+
+    from bids_hub_dagster.bids.index import build_index
+
+    root = tmp_path / "ds"
+    (root / "sub-01/ses-1/dwi").mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "w", "BIDSVersion": "1.10.0"}))
+    image = nibabel.Nifti1Image(np.zeros((4, 4, 4, 3), np.int16), np.eye(4))
+    image.to_filename(root / "sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz")
+    (root / "sub-01/sub-01_sessions.tsv").write_text("session_id\tweeks\nses-1\t2\nses-9\t5\n")
+    index = build_index(root)
+    assert any(
+        "1 dwi image(s) have no .bval/.bvec" in w and "sub-01_ses-1_dwi.nii.gz" in w for w in index.warnings
+    )
+    assert any(
+        "sessions.tsv row(s) name a session with no row of data" in w and "sub-01/ses-9" in w
+        for w in index.warnings
+    )
+    assert index.rows[0].sessions == {"weeks": 2}

@@ -394,6 +394,7 @@ def _read_companions(
     found = _Found()
     if not (families.events or families.gradients):
         return found
+    without: list[str] = []  # dwi images no .bval/.bvec applies to
     for row in rows:
         for column, files in row.cells.items():
             for f in files:
@@ -416,8 +417,16 @@ def _read_companions(
                     if gradients is not None:
                         extra["bval"], extra["bvec"] = gradients
                         found.gradients.add(column)
+                    else:
+                        without.append(f.relpath)
                 if extra:
                     found.files[f.relpath] = extra
+    if without:
+        warnings.append(
+            f"{len(without)} dwi image(s) have no .bval/.bvec (their gradients are published as null): "
+            + ", ".join(map(shown, without[:20]))
+            + (" …" if len(without) > 20 else "")
+        )
     return found
 
 
@@ -515,6 +524,16 @@ def _sessions(
         table = tables.get(row.subject_id)
         record = table.records.get(row.session_id or "", {}) if table is not None else {}
         row.sessions = {new: record.get(old) for new, old in published.items()}
+    on_disk = {(r.subject_id, r.session_id) for r in rows}
+    unused = sorted(
+        f"{sub}/{ses}" for sub, t in tables.items() for ses in t.records if (sub, ses) not in on_disk
+    )
+    if unused:
+        warnings.append(
+            f"{len(unused)} sessions.tsv row(s) name a session with no row of data (not published): "
+            + ", ".join(map(shown, unused[:20]))
+            + (" …" if len(unused) > 20 else "")
+        )
     return SessionColumns(
         {new: columns[old] for new, old in published.items()},
         {new: descriptions[old] for new, old in published.items() if old in descriptions},
