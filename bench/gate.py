@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import shutil
 import subprocess
@@ -37,10 +36,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from index import RUNS_PER_SESSION, generate  # noqa: E402  (bench/index.py's layout)
 from shards import run_child  # noqa: E402  (bench/shards.py's child runner; its tree via --generate)
 
 METHODS = ("index-nogate", "index-gate", "headers-w1", "headers-w2", "headers-w4")
-RUNS_PER_SESSION = 10
 
 
 def tiny_nifti() -> bytes:
@@ -54,30 +53,9 @@ def tiny_nifti() -> bytes:
 
 def generate_small(root: Path, files: int) -> tuple[int, int]:
     """bench/index.py's layout with real images: (files, NIfTI files)."""
-    template = tiny_nifti()
-    per_session = 2 + 2 * RUNS_PER_SESSION
-    sessions = max(1, files // per_session)
     root.mkdir(parents=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"}))
-    (root / "task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 2.0, "TaskName": "rest"}))
-    lines = ["participant_id\tage"]
-    images = 0
-    for s in range(sessions):
-        sub, ses = f"sub-{s // 2 + 1:05d}", f"ses-{s % 2 + 1}"
-        if s % 2 == 0:
-            lines.append(f"{sub}\t{20 + s % 50}")
-        anat = root / sub / ses / "anat"
-        func = root / sub / ses / "func"
-        anat.mkdir(parents=True)
-        func.mkdir(parents=True)
-        (anat / f"{sub}_{ses}_T1w.nii.gz").write_bytes(template)
-        (anat / f"{sub}_{ses}_FLAIR.nii.gz").write_bytes(template)
-        for r in range(1, RUNS_PER_SESSION + 1):
-            (func / f"{sub}_{ses}_task-rest_run-{r}_bold.nii.gz").write_bytes(template)
-            (func / f"{sub}_{ses}_task-rest_run-{r}_bold.json").write_text(json.dumps({"EchoTime": 0.03}))
-        images += 2 + RUNS_PER_SESSION
-    (root / "participants.tsv").write_text("\n".join(lines) + "\n")
-    return sessions * per_session, images
+    count = generate(root, files, tiny_nifti())
+    return count, count // (2 + 2 * RUNS_PER_SESSION) * (2 + RUNS_PER_SESSION)
 
 
 # ----------------------------------------------------------------------------- child side

@@ -22,8 +22,11 @@ from pathlib import Path
 RUNS_PER_SESSION = 10
 
 
-def generate(root: Path, files: int) -> int:
-    """A tree of about ``files`` files: per session a T1w, a FLAIR, bold runs with sidecars."""
+def generate(root: Path, files: int, image: bytes = b"") -> int:
+    """A tree of about ``files`` files: per session a T1w, a FLAIR, bold runs with sidecars.
+
+    Every image holds ``image`` (empty by default: names are what indexing reads).
+    """
     per_session = 2 + 2 * RUNS_PER_SESSION
     sessions = max(1, files // per_session)
     (root / "dataset_description.json").write_text(json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"}))
@@ -38,10 +41,10 @@ def generate(root: Path, files: int) -> int:
         func = root / sub / ses / "func"
         anat.mkdir(parents=True)
         func.mkdir(parents=True)
-        (anat / f"{sub}_{ses}_T1w.nii.gz").touch()
-        (anat / f"{sub}_{ses}_FLAIR.nii.gz").touch()
+        (anat / f"{sub}_{ses}_T1w.nii.gz").write_bytes(image)
+        (anat / f"{sub}_{ses}_FLAIR.nii.gz").write_bytes(image)
         for r in range(1, RUNS_PER_SESSION + 1):
-            (func / f"{sub}_{ses}_task-rest_run-{r}_bold.nii.gz").touch()
+            (func / f"{sub}_{ses}_task-rest_run-{r}_bold.nii.gz").write_bytes(image)
             (func / f"{sub}_{ses}_task-rest_run-{r}_bold.json").write_text("{}")
         count += per_session
     (root / "participants.tsv").write_text("\n".join(lines) + "\n")

@@ -22,8 +22,10 @@ aligned element for element with ``C``):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,49 +260,37 @@ def _json_array(values: list[str | None]) -> pa.Array:
     return pa.ExtensionArray.from_storage(get_nested_type(Json()), pa.array(values, type=pa.string()))
 
 
-def _companion_cells(name: str, feature_name: str, record: dict, info: IndexInfo) -> Any:
-    """The value of one file's companion ``feature_name`` (of NIfTI column ``name``), from its index record."""
-    suffix = feature_name[len(name) + 1 :]
-    if suffix in ("sidecar", "entities", "events", "bval", "bvec"):
-        raw = record[suffix]
-        return None if raw is None else json.loads(raw)
-    if suffix in info.fields.get(name, {}):
-        sidecar = json.loads(record["sidecar"]) if record["sidecar"] is not None else {}
-        return sidecar.get(suffix)
-    scans = json.loads(record["scans"]) if record["scans"] is not None else {}
-    return scans.get(suffix)
-
-
 def _companion_column(
-    name: str, many: bool, feature_name: str, feature: Any, files: list[list[dict]], info: IndexInfo
+    name: str,
+    many: bool,
+    feature_name: str,
+    feature: Any,
+    records: list[list[dict]],
+    info: IndexInfo,
+    parse: Callable[[str], Any],
 ) -> pa.Array:
-    """One companion column for all rows, aligned with the files of NIfTI column ``name``."""
-    per_row = [[f for f in row if f["column"] == name] for row in files]
+    """One companion column for all rows, aligned with ``records``: per row, the index records
+    of NIfTI column ``name``'s files. ``parse`` reads a record's JSON text (shared, cached)."""
+    suffix = feature_name[len(name) + 1 :]
     leaf = feature.feature if many else feature
-    is_json = isinstance(leaf, Json)
-    values: list[Any] = []
-    for records in per_row:
-        cells = [_companion_cells(name, feature_name, r, info) for r in records]
-        if is_json:
-            cells = [None if c is None else json.dumps(c) for c in cells]
-        values.append(cells if many else (cells[0] if cells else None))
-    if is_json:
-        if not many:
-            return _json_array(values)
-        flat = [c for cells in values for c in cells]
-        offsets = [0]
-        for cells in values:
-            offsets.append(offsets[-1] + len(cells))
-        return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), _json_array(flat))
-    if isinstance(leaf, List) and isinstance(leaf.feature, Json):  # events: a list of Json records
+    events = suffix == "events"
 
-        def texts(events: list | None) -> list | None:
-            return None if events is None else [json.dumps(e) for e in events]
+    def cell(record: dict) -> Any:
+        if suffix in ("sidecar", "entities"):  # stored as the JSON text the column holds
+            return record[suffix]
+        if events:
+            raw = record["events"]
+            return None if raw is None else [json.dumps(e) for e in parse(raw)]
+        if suffix in ("bval", "bvec"):
+            raw = record[suffix]
+            return None if raw is None else parse(raw)
+        source = record["sidecar"] if suffix in info.fields.get(name, {}) else record["scans"]
+        value = None if source is None else parse(source).get(suffix)
+        return json.dumps(value) if value is not None and isinstance(leaf, Json) else value
 
-        if not many:
-            flat_texts = [texts(v) for v in values]
-            return _nested_json_lists(flat_texts, depth=1)
-        return _nested_json_lists([[texts(v) for v in cells] for cells in values], depth=2)
+    values = [[cell(r) for r in rows] if many else (cell(rows[0]) if rows else None) for rows in records]
+    if isinstance(leaf, Json) or events:  # lists (one level per many, one per events file) of JSON texts
+        return _nested_json_lists(values, depth=int(many) + int(events))
     return pa.array(values, type=get_nested_type(feature))
 
 
@@ -332,11 +322,15 @@ def dataset_from_index(table: pa.Table) -> Dataset:
         for name, many in info.columns.items()
         for companion in info.companion_features(name, many)
     }
+    per_column = {name: [[f for f in row if f["column"] == name] for row in files] for name in info.columns}
+    parse = functools.lru_cache(maxsize=None)(json.loads)  # a sidecar read once for all its columns
     arrays: dict[str, pa.Array] = {}
     for name in features:
         if name in owner:
             column, many = owner[name]
-            arrays[name] = _companion_column(column, many, name, features[name], files, info)
+            arrays[name] = _companion_column(
+                column, many, name, features[name], per_column[column], info, parse
+            )
             continue
         col = table.column(name).combine_chunks()
         if name in info.columns:
