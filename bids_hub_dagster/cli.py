@@ -24,7 +24,6 @@ import click
 from .errors import ConfigError, UserError
 
 if TYPE_CHECKING:
-    import concurrent.futures
 
     from .spec import DatasetSpec
 
@@ -131,127 +130,150 @@ def _quiet(log_level: str) -> dict:
     return {"loggers": {"console": {"config": {"log_level": log_level}}}}
 
 
-_DEFS_CACHE: dict[str, object] = {}
+#: contiguous stale shards the CLI builds in one run (the spec's shards_per_run when larger): one run's
+#: start-up for many shards, each still recorded, checked and failed on its own partition
+CLI_SHARDS_PER_RUN = 64
 
 
-def build_one_shard(
-    spec: DatasetSpec, key: str, log_level: str, instance=None, on_abandon=None
-) -> str | None:
-    """Run the shard job for one partition on the persistent instance; its error, or None.
+def shard_ranges(partitions: list[str], todo: list[str], size: int) -> list[list[str]]:
+    """``todo`` cut into runs of at most ``size`` keys, each contiguous in ``partitions``' order.
 
-    Runs in a worker process when shards are built in parallel (each worker keeps the
-    Definitions it built for the spec).
+    A ranged run covers every partition between its first and last key, so a gap (a shard
+    kept because it is unchanged) starts a new range.
     """
+    position = {key: i for i, key in enumerate(partitions)}
+    ranges: list[list[str]] = []
+    for key in sorted(todo, key=position.__getitem__):
+        last = ranges[-1] if ranges else None
+        if last is not None and len(last) < size and position[key] == position[last[-1]] + 1:
+            last.append(key)
+        else:
+            ranges.append([key])
+    return ranges
+
+
+def _shard_run_config(spec: DatasetSpec, log_level: str, threads: int) -> dict:
+    from .defs import names
+
+    op = names(spec).hub_shards.to_python_identifier()
+    return _quiet(log_level) | {"ops": {op: {"config": {"threads": threads}}}}
+
+
+def _range_failures(spec: DatasetSpec, keys: list[str], result) -> dict[str, str]:
+    """The shards of a failed ranged run that were not materialized, each with its error."""
     import dagster as dg
 
-    from .defs import build_definitions, names, runs
+    from .defs import names
+    from .defs.outcomes import FAILED_SHARDS
 
-    cache_key = spec.to_yaml()
-    if cache_key not in _DEFS_CACHE:
-        _DEFS_CACHE[cache_key] = build_definitions([spec])
-    job = _DEFS_CACHE[cache_key].resolve_job_def(names(spec).jobs.shards)
-    if runs.in_worker() and runs.worker_stopping():
-        return f"{key}: not built: interrupted"
-    try:
-        with contextlib.nullcontext(instance) if instance is not None else dg.DagsterInstance.get() as inst:
-            result = runs.execute_job(
-                job,
-                inst,
-                run_config=_quiet(log_level),
-                partition_key=key,
-                on_abandon=on_abandon or (lambda reason: None),
+    key = names(spec).hub_shards
+    built = {
+        event.partition
+        for event in result.all_events
+        if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and event.asset_key == key
+    }
+    per_shard: dict[str, str] = {}
+    for event in result.all_events:
+        if event.is_step_failure and (data := event.step_failure_data.user_failure_data) is not None:
+            value = data.metadata.get(FAILED_SHARDS)
+            if value is not None:
+                per_shard |= {str(k): str(v) for k, v in value.value.items()}
+    message = _failure_message(result)
+    return {k: per_shard.get(k, message) for k in keys if k not in built}
+
+
+class _ShardProgress:
+    """Moves the progress bar as a run materializes shards (polls the run's event log once a second)."""
+
+    def __init__(self, instance, run_id: str, key, bar):
+        self.instance, self.run_id, self.key, self.bar = instance, run_id, key, bar
+        self.done = threading.Event()
+        self.seen = 0
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self._poll, name="shard-progress", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(2.0)
+
+    def _poll(self) -> None:
+        import dagster as dg
+
+        while not self.done.wait(1.0):
+            try:
+                records = self.instance.get_records_for_run(
+                    self.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+                ).records
+            except Exception:  # noqa: BLE001  (the run not created yet, a busy database: next second)
+                continue
+            count = sum(
+                1
+                for r in records
+                if r.event_log_entry.dagster_event is not None
+                and r.event_log_entry.dagster_event.asset_key == self.key
             )
-    except runs.Interrupted:
-        if runs.in_worker():  # the run was stopped (canceled); the parent is shutting the pool down
-            return f"{key}: interrupted"
-        raise
-    return None if result.success else _failure_message(result)
+            if count > self.seen:
+                self.bar.update(count - self.seen)
+                self.seen = count
 
 
 def _run_shards(
-    spec: DatasetSpec, keys: list[str], workers: int, log_level: str, bar, instance, on_abandon=None
+    spec: DatasetSpec,
+    partitions: list[str],
+    todo: list[str],
+    workers: int,
+    log_level: str,
+    bar,
+    instance,
+    on_abandon=None,
 ) -> dict[str, str]:
-    """Build every shard partition, ``workers`` runs at a time; returns the failures by key.
+    """Build the shard partitions ``todo``: contiguous ranges, one in-process run each, ``workers``
+    shards at a time inside the run (threads). Returns the failures by key.
 
-    Partitions hold disjoint rows and every file belongs to one row, so no two workers
-    ever read the same file.
+    Partitions hold disjoint rows and every file belongs to one row, so no two threads ever
+    read the same file.
     """
+
+    from .defs import build_definitions, names, runs
+
+    job = build_definitions([spec]).resolve_job_def(names(spec).jobs.shards)
     failures: dict[str, str] = {}
-    workers = max(1, min(workers, len(keys)))
-    if workers == 1:
-        for key in keys:
-            bar.set_description(f"{spec.name}: {key}")
-            if error := build_one_shard(spec, key, log_level, instance, on_abandon):
-                failures[key] = error
-            bar.update(1)
-        return failures
-    import concurrent.futures
-    import multiprocessing
+    size = max(spec.shards_per_run, CLI_SHARDS_PER_RUN)
+    for keys in shard_ranges(partitions, todo, size):
+        threads = min(workers, len(keys))
+        bar.set_description(f"{spec.name}: {keys[0]}" + (f"…{keys[-1]} ({threads} at a time)" if len(keys) > 1 else ""))
+        counted = bar.n
+        tags = (
+            {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+            if len(keys) > 1
+            else {}
+        )
 
-    from .defs import runs
-
-    bar.set_description(f"{spec.name}: shards ({workers} workers)")
-    context = multiprocessing.get_context("spawn")  # no fork of an open instance
-    pool = None
-    futures: dict[concurrent.futures.Future, str] = {}
-    try:
-        # workers are spawned with Ctrl-C blocked, and then ignore it: the parent stops them
-        with runs.sigint_blocked():
-            pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=runs.worker_init
+        run_id = runs.make_new_run_id()
+        with _ShardProgress(instance, run_id, names(spec).hub_shards, bar):
+            result = runs.execute_job(
+                job,
+                instance,
+                run_config=_shard_run_config(spec, log_level, threads),
+                partition_key=keys[0] if len(keys) == 1 else None,
+                tags=tags,
+                run_id=run_id,
+                on_abandon=on_abandon or (lambda reason: None),
             )
-            futures = {pool.submit(build_one_shard, spec, key, log_level): key for key in keys}
-        for future in concurrent.futures.as_completed(futures):
-            if error := future.result():
-                failures[futures[future]] = error
-            bar.update(1)
-    except BaseException:
-        if pool is not None:
-            with runs.signals_deferred():
-                _stop_workers(pool, instance)
-        raise
-    pool.shutdown()
-    return {k: failures[k] for k in keys if k in failures}
-
-
-def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, instance) -> None:
-    """Cancel what has not started; SIGTERM the workers (each stops its run), then kill stragglers."""
-    import signal
-    import time
-
-    from .defs import runs
-
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)  # what has not started never will
-    pids = {str(process.pid) for process in processes}
-    for run in instance.get_runs(filters=runs.RunsFilter(statuses=runs.IN_PROGRESS)):
-        if run.tags.get(runs.PID_TAG) in pids:  # so that they end canceled, not failed
-            instance.report_run_canceling(run, message="bids-hub-dagster was interrupted: stopping the run.")
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError, TypeError):
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + runs.STOP_GRACE_SECONDS + 2
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            process.kill()
-            process.join(2)
-    manager = getattr(pool, "_executor_manager_thread", None)
-    if manager is not None:
-        manager.join(5)  # it sees the workers gone and closes the queues
+        if not result.success:
+            failures |= _range_failures(spec, keys, result)
+        bar.update(max(0, counted + len(keys) - bar.n))  # the failed ones count as done too
+    return {k: failures[k] for k in todo if k in failures}
 
 
 def default_workers(num_shards: int) -> int:
-    """Shard runs at a time: one per core, at most 4 (the work is I/O-bound).
+    """Shards built at a time: one per core, at most 4 (the work is I/O- and zlib-bound)."""
+    from .pipeline.shard_range import default_threads
 
-    Below 4 shards, one: starting a worker process costs seconds, more than small
-    shards take to build.
-    """
-    if num_shards < 4:
-        return 1
-    return max(1, min(os.cpu_count() or 1, 4))
+    return default_threads(num_shards)
 
 
 def _shards_to_build(spec: DatasetSpec, keys: list[str], instance, rebuild: bool = False) -> list[str]:
@@ -476,7 +498,7 @@ def run_publish(
         bar.total = len(todo) + 2
         bar.update(1)
         failures = _run_shards(
-            spec, todo, workers or default_workers(len(todo)), log_level, bar, instance, stop.finish
+            spec, keys, todo, workers or default_workers(len(todo)), log_level, bar, instance, stop.finish
         )
         if failures:
             bar.close()

@@ -26,6 +26,8 @@ from .publish.hub import HubOptions, is_hub_url, parse_hub_url
 DEFAULT_MAX_SHARD_SIZE = 500 * 10**6  # the same default as datasets' push_to_hub
 DEFAULT_SCHEDULE = "0 3 * * 1"  # weekly, Monday 03:00
 DEFAULT_WATCH_INTERVAL = 600
+# a run of more shards than this holds one run's worth of work for hours: split the backfill instead
+MAX_SHARDS_PER_RUN = 1000
 SHARD_STRATEGIES = tuple(STRATEGIES)
 SPEC_KEYS = frozenset(
     {
@@ -40,6 +42,7 @@ SPEC_KEYS = frozenset(
         "shard_strategy",
         "compression",
         "row_group_size",
+        "shards_per_run",
         "hub",
         "owners",
         "schedule",
@@ -210,6 +213,7 @@ class DatasetSpec:
     shard_strategy: str = "pandas"  # how rows are embedded: "pandas" (the workaround) or "arrow"
     compression: str = "auto"  # codec of NIfTI bytes columns; auto: zstd for .nii, none for .nii.gz
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE  # bytes of files embedded and written at a time
+    shards_per_run: int = 1  # shard partitions one run builds (UI backfills: BackfillPolicy.multi_run)
     hub: HubOptions = field(default_factory=HubOptions)  # Hub destinations only: branch, privacy, commits
     owners: tuple[str, ...] = ()  # shown on the assets in the UI: emails or "team:name"
     schedule: str = DEFAULT_SCHEDULE  # cron of the scheduled refresh (stopped until turned on)
@@ -235,6 +239,14 @@ class DatasetSpec:
             isinstance(self.num_shards, bool) or not isinstance(self.num_shards, int) or self.num_shards < 1
         ):
             raise SpecError(f"num_shards must be a positive integer, not {self.num_shards!r}.")
+        if (
+            isinstance(self.shards_per_run, bool)
+            or not isinstance(self.shards_per_run, int)
+            or not 1 <= self.shards_per_run <= MAX_SHARDS_PER_RUN
+        ):
+            raise SpecError(
+                f"shards_per_run must be an integer from 1 to {MAX_SHARDS_PER_RUN}, not {self.shards_per_run!r}."
+            )
         if self.shard_strategy not in SHARD_STRATEGIES:
             raise SpecError(
                 f"shard_strategy must be one of {', '.join(SHARD_STRATEGIES)}, not {self.shard_strategy!r}."
@@ -314,6 +326,7 @@ class DatasetSpec:
             ("shard_strategy", "pandas"),
             ("compression", "auto"),
             ("row_group_size", DEFAULT_ROW_GROUP_SIZE),
+            ("shards_per_run", 1),
         ):
             value = getattr(self, key)
             if value != default:
@@ -504,6 +517,7 @@ def spec_from_mapping(raw: Mapping[str, Any], base: Path, source: Path | None = 
         shard_strategy=str(raw.get("shard_strategy", "pandas")),
         compression=str(raw.get("compression", "auto")),
         row_group_size=parse_size(raw.get("row_group_size") or DEFAULT_ROW_GROUP_SIZE),
+        shards_per_run=raw.get("shards_per_run", 1),
         hub=hub_options(raw.get("hub"), where),
         owners=_owners(raw.get("owners"), where),
         schedule=str(raw.get("schedule") or DEFAULT_SCHEDULE),

@@ -34,7 +34,16 @@ def test_demo_publishes_and_runs_persist_in_dagster_home(tmp_path):
     with dg.DagsterInstance.get() as instance:
         jobs = {r.job_name for r in instance.get_runs()}
         assert {"demo_prepare", "demo_shards", "demo_upload"} <= jobs
-        assert len(instance.get_runs()) == 5  # prepare, three shards, upload
+        # prepare, one run building the three shards (a range), upload
+        assert len(instance.get_runs()) == 3
+        (shards_run,) = [r for r in instance.get_runs() if r.job_name == "demo_shards"]
+        assert shards_run.tags["dagster/asset_partition_range_start"] == "shard-00000"
+        assert shards_run.tags["dagster/asset_partition_range_end"] == "shard-00002"
+        # each shard is recorded on its own partition, with its own data version
+        key = dg.AssetKey(["demo", "hub_shards"])
+        assert instance.get_materialized_partitions(key) == {"shard-00000", "shard-00001", "shard-00002"}
+        records = instance.fetch_materializations(key, limit=10).records
+        assert len({r.asset_materialization.tags["dagster/data_version"] for r in records}) == 3
         # its dagster.yaml gives the pool of hub_upload one slot
         assert instance.event_log_storage.get_concurrency_info("hub_commits").slot_count == 1
 
@@ -133,9 +142,9 @@ def test_user_errors_exit_2_with_a_message_not_a_traceback(tmp_path):
     assert proc.returncode == 2 and "give either BIDS_ROOT or --spec" in proc.stderr
 
 
-@pytest.mark.slow  # worker processes
-def test_parallel_shard_runs_publish_the_same_dataset(demo_spec, tmp_path):
-    """Shards built by two worker processes, each a real run on the persistent instance."""
+def test_shards_built_two_at_a_time_in_one_run_publish_the_same_dataset(demo_spec, tmp_path):
+    """Four shards, one ranged run on the persistent instance, two built at a time; each recorded
+    on its own partition, with its two checks, and one check over the run."""
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(demo_spec.to_yaml())
     result = invoke(
@@ -144,9 +153,22 @@ def test_parallel_shard_runs_publish_the_same_dataset(demo_spec, tmp_path):
     assert result.exit_code == 0, result.output
     assert "verified: OK: 4/4 rows, 12 files" in result.output
     with dg.DagsterInstance.get() as instance:
-        shard_runs = [r for r in instance.get_runs() if r.job_name == "demo_shards"]
-        assert sorted(r.tags["dagster/partition"] for r in shard_runs) == [f"shard-0000{i}" for i in range(4)]
-        assert all(r.is_success for r in shard_runs)
+        (run,) = [r for r in instance.get_runs() if r.job_name == "demo_shards"]
+        assert run.is_success and run.run_config["ops"]["demo__hub_shards"]["config"]["threads"] == 2
+        key = dg.AssetKey(["demo", "hub_shards"])
+        assert instance.get_materialized_partitions(key) == {f"shard-0000{i}" for i in range(4)}
+        evaluations = [
+            e.dagster_event.event_specific_data
+            for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        ]
+        per_shard = {(e.check_name, e.partition) for e in evaluations if e.partition is not None}
+        assert per_shard == {
+            (check, f"shard-0000{i}")
+            for check in ("shard_files_are_nifti", "shard_row_count_matches_plan")
+            for i in range(4)
+        }
+        assert all(e.passed for e in evaluations)
+        assert [e.check_name for e in evaluations if e.partition is None] == ["shards_of_run_pass_checks"]
 
 
 @pytest.mark.slow  # the CLI in a subprocess
@@ -240,7 +262,8 @@ def test_publishing_again_rebuilds_only_the_shards_whose_files_changed(demo_spec
     assert "verified: OK: 4/4 rows" in third.output
     with dg.DagsterInstance.get() as instance:
         shard_runs = [r for r in instance.get_runs() if r.job_name == "demo_shards"]
-    assert len(shard_runs) == 4 + 0 + 1
+    # one run of the four shards, none for the unchanged ones, one of the changed shard
+    assert [run.tags.get("dagster/partition") for run in reversed(shard_runs)] == [None, "shard-00002"]  # sub-02 ses-1: the third row
 
 
 def test_the_nifti2_warning_reaches_the_cli_user(tmp_path, nibabel_data):

@@ -8,20 +8,28 @@ metadata and data version. The logic lives in ``bids_hub_dagster.bids``, ``.data
 ``.publish``; the versions are those of ``pipeline.versions``.
 """
 
+import contextlib
+import dataclasses
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
 from datasets import Dataset
+from pydantic import Field
 
 from ..bids.privacy import PrivacyReport
+from ..dataset.audit import audit_shard_file, row_count_problems
+from ..dataset.parquet import WrittenFile
 from ..dataset.preview import markdown_png
 from ..dataset.preview_config import first_thumbnails, mosaic, one_per_subject, read_previews
 from ..dataset.shards import EmbeddedShard, build_shard, shard_index
 from ..dataset.tables import IndexInfo, dataset_from_index
 from ..errors import UserError
+from ..pipeline.shard_range import build_range, default_threads, until_stopped
 from ..pipeline.versions import (
     index_fingerprint,
     plan_version,
@@ -32,11 +40,11 @@ from ..pipeline.versions import (
 from ..publish.destinations import DestinationError, Link, LocalFolder, Markdown
 from ..publish.hub import HubTransientError, is_hub_url
 from ..publish.privacy_report import REPORT_NAME, write_privacy_report
-from ..publish.publication import publish_shards
+from ..publish.publication import local_shard_files, publish_shards
 from ..spec import DatasetSpec, format_size
 from .io_managers import preview_file
-from .names import names
-from .outcomes import user_failure
+from .names import CHECKS, names
+from .outcomes import FAILED_SHARDS, USER_ERROR, check_metadata, user_failure
 from .resources import HUB_RESOURCE_KEY, HubResource
 from .summaries import IndexSummary, PublishSummary, ShardSummary
 
@@ -107,31 +115,185 @@ def _metadata_values(values: Mapping[str, object]) -> dict[str, object]:
     return {k: typed(v) for k, v in values.items()}
 
 
-def _preupload(
-    context: dg.AssetExecutionContext, spec: DatasetSpec, shard: object, num_shards: int
-) -> tuple[object, dict[str, object]]:
-    """Send a built shard to the destination ahead of the publish, when it takes one (the Hub).
+class ShardRunConfig(dg.Config):
+    """Run config of the shard job (the launchpad shows it; the CLI sets it from ``--workers``)."""
 
-    Returns what the asset outputs (the stored shard file, or ``shard`` unchanged) and the
-    pre-upload's metadata. A failed pre-upload is a warning: hub_upload sends the file anyway.
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="Shards of the run built at a time, in threads. 0: one per core, at most 4.",
+    )
+
+
+@dataclasses.dataclass
+class _BuiltShard:
+    """One shard of a run, written and read back: what its partition's materialization records."""
+
+    shard: EmbeddedShard
+    written: WrittenFile
+    write_seconds: float
+    extra: dict[str, object]  # pre-upload figures, QC mosaic
+    checks: list[tuple[str, list[str], dict[str, object]]]  # (check name, problems, metadata)
+    notes: list[str]  # said by the build's thread, logged by the run's
+
+    def metadata(self) -> dict[str, object]:
+        shard, written = self.shard, self.written
+        files_per_column: dict[str, int] = {}
+        for row in shard.rows.files:
+            for f in row:
+                files_per_column[f["column"]] = files_per_column.get(f["column"], 0) + 1
+        return (
+            self.extra
+            | {
+                "dagster/row_count": shard.num_rows,
+                "first_row": shard.rows.labels[0],
+                "last_row": shard.rows.labels[-1],
+                "files_per_column": files_per_column,
+                "path": dg.MetadataValue.path(str(written.path)),
+                "file_bytes": written.size,
+                "row_groups": written.num_row_groups,
+                # the embedding happens as the row groups are written
+                "write_duration_s": round(self.write_seconds, 2),
+            }
+            | ShardSummary(
+                shard.key, shard.start, shard.stop, shard.rows.num_files, shard.nbytes, tuple(shard.warnings)
+            ).metadata()
+        )
+
+
+def _build_and_store(
+    context: dg.AssetExecutionContext,
+    spec: DatasetSpec,
+    storage,
+    dataset: Dataset,
+    index: pa.Table,
+    plan,
+    key: str,
+    stop: threading.Event,
+) -> _BuiltShard:
+    """Build shard ``key``, store it, read it back (its two checks), pre-upload it when asked.
+
+    Runs in a build thread: it logs nothing itself (``notes`` are logged by the run's thread).
+    """
+    shard = build_shard(
+        dataset,
+        index,
+        plan,
+        key,
+        row_group_size=spec.row_group_size,
+        shard_strategy=spec.shard_strategy,
+        compression=spec.compression,
+    )
+    shard = dataclasses.replace(shard, groups=until_stopped(shard.groups, stop))
+    started = time.monotonic()
+    written = storage.store_shard(context.asset_key, key, shard)
+    seconds = time.monotonic() - started
+    audit = audit_shard_file(written.path)  # read back: what the file holds, not what was meant
+    checks = [
+        (CHECKS.shard_files_are_nifti, audit.problems, {"cells_checked": audit.cells, "rows": audit.num_rows}),
+        (
+            CHECKS.shard_row_count_matches_plan,
+            audit.problems or row_count_problems(audit, key, plan.range_of(key)),
+            {"rows": audit.num_rows},
+        ),
+    ]
+    notes: list[str] = []
+    extra = _qc_mosaic(shard)
+    if spec.hub.upload_shards and spec.destination and not audit.problems:
+        extra |= _preupload(context, spec, written.path, key, plan.num_shards, notes)
+    return _BuiltShard(shard, written, seconds, extra, checks, notes)
+
+
+def _preupload(
+    context: dg.AssetExecutionContext,
+    spec: DatasetSpec,
+    stored: Path,
+    key: str,
+    num_shards: int,
+    notes: list[str],
+) -> dict[str, object]:
+    """Send a stored shard to the destination ahead of the publish, when it takes one (the Hub).
+
+    Returns the pre-upload's metadata. A failed pre-upload is a note: hub_upload sends the file anyway.
     """
     hf_hub: HubResource = getattr(context.resources, HUB_RESOURCE_KEY)
     try:
-        destination = hf_hub.destination(spec, progress=context.log.info)
+        destination = hf_hub.destination(spec, progress=notes.append)
     except DestinationError as exc:
-        context.log.warning(f"no pre-upload; hub_upload will publish the shard: {exc}")
-        return shard, {}
+        notes.append(f"no pre-upload; hub_upload will publish the shard: {exc}")
+        return {}
     if not destination.supports_preupload:  # a local folder links the stored shards when publishing
-        return shard, {}
-    key = context.partition_key
-    # store the file now, so its bytes can go to the destination before the run ends
-    stored = getattr(context.resources, IO_MANAGER_KEY).store_shard(context.asset_key, key, shard)
+        return {}
     try:
-        sent = destination.preupload_shard(stored.path, shard_index(key), num_shards)
+        sent = destination.preupload_shard(stored, shard_index(key), num_shards)
     except (DestinationError, HubTransientError) as exc:  # the upload sends it later anyway
-        context.log.warning(f"pre-upload to {destination.url} failed; hub_upload will send it: {exc}")
+        notes.append(f"pre-upload to {destination.url} failed; hub_upload will send it: {exc}")
         sent = 0
-    return stored, {"hub_bytes_sent": sent} | _metadata_values(destination.metadata())
+    return {"hub_bytes_sent": sent} | _metadata_values(destination.metadata())
+
+
+def _version_tags(context: dg.AssetExecutionContext, version: str) -> dict[str, str]:
+    """A shard partition's data version tags, with the code and input versions Dagster records
+    on the materializations it makes itself (what the UI's "stale" badge compares).
+
+    Those come from Dagster's step internals; should they change, the data version (what this
+    project's own staleness rule reads) is still recorded.
+    """
+    tags = {DATA_VERSION_TAG: version, "dagster/data_version_is_user_provided": "true"}
+    try:
+        from dagster._core.execution.plan import execute_step
+
+        step = context.op_execution_context._step_execution_context  # noqa: SLF001
+        provenance = execute_step._get_input_provenance_data(context.asset_key, step)  # noqa: SLF001
+        code_version = execute_step._get_code_version(context.asset_key, step)  # noqa: SLF001
+        return execute_step._build_data_version_tags(dg.DataVersion(version), code_version, provenance, True)  # noqa: SLF001
+    except Exception:  # noqa: BLE001  (an internal API that moved: the data version alone still counts)
+        return tags
+
+
+def _built_in_this_run(context: dg.AssetExecutionContext, keys: list[str]) -> set[str]:
+    """Partitions of ``keys`` this run has materialized already (before a retry of its step)."""
+    records = context.instance.get_records_for_run(
+        context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    wanted = set(keys)
+    return {
+        event.partition
+        for record in records
+        if (event := record.event_log_entry.dagster_event) is not None
+        and event.asset_key == context.asset_key
+        and event.partition in wanted
+    }
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, UserError) or (
+        isinstance(exc, dg.Failure) and USER_ERROR in (exc.metadata or {})
+    )
+
+
+def _range_failure(failures: dict[str, BaseException], num_keys: int) -> dg.Failure:
+    """The step failure of a run whose shards ``failures`` failed (the others are materialized).
+
+    Retried (by the retry policy) only when a failure is not the user's input: a retry builds
+    only the shards the run has not materialized yet.
+    """
+    messages = {
+        key: (exc.description if isinstance(exc, dg.Failure) else str(exc))
+        if _is_user_error(exc)
+        else f"{type(exc).__name__}: {exc}"
+        for key, exc in failures.items()
+    }
+    lines = [m if m.startswith(key) else f"{key}: {m}" for key, m in messages.items()]
+    user = all(_is_user_error(exc) for exc in failures.values())
+    metadata: dict[str, object] = {FAILED_SHARDS: dg.MetadataValue.json(messages)}
+    if user:
+        metadata[USER_ERROR] = "ShardFilesError"
+    return dg.Failure(
+        f"{len(failures)} of {num_keys} shard(s) of the run failed; the others are recorded:\n" + "\n".join(lines),
+        allow_retries=not user,
+        metadata=metadata,
+    )
 
 
 def _published_pictures(previews: list[Path]) -> dict[str, bytes]:
@@ -318,54 +480,86 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             f"; pre-uploaded to {spec.destination} once built."
             if spec.hub.upload_shards and spec.destination and is_hub_url(spec.destination)
             else "."
-        ),
+        )
+        + f" A run builds up to {spec.shards_per_run} partition(s) (shards_per_run), a few at a time; each "
+        "shard is recorded on its own partition as it is written, checked, and fails alone.",
         kinds={"parquet"},
         required_resource_keys={IO_MANAGER_KEY, HUB_RESOURCE_KEY},
         retry_policy=SHARD_RETRY,
+        # the asset records each partition's materialization itself (one per shard, with its own data
+        # version); a ranged run has no single value to output
+        output_required=False,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=spec.shards_per_run),
+        check_specs=[
+            dg.AssetCheckSpec(
+                n.checks.shards_of_run_pass_checks,
+                asset=n.hub_shards,
+                blocking=True,
+                description="Every shard the run built passed its own checks (shard_files_are_nifti, "
+                "shard_row_count_matches_plan, recorded on each partition).",
+            )
+        ],
         **common,
     )
-    def hub_shards(context: dg.AssetExecutionContext, hf_dataset: Dataset, bids_index: pa.Table) -> dg.Output:
-        key = context.partition_key
-        plan = spec.shard_plan(bids_index)
-        version = shard_versions(bids_index, plan)[key]
-        try:
-            shard = build_shard(
-                hf_dataset,
-                bids_index,
-                plan,
-                key,
-                row_group_size=spec.row_group_size,
-                shard_strategy=spec.shard_strategy,
-                compression=spec.compression,
+    def hub_shards(
+        context: dg.AssetExecutionContext, config: ShardRunConfig, hf_dataset: Dataset, bids_index: pa.Table
+    ):
+        plan = spec.shard_plan(bids_index)  # loaded and planned once for the whole range
+        versions = shard_versions(bids_index, plan)
+        keys = list(context.partition_keys)
+        done = _built_in_this_run(context, keys) if context.retry_number else set()
+        if done:
+            context.log.info(f"retry: {len(done)} shard(s) of this range were built before the retry: kept")
+        todo = [k for k in keys if k not in done]
+        storage = getattr(context.resources, IO_MANAGER_KEY)
+        threads = default_threads(len(todo), config.threads)
+        if len(todo) > 1:
+            context.log.info(f"building {len(todo)} shard(s), {threads} at a time")
+
+        def build(key: str, stop: threading.Event) -> _BuiltShard:
+            return _build_and_store(context, spec, storage, hf_dataset, bids_index, plan, key, stop)
+
+        failures: dict[str, BaseException] = {}
+        check_problems: list[str] = []
+        for outcome in build_range(todo, build, threads):
+            key = outcome.key
+            if not outcome.ok:
+                failures[key] = outcome.error
+                shown = outcome.error if isinstance(outcome.error, UserError) else repr(outcome.error)
+                context.log.error(f"{key}: {shown}")
+                continue
+            built = outcome.result
+            for line in built.notes:
+                context.log.info(f"{key}: {line}")
+            for warning in built.shard.warnings:
+                context.log.warning(f"{key}: {warning}")
+            yield dg.AssetMaterialization(
+                asset_key=context.asset_key,
+                partition=key,
+                metadata=built.metadata(),
+                tags=_version_tags(context, versions[key]),
             )
-        except UserError as exc:  # bad files, a stale plan: a retry would fail the same way
-            raise user_failure(exc) from exc
-        for warning in shard.warnings:
-            context.log.warning(warning)
-        value, uploaded = shard, {}
-        if spec.hub.upload_shards and spec.destination:
-            value, uploaded = _preupload(context, spec, shard, plan.num_shards)
-        if value is shard and shard.preview_schema is not None:  # stored now: thumbnails come as it is written
-            value = getattr(context.resources, IO_MANAGER_KEY).store_shard(context.asset_key, key, shard)
-        uploaded |= _qc_mosaic(shard)
-        files_per_column: dict[str, int] = {}
-        for row in shard.rows.files:
-            for f in row:
-                files_per_column[f["column"]] = files_per_column.get(f["column"], 0) + 1
-        return dg.Output(
-            value,
-            data_version=dg.DataVersion(version),
-            metadata=uploaded
-            | {
-                "dagster/row_count": shard.num_rows,
-                "first_row": shard.rows.labels[0],
-                "last_row": shard.rows.labels[-1],
-                "files_per_column": files_per_column,
-            }
-            | ShardSummary(
-                key, shard.start, shard.stop, shard.rows.num_files, shard.nbytes, tuple(shard.warnings)
-            ).metadata(),
+            for name, problems, extra in built.checks:
+                check_problems += [f"{key}: {p}" for p in problems]
+                context.log_event(
+                    AssetCheckEvaluation(
+                        asset_key=context.asset_key,
+                        check_name=name,
+                        passed=not problems,
+                        metadata=check_metadata(problems, **extra),
+                        severity=dg.AssetCheckSeverity.ERROR,
+                        partition=key,
+                        blocking=False,
+                    )
+                )
+        yield dg.AssetCheckResult(
+            check_name=n.checks.shards_of_run_pass_checks,
+            passed=not check_problems,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=check_metadata(check_problems, shards=len(todo) - len(failures), partitions=len(keys)),
         )
+        if failures:
+            raise _range_failure(failures, len(keys))
 
     @dg.asset(
         key=n.hub_upload,
@@ -398,72 +592,82 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             if IndexInfo.of(bids_index).preview
             else None
         )
-        pictures = _published_pictures(
-            [previews[k] for k in plan.keys() if k in previews] if previews else []
-        )
-        try:
-            destination = hf_hub.destination(spec, progress=context.log.info)
-            result = publish_shards(
-                spec.name,
-                bids_index,
-                plan,
-                hub_shards,
-                destination,
-                preview_files=previews,
-                preview_png=pictures.get("card"),
-                preview_default=spec.preview.default,
+        store = getattr(hub_shards, "store", None)  # a remote store: its files are copied to scratch
+        with contextlib.ExitStack() as copies:  # the copies go when the block ends, also on failure
+            try:
+                files, preview_files = copies.enter_context(local_shard_files(hub_shards, previews, plan.keys()))
+            except UserError as exc:  # a stored file changed or was never recorded: a retry cannot fix it
+                raise user_failure(exc) from None
+            pictures = _published_pictures(
+                [preview_files[k] for k in plan.keys() if k in preview_files] if preview_files else []
             )
-        except UserError as exc:  # an unusable destination, shards not ready: retrying cannot fix these
-            raise user_failure(exc) from None
-        report = destination.verify_after_publish(result, bids_index)  # its own default: quick or full
-        kept = _keep_privacy_report(spec, destination, bids_index, hub_shards)
-        if kept is not None:
-            context.log.info(f"privacy report (not published): {kept}")
-        elif IndexInfo.of(bids_index).privacy:
-            context.log.warning(
-                f"the privacy report was not written: a {REPORT_NAME} that the tool did not write is in the way "
-                "(kept); the report is in bids_index's metadata"
-            )
-        context.log.info(report.summary())
-        card = str(result.card)
-        where = destination.metadata(result)
-        summary = PublishSummary.of(result, report, where)
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(
-                publication_version(shard_versions(bids_index, plan), spec.destination or "")
-            ),
-            metadata=_metadata_values(where)
-            | summary.metadata()
-            | (
-                {
-                    "subjects_mosaic": dg.MetadataValue.md(
-                        markdown_png(pictures["subjects"], "one row per subject")
-                    )
-                }
-                if "subjects" in pictures
-                else {}
-            )
-            | {
-                "duration_s": round(time.monotonic() - started, 2),
-                "columns": ", ".join(IndexInfo.of(bids_index).columns),
-                "card": dg.MetadataValue.md(
-                    card if len(card) <= CARD_PREVIEW_CHARS else card[:CARD_PREVIEW_CHARS] + "\n\n…"
-                ),
-            },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name=n.checks.published_copy_verifies,
-                    passed=report.ok,
-                    severity=dg.AssetCheckSeverity.ERROR,
-                    metadata={
-                        "files_checked": report.files_checked,
-                        "bytes_checked": report.bytes_checked,
-                        "summary": report.summary(),
-                    }
-                    # one line per problem: what the CLI and the UI show of a failed check
-                    | ({"problems": "\n".join(report.problem_lines())} if not report.ok else {}),
+            try:
+                destination = hf_hub.destination(spec, progress=context.log.info)
+                result = publish_shards(
+                    spec.name,
+                    bids_index,
+                    plan,
+                    files,
+                    destination,
+                    preview_files=preview_files,
+                    preview_png=pictures.get("card"),
+                    preview_default=spec.preview.default,
                 )
-            ],
-        )
+            except UserError as exc:  # an unusable destination, shards not ready: retrying cannot fix these
+                raise user_failure(exc) from None
+            report = destination.verify_after_publish(result, bids_index)  # its own default: quick or full
+            kept = _keep_privacy_report(spec, destination, bids_index, files if store is not None else hub_shards)
+            if kept is not None and store is not None and not isinstance(destination, LocalFolder):
+                # beside the shards in the store, not in the scratch folder that goes now
+                folder = Path(next(iter(hub_shards.values()))).parent.parent.as_posix()
+                kept = store.upload(kept, f"{folder}/{kept.name}")
+            if kept is not None:
+                context.log.info(f"privacy report (not published): {kept}")
+            elif IndexInfo.of(bids_index).privacy:
+                context.log.warning(
+                    f"the privacy report was not written: a {REPORT_NAME} that the tool did not write is in the way "
+                    "(kept); the report is in bids_index's metadata"
+                )
+            context.log.info(report.summary())
+            card = str(result.card)
+            where = destination.metadata(result)
+            summary = PublishSummary.of(result, report, where)
+            return dg.MaterializeResult(
+                data_version=dg.DataVersion(
+                    publication_version(shard_versions(bids_index, plan), spec.destination or "")
+                ),
+                metadata=_metadata_values(where)
+                | summary.metadata()
+                | (
+                    {
+                        "subjects_mosaic": dg.MetadataValue.md(
+                            markdown_png(pictures["subjects"], "one row per subject")
+                        )
+                    }
+                    if "subjects" in pictures
+                    else {}
+                )
+                | {
+                    "duration_s": round(time.monotonic() - started, 2),
+                    "columns": ", ".join(IndexInfo.of(bids_index).columns),
+                    "card": dg.MetadataValue.md(
+                        card if len(card) <= CARD_PREVIEW_CHARS else card[:CARD_PREVIEW_CHARS] + "\n\n…"
+                    ),
+                },
+                check_results=[
+                    dg.AssetCheckResult(
+                        check_name=n.checks.published_copy_verifies,
+                        passed=report.ok,
+                        severity=dg.AssetCheckSeverity.ERROR,
+                        metadata={
+                            "files_checked": report.files_checked,
+                            "bytes_checked": report.bytes_checked,
+                            "summary": report.summary(),
+                        }
+                        # one line per problem: what the CLI and the UI show of a failed check
+                        | ({"problems": "\n".join(report.problem_lines())} if not report.ok else {}),
+                    )
+                ],
+            )
 
     return [bids_files, bids_index, hf_dataset, hub_shards, hub_upload]

@@ -18,11 +18,7 @@ from ..dataset.shards import ShardPlan
 from ..spec import DatasetSpec
 from .assets import IO_MANAGER_KEY
 from .names import names
-
-
-def _shown(problems: list[str]) -> str:
-    more = f"\n- … {len(problems) - 50} more" if len(problems) > 50 else ""
-    return "\n".join(f"- {p}" for p in problems[:50]) + more
+from .outcomes import check_metadata
 
 
 def _result(problems: list[str], warnings: Sequence[str] = (), **metadata: object) -> dg.AssetCheckResult:
@@ -30,7 +26,7 @@ def _result(problems: list[str], warnings: Sequence[str] = (), **metadata: objec
     return dg.AssetCheckResult(
         passed=not problems and not warnings,
         severity=dg.AssetCheckSeverity.ERROR if problems else dg.AssetCheckSeverity.WARN,
-        metadata={**metadata, "problems": dg.MetadataValue.md(_shown([*problems, *warnings]) or "none")},
+        metadata=check_metadata([*problems, *warnings], **metadata),
     )
 
 

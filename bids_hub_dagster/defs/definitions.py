@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from ..cluster.sizing import k8s_run_tags, run_resources
+from ..pipeline.shard_range import MAX_AUTO_THREADS
 from ..spec import DatasetSpec, check_unique_keys
 from .assets import IO_MANAGER_KEY, build_dataset_assets
 from .automation import build_automation
@@ -44,10 +46,16 @@ def build_definitions(specs: Sequence[DatasetSpec], storage_dir: str | None = No
             ),
             dg.define_asset_job(
                 jobs_of.shards,
+                # the per-shard checks are recorded by the shard asset itself, on each partition it builds
                 selection=dg.AssetSelection.assets(shards).without_checks()
-                | dg.AssetSelection.checks(nifti, row_count),
+                | dg.AssetSelection.checks(names(spec).shards_of_run_pass_checks),
                 partitions_def=shards.partitions_def,
-                description="Build one shard partition (embed its NIfTI bytes), then check it.",
+                # cpu, memory and scratch for the K8sRunLauncher (other launchers ignore the tag)
+                tags=k8s_run_tags(
+                    run_resources(spec.max_shard_size, spec.row_group_size, spec.shards_per_run, MAX_AUTO_THREADS)
+                ),
+                description="Build shard partitions (one, or a range: shards_per_run), embed their NIfTI "
+                "bytes, read each back and check it on its own partition.",
             ),
             dg.define_asset_job(
                 jobs_of.upload,

@@ -44,6 +44,7 @@ class CheckNames:
     shard_files_are_nifti: str = "shard_files_are_nifti"  # on each hub_shards partition
     shard_row_count_matches_plan: str = "shard_row_count_matches_plan"  # on each hub_shards partition
     shards_hold_every_row_once: str = "shards_hold_every_row_once"  # on hub_shards, before the upload
+    shards_of_run_pass_checks: str = "shards_of_run_pass_checks"  # on hub_shards: every shard a run built
     published_copy_verifies: str = "published_copy_verifies"  # on hub_upload
 
     def __iter__(self):
@@ -110,8 +111,13 @@ class DatasetNames:
             dg.AssetCheckKey(self.hub_shards, self.checks.shard_files_are_nifti),
             dg.AssetCheckKey(self.hub_shards, self.checks.shard_row_count_matches_plan),
             dg.AssetCheckKey(self.hub_shards, self.checks.shards_hold_every_row_once),
+            self.shards_of_run_pass_checks,
             self.published_copy_verifies,
         )
+
+    @property
+    def shards_of_run_pass_checks(self) -> dg.AssetCheckKey:
+        return dg.AssetCheckKey(self.hub_shards, self.checks.shards_of_run_pass_checks)
 
     @property
     def published_copy_verifies(self) -> dg.AssetCheckKey:

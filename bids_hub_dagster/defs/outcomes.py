@@ -7,6 +7,19 @@ import dagster as dg
 from ..errors import UserError
 
 USER_ERROR = "user_error"  # metadata key of a step failure caused by the user's input
+FAILED_SHARDS = "failed_shards"  # metadata key of a shard run's failure: {partition: message}
+SHOWN_PROBLEMS = 50  # problems listed in a check's metadata (the count says the rest)
+
+
+def problems_markdown(problems: list[str]) -> str:
+    """Problems as a markdown list, the first :data:`SHOWN_PROBLEMS` of them."""
+    more = f"\n- … {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+    return "\n".join(f"- {p}" for p in problems[:SHOWN_PROBLEMS]) + more
+
+
+def check_metadata(problems: list[str], **metadata: object) -> dict[str, object]:
+    """A check result's metadata: ``metadata`` and its problems (``none``), as the CLI and the UI show them."""
+    return {**metadata, "problems": dg.MetadataValue.md(problems_markdown(problems) or "none")}
 
 
 def user_failure(exc: UserError, metadata: dict[str, object] | None = None) -> dg.Failure:

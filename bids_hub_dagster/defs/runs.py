@@ -340,7 +340,7 @@ class PoolWait:
 ESCALATE_SECONDS = 2.0
 #: the signal the watchdog sends the main thread to raise the interrupt there: it also ends a sleep
 ESCALATE_SIGNAL = signal.SIGUSR1
-_PROCESS = {"worker": False, "in_run": False, "escalate": False}
+_PROCESS = {"in_run": False, "escalate": False}
 
 
 def _on_escalate(signum, frame) -> None:
@@ -448,8 +448,7 @@ class _Watchdog:
             return []
 
     def _watch(self) -> None:
-        if not _PROCESS["worker"]:  # a shard worker leaves Ctrl-C to its parent
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         checked = time.monotonic()
         while not self.done.wait(0.1):
             if received := self._signals():
@@ -508,6 +507,8 @@ def execute_job(
     *,
     run_config: dict,
     partition_key: str | None = None,
+    tags: dict[str, str] | None = None,
+    run_id: str | None = None,
     pool_wait: PoolWait | None = None,
     on_abandon: Callable[[BaseException], None] = _no_cleanup,
 ) -> dg.ExecuteInProcessResult:
@@ -518,7 +519,7 @@ def execute_job(
     (:class:`SlotTimeout`). When a run cannot be stopped, ``on_abandon(reason)`` is called
     (the Interrupted or SlotTimeout) and the process exits.
     """
-    run_id = make_new_run_id()
+    run_id = run_id or make_new_run_id()
     _PROCESS["in_run"] = True
     try:
         with _Watchdog(instance, run_id, pool_wait, on_abandon):
@@ -528,7 +529,7 @@ def execute_job(
                 partition_key=partition_key,
                 raise_on_error=False,
                 run_id=run_id,
-                tags=process_tags(),
+                tags=dict(tags or {}) | process_tags(),
             )
     finally:
         _PROCESS["in_run"] = False
@@ -565,45 +566,6 @@ def signals_deferred() -> Iterator[list[int]]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def sigint_blocked() -> Iterator[None]:
-    """Within: SIGINT is held back (delivered at the end); processes spawned inside keep it blocked."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
-def worker_init() -> None:
-    """Initializer of shard worker processes: Ctrl-C is the parent's; SIGTERM stops the current run.
-
-    A stopped worker starts no other run and ends normally when its parent shuts the pool down.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # and blocked, since the parent spawned it so
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-
-    def on_term(signum, frame):
-        _PROCESS["stopping"] = True
-        if _PROCESS["in_run"]:
-            raise Interrupted(signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    _PROCESS["worker"] = True
-
-
-def in_worker() -> bool:
-    return _PROCESS["worker"]
-
-
-def worker_stopping() -> bool:
-    """Whether this shard worker was told to stop (it starts no more runs)."""
-    return bool(_PROCESS.get("stopping"))
 
 
 DEAD_RUNS_SENSOR = "bids_hub_dead_runs"
