@@ -218,7 +218,14 @@ def test_shard_checks_run_with_each_shard_and_coverage_with_the_upload(pipeline)
     key = "shard-00001"
     result = pipeline.run(pipeline.jobs.shards, key)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"shard_files_are_nifti": True, "shard_row_count_matches_plan": True}
+    # the two of the shard, on its partition, and the one over the run
+    assert checks == {
+        "shard_files_are_nifti": True,
+        "shard_row_count_matches_plan": True,
+        "shards_of_run_pass_checks": True,
+    }
+    partitions = {e.check_name: e.partition for e in result.get_asset_check_evaluations()}
+    assert partitions["shard_files_are_nifti"] == partitions["shard_row_count_matches_plan"] == key
     upload = pipeline.run(pipeline.jobs.upload)
     assert {e.check_name: e.passed for e in upload.get_asset_check_evaluations()} == {
         "shards_hold_every_row_once": True,

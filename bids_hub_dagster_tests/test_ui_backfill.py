@@ -251,8 +251,11 @@ def run_partitions(backfill: dict) -> list[tuple[str, str]]:
     runs = []
     for run in backfill["runs"]:
         tags = {t["key"]: t["value"] for t in run["tags"]}
-        if "dagster/asset_partition_range_start" in tags:
-            partition = f"{tags['dagster/asset_partition_range_start']}…{tags['dagster/asset_partition_range_end']}"
+        start, end = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+        if start is not None and start != end:
+            partition = f"{start}…{end}"
+        elif start is not None:
+            partition = start
         else:
             partition = tags.get("dagster/partition", "-")
         runs.append((partition, run["status"]))

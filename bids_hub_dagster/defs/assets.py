@@ -489,7 +489,12 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         # the asset records each partition's materialization itself (one per shard, with its own data
         # version); a ranged run has no single value to output
         output_required=False,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=spec.shards_per_run),
+        # UI backfills: shards_per_run partitions a run (one: Dagster's default, a run per partition)
+        backfill_policy=(
+            dg.BackfillPolicy.multi_run(max_partitions_per_run=spec.shards_per_run)
+            if spec.shards_per_run > 1
+            else None
+        ),
         check_specs=[
             dg.AssetCheckSpec(
                 n.checks.shards_of_run_pass_checks,
@@ -595,7 +600,9 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
         store = getattr(hub_shards, "store", None)  # a remote store: its files are copied to scratch
         with contextlib.ExitStack() as copies:  # the copies go when the block ends, also on failure
             try:
-                files, preview_files = copies.enter_context(local_shard_files(hub_shards, previews, plan.keys()))
+                files, preview_files = copies.enter_context(
+                    local_shard_files(hub_shards, previews, plan.keys())
+                )
             except UserError as exc:  # a stored file changed or was never recorded: a retry cannot fix it
                 raise user_failure(exc) from None
             pictures = _published_pictures(
@@ -616,7 +623,9 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             except UserError as exc:  # an unusable destination, shards not ready: retrying cannot fix these
                 raise user_failure(exc) from None
             report = destination.verify_after_publish(result, bids_index)  # its own default: quick or full
-            kept = _keep_privacy_report(spec, destination, bids_index, files if store is not None else hub_shards)
+            kept = _keep_privacy_report(
+                spec, destination, bids_index, files if store is not None else hub_shards
+            )
             if kept is not None and store is not None and not isinstance(destination, LocalFolder):
                 # beside the shards in the store, not in the scratch folder that goes now
                 folder = Path(next(iter(hub_shards.values()))).parent.parent.as_posix()
