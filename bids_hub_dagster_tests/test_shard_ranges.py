@@ -8,6 +8,7 @@ versions and checks; the same command rebuilds only the failed one once the file
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from bids_hub_dagster.cli import main, shard_ranges
 from bids_hub_dagster.defs.io_managers import default_storage_dir
 from bids_hub_dagster.pipeline.shard_range import (
     ShardBuildStopped,
+    available_cpus,
     build_range,
     default_threads,
     until_stopped,
@@ -81,6 +83,15 @@ def test_closing_the_iteration_stops_running_builds_and_drops_the_rest() -> None
     assert time.monotonic() - begun < 2  # the running build stopped at its next row group
     # k1 and, when the free thread took it before the close, k2 were stopped; k3…k7 never started
     assert set(started) in ({"k0", "k1"}, {"k0", "k1", "k2"}) and set(stopped) == set(started) - {"k0"}
+
+
+def test_threads_follow_a_containers_cpu_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # a Kubernetes limit of 1500m: two cores, rounded up
+    assert available_cpus(cpu_max) == min(2, len(os.sched_getaffinity(0)))
+    cpu_max.write_text("max 100000\n")
+    assert available_cpus(cpu_max) == len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path / "missing") == len(os.sched_getaffinity(0))
 
 
 def test_default_threads_and_ranges() -> None:

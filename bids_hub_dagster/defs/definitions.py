@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from ..cluster.sizing import k8s_run_tags, run_resources
+from ..cluster.sizing import k8s_run_tags, run_resources, upload_run_resources
 from ..pipeline.shard_range import MAX_AUTO_THREADS
 from ..spec import DatasetSpec, check_unique_keys
 from .assets import IO_MANAGER_KEY, build_dataset_assets
@@ -60,6 +60,8 @@ def build_definitions(specs: Sequence[DatasetSpec], storage_dir: str | None = No
             dg.define_asset_job(
                 jobs_of.upload,
                 selection=dg.AssetSelection.assets(upload) | dg.AssetSelection.checks(coverage),
+                # scratch for one commit batch of shards copied back from object storage
+                tags=k8s_run_tags(upload_run_resources(spec.max_shard_size, spec.hub.files_per_commit)),
                 description=f"Check that the shards hold every row once, publish them and the card to "
                 f"{spec.destination or '(no destination set)'}, verify.",
             ),

@@ -15,10 +15,12 @@ the atomic writer. The wait for them is bounded by ``grace`` seconds.
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -43,10 +45,24 @@ class ShardOutcome(Generic[T]):
         return self.error is None
 
 
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, and a container's CPU quota (cgroup v2
+    ``cpu.max``, what a Kubernetes cpu limit sets) when it is lower. ``os.cpu_count()`` counts
+    the whole node's cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read: the affinity counts
+    return max(1, cores)
+
+
 def default_threads(num_shards: int, requested: int = 0) -> int:
-    """Shards built at a time: ``requested`` when given (> 0), else one per core, at most 4; never
-    more than the shards there are."""
-    wanted = requested if requested > 0 else min(os.cpu_count() or 1, MAX_AUTO_THREADS)
+    """Shards built at a time: ``requested`` when given (> 0), else one per available core
+    (:func:`available_cpus`), at most 4; never more than the shards there are."""
+    wanted = requested if requested > 0 else min(available_cpus(), MAX_AUTO_THREADS)
     return max(1, min(wanted, num_shards))
 
 
