@@ -24,7 +24,6 @@ import click
 from .errors import ConfigError, UserError
 
 if TYPE_CHECKING:
-
     from .spec import DatasetSpec
 
 # Only light modules are imported above: Ctrl-C is the CLI's own from the moment cli() starts, so
@@ -222,6 +221,7 @@ class _ShardProgress:
 
 def _run_shards(
     spec: DatasetSpec,
+    job,
     partitions: list[str],
     todo: list[str],
     workers: int,
@@ -237,14 +237,15 @@ def _run_shards(
     read the same file.
     """
 
-    from .defs import build_definitions, names, runs
+    from .defs import names, runs
 
-    job = build_definitions([spec]).resolve_job_def(names(spec).jobs.shards)
     failures: dict[str, str] = {}
     size = max(spec.shards_per_run, CLI_SHARDS_PER_RUN)
     for keys in shard_ranges(partitions, todo, size):
         threads = min(workers, len(keys))
-        bar.set_description(f"{spec.name}: {keys[0]}" + (f"…{keys[-1]} ({threads} at a time)" if len(keys) > 1 else ""))
+        bar.set_description(
+            f"{spec.name}: {keys[0]}" + (f"…{keys[-1]} ({threads} at a time)" if len(keys) > 1 else "")
+        )
         counted = bar.n
         tags = (
             {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
@@ -498,7 +499,15 @@ def run_publish(
         bar.total = len(todo) + 2
         bar.update(1)
         failures = _run_shards(
-            spec, keys, todo, workers or default_workers(len(todo)), log_level, bar, instance, stop.finish
+            spec,
+            defs.resolve_job_def(jobs.shards),
+            keys,
+            todo,
+            workers or default_workers(len(todo)),
+            log_level,
+            bar,
+            instance,
+            stop.finish,
         )
         if failures:
             bar.close()

@@ -190,7 +190,11 @@ def _build_and_store(
     seconds = time.monotonic() - started
     audit = audit_shard_file(written.path)  # read back: what the file holds, not what was meant
     checks = [
-        (CHECKS.shard_files_are_nifti, audit.problems, {"cells_checked": audit.cells, "rows": audit.num_rows}),
+        (
+            CHECKS.shard_files_are_nifti,
+            audit.problems,
+            {"cells_checked": audit.cells, "rows": audit.num_rows},
+        ),
         (
             CHECKS.shard_row_count_matches_plan,
             audit.problems or row_count_problems(audit, key, plan.range_of(key)),
@@ -267,9 +271,7 @@ def _built_in_this_run(context: dg.AssetExecutionContext, keys: list[str]) -> se
 
 
 def _is_user_error(exc: BaseException) -> bool:
-    return isinstance(exc, UserError) or (
-        isinstance(exc, dg.Failure) and USER_ERROR in (exc.metadata or {})
-    )
+    return isinstance(exc, UserError) or (isinstance(exc, dg.Failure) and USER_ERROR in (exc.metadata or {}))
 
 
 def _range_failure(failures: dict[str, BaseException], num_keys: int) -> dg.Failure:
@@ -290,7 +292,8 @@ def _range_failure(failures: dict[str, BaseException], num_keys: int) -> dg.Fail
     if user:
         metadata[USER_ERROR] = "ShardFilesError"
     return dg.Failure(
-        f"{len(failures)} of {num_keys} shard(s) of the run failed; the others are recorded:\n" + "\n".join(lines),
+        f"{len(failures)} of {num_keys} shard(s) of the run failed; the others are recorded:\n"
+        + "\n".join(lines),
         allow_retries=not user,
         metadata=metadata,
     )
