@@ -181,6 +181,111 @@ def _range_failures(spec: DatasetSpec, keys: list[str], result) -> dict[str, str
     return {k: per_shard.get(k, message) for k in keys if k not in built}
 
 
+#: how long the CLI follows one run it submitted to a run launcher (queueing included); its run
+#: monitoring ends a run that hangs far sooner (max_runtime_seconds)
+RUN_WAIT_ENV = "BIDS_HUB_RUN_TIMEOUT"
+DEFAULT_RUN_WAIT = 86400.0
+
+
+def run_wait_timeout() -> float:
+    """``$BIDS_HUB_RUN_TIMEOUT`` seconds (default a day): the bound on following one remote run."""
+    raw = os.environ.get(RUN_WAIT_ENV)
+    try:
+        value = float(raw) if raw else DEFAULT_RUN_WAIT
+    except ValueError:
+        raise ConfigError(f"{RUN_WAIT_ENV}={raw!r} is not a number of seconds.") from None
+    if value <= 0:
+        raise ConfigError(f"{RUN_WAIT_ENV}={raw!r} must be a positive number of seconds.")
+    return value
+
+
+class _RemoteResult:
+    """A run a run launcher executed elsewhere, read back from the instance as the CLI reads a local one."""
+
+    def __init__(self, instance, run):
+        import dagster as dg
+
+        self.run = run
+        self.success = run.status == dg.DagsterRunStatus.SUCCESS
+        self.all_events = [
+            r.dagster_event for r in instance.all_logs(run.run_id) if r.dagster_event is not None
+        ]
+
+    def get_asset_materialization_events(self) -> list:
+        import dagster as dg
+
+        return [e for e in self.all_events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
+
+
+@dataclasses.dataclass
+class _Jobs:
+    """Runs the dataset's jobs: in this process, or through the instance's run launcher (``remote``),
+    which queues each run for the daemon and the workers; the CLI then follows it to its end."""
+
+    defs: object
+    instance: object
+    remote: bool
+    on_abandon: object
+
+    def run(
+        self, job_name: str, run_config: dict, *, partition_key=None, tags=None, run_id=None, pool_wait=None
+    ):
+        from .defs import launch, runs
+
+        if not self.remote:
+            return runs.execute_job(
+                self.defs.resolve_job_def(job_name),
+                self.instance,
+                run_config=run_config,
+                partition_key=partition_key,
+                tags=tags,
+                run_id=run_id,
+                pool_wait=pool_wait,
+                on_abandon=self.on_abandon,
+            )
+        run = launch.launch_job(
+            self.instance,
+            job_name,
+            timeout=run_wait_timeout(),
+            run_config=_remote_config(run_config),
+            tags=tags,
+            partition_key=partition_key,
+        )
+        return _RemoteResult(self.instance, run)
+
+    def run_all(self, job_name: str, batches: list[tuple[dict, dict]]) -> list:
+        """Remote only: submit every (run config, tags) at once, so the workers share them; follow each."""
+        from .defs import launch
+
+        submitted = []
+        try:
+            for run_config, tags in batches:
+                submitted.append(
+                    launch.submit_job(
+                        self.instance, job_name, run_config=_remote_config(run_config), tags=tags
+                    )
+                )
+            deadline = time.monotonic() + run_wait_timeout()
+            return [
+                _RemoteResult(
+                    self.instance,
+                    launch.follow_run(
+                        self.instance, run.run_id, timeout=max(1.0, deadline - time.monotonic())
+                    ),
+                )
+                for run in submitted
+            ]
+        except BaseException:  # Ctrl-C, a timeout: none of the runs is left going
+            for run in submitted:
+                launch.stop_run(self.instance, run.run_id, timeout=10.0)
+            raise
+
+
+def _remote_config(run_config: dict) -> dict:
+    """A run config for a remote run: the console loggers' level is this terminal's business, not theirs."""
+    return {k: v for k, v in run_config.items() if k != "loggers"}
+
+
 class _ShardProgress:
     """Moves the progress bar as a run materializes shards (polls the run's event log once a second)."""
 
@@ -219,27 +324,48 @@ class _ShardProgress:
                 self.seen = count
 
 
+def _range_tags(keys: list[str]) -> dict[str, str]:
+    if len(keys) == 1:
+        return {"dagster/partition": keys[0]}
+    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+
+
 def _run_shards(
     spec: DatasetSpec,
-    job,
+    jobs: _Jobs,
     partitions: list[str],
     todo: list[str],
     workers: int,
     log_level: str,
     bar,
-    instance,
-    on_abandon=None,
 ) -> dict[str, str]:
-    """Build the shard partitions ``todo``: contiguous ranges, one in-process run each, ``workers``
-    shards at a time inside the run (threads). Returns the failures by key.
+    """Build the shard partitions ``todo``: contiguous ranges, one run each, ``workers`` shards at a
+    time inside the run (threads). Returns the failures by key.
 
+    In this process, the ranges run one after the other (each uses the cores); through a run
+    launcher, ranges of ``shards_per_run`` are all submitted at once, for the workers to share.
     Partitions hold disjoint rows and every file belongs to one row, so no two threads ever
     read the same file.
     """
-
     from .defs import names, runs
 
     failures: dict[str, str] = {}
+    job_name = names(spec).jobs.shards
+    if jobs.remote:
+        ranges = shard_ranges(partitions, todo, spec.shards_per_run)
+        bar.set_description(f"{spec.name}: {len(ranges)} shard run(s) submitted")
+        results = jobs.run_all(
+            job_name,
+            [
+                (_shard_run_config(spec, log_level, min(workers, len(keys))), _range_tags(keys))
+                for keys in ranges
+            ],
+        )
+        for keys, result in zip(ranges, results, strict=True):
+            if not result.success:
+                failures |= _range_failures(spec, keys, result)
+            bar.update(len(keys))
+        return {k: failures[k] for k in todo if k in failures}
     size = max(spec.shards_per_run, CLI_SHARDS_PER_RUN)
     for keys in shard_ranges(partitions, todo, size):
         threads = min(workers, len(keys))
@@ -247,27 +373,37 @@ def _run_shards(
             f"{spec.name}: {keys[0]}" + (f"…{keys[-1]} ({threads} at a time)" if len(keys) > 1 else "")
         )
         counted = bar.n
-        tags = (
-            {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
-            if len(keys) > 1
-            else {}
-        )
-
         run_id = runs.make_new_run_id()
-        with _ShardProgress(instance, run_id, names(spec).hub_shards, bar):
-            result = runs.execute_job(
-                job,
-                instance,
-                run_config=_shard_run_config(spec, log_level, threads),
+        with _ShardProgress(jobs.instance, run_id, names(spec).hub_shards, bar):
+            result = jobs.run(
+                job_name,
+                _shard_run_config(spec, log_level, threads),
                 partition_key=keys[0] if len(keys) == 1 else None,
-                tags=tags,
+                tags=_range_tags(keys) if len(keys) > 1 else None,
                 run_id=run_id,
-                on_abandon=on_abandon or (lambda reason: None),
             )
         if not result.success:
             failures |= _range_failures(spec, keys, result)
         bar.update(max(0, counted + len(keys) - bar.n))  # the failed ones count as done too
     return {k: failures[k] for k in todo if k in failures}
+
+
+def _check_spec_matches_code_location(spec: DatasetSpec) -> None:
+    """Runs on remote workers rebuild the spec from their code location (``BIDS_HUB_SPECS``): the
+    spec this command publishes must be that one, overrides and all, or the workers would build
+    another dataset than the one this command indexed and plans."""
+    from .spec import load_specs
+
+    specs_path = os.environ.get("BIDS_HUB_SPECS")
+    served = {s.name: s for s in load_specs(specs_path)} if specs_path else {}
+    if served.get(spec.name) is None or served[spec.name].to_yaml() != spec.to_yaml():
+        raise click.UsageError(
+            f"this instance launches runs on remote workers (its dagster.yaml names a run launcher), which "
+            f"load the specs of BIDS_HUB_SPECS ({specs_path or 'unset'}); the spec {spec.name!r} given here "
+            f"{'differs from the one there' if spec.name in served else 'is not among them'}. Publish with "
+            f"--spec pointing at that spec file and no overrides (--to, --num-shards, ...), with the same "
+            "BIDS_HUB_SPECS as the workers."
+        )
 
 
 def default_workers(num_shards: int) -> int:
@@ -473,12 +609,16 @@ def run_publish(
     quiet = _quiet(log_level)
     timeout = runs.slot_timeout(slot_timeout)
     with dg.DagsterInstance.get() as instance, _stoppable(instance, spec) as stop:
+        from .defs import launch
+
+        remote = launch.uses_remote_launcher(instance)
+        if remote:
+            _check_spec_matches_code_location(spec)
+        runner = _Jobs(defs, instance, remote, stop.finish)
         bar = stop.bar = tqdm(
             total=2, desc=f"{spec.name}: index", unit="step", disable=not progress, file=sys.stderr
         )
-        result = runs.execute_job(
-            defs.resolve_job_def(jobs.prepare), instance, run_config=quiet, on_abandon=stop.finish
-        )
+        result = runner.run(jobs.prepare, quiet)
         if not result.success:
             bar.close()
             click.echo(f"error: indexing {spec.bids_root} failed:\n{_failure_message(result)}", err=True)
@@ -499,15 +639,7 @@ def run_publish(
         bar.total = len(todo) + 2
         bar.update(1)
         failures = _run_shards(
-            spec,
-            defs.resolve_job_def(jobs.shards),
-            keys,
-            todo,
-            workers or default_workers(len(todo)),
-            log_level,
-            bar,
-            instance,
-            stop.finish,
+            spec, runner, keys, todo, workers or (0 if remote else default_workers(len(todo))), log_level, bar
         )
         if failures:
             bar.close()
@@ -525,15 +657,13 @@ def run_publish(
         for line in _shard_warnings(instance, spec, todo):
             tqdm.write(f"warning: {line}", file=sys.stderr)
         bar.set_description(f"{spec.name}: publish")
-        pool_wait = runs.PoolWait(instance, n.pool, timeout, lambda line: tqdm.write(line, file=sys.stderr))
-        pool_wait.wait()  # says which run holds the slot; gives up after the timeout
-        result = runs.execute_job(
-            defs.resolve_job_def(jobs.upload),
-            instance,
-            run_config=quiet,
-            pool_wait=pool_wait,
-            on_abandon=stop.finish,
-        )
+        pool_wait = None
+        if not remote:  # a remote run waits for its slot in the instance's queue (run coordinator)
+            pool_wait = runs.PoolWait(
+                instance, n.pool, timeout, lambda line: tqdm.write(line, file=sys.stderr)
+            )
+            pool_wait.wait()  # says which run holds the slot; gives up after the timeout
+        result = runner.run(jobs.upload, quiet, pool_wait=pool_wait)
         bar.update(1)
         bar.close()
         if not result.success:
