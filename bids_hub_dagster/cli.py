@@ -420,8 +420,6 @@ def _shards_to_build(spec: DatasetSpec, keys: list[str], instance, rebuild: bool
     """
     if rebuild:
         return list(keys)
-    import pyarrow.parquet as pq
-
     from .defs import names
     from .defs.automation import read_built_state
     from .defs.io_managers import BidsHubParquetIOManager, default_storage_dir
@@ -430,7 +428,7 @@ def _shards_to_build(spec: DatasetSpec, keys: list[str], instance, rebuild: bool
 
     storage = BidsHubParquetIOManager(base_dir=default_storage_dir())
     n = names(spec)
-    table = pq.read_table(storage.asset_path(n.bids_index))  # just indexed by the prepare run
+    table = storage.read_table(n.bids_index)  # just indexed by the prepare run
     current = shard_versions(table, spec.shard_plan(table))
     built = read_built_state(instance, spec).shard_versions
     stale = shards_to_build(
@@ -454,11 +452,15 @@ def _remove_partial_files(instance, spec: DatasetSpec) -> list[Path]:
     from .defs import names, runs
     from .defs.io_managers import default_storage_dir
     from .publish.hub import is_hub_url
+    from .storage import is_remote
 
     jobs = set(names(spec).jobs)
     if any(r.job_name in jobs for r in instance.get_runs(filters=runs.RunsFilter(statuses=runs.IN_PROGRESS))):
         return []
-    candidates = _own_temporary_files(Path(default_storage_dir()) / names(spec).key, recursive=True)
+    storage = default_storage_dir()  # a URL holds no partial files: objects appear whole
+    candidates = (
+        [] if is_remote(storage) else _own_temporary_files(Path(storage) / names(spec).key, recursive=True)
+    )
     if spec.destination and not is_hub_url(spec.destination):
         candidates += _destination_temporary_files(Path(spec.destination))
     removed = []

@@ -186,9 +186,17 @@ def _build_and_store(
     )
     shard = dataclasses.replace(shard, groups=until_stopped(shard.groups, stop))
     started = time.monotonic()
-    written = storage.store_shard(context.asset_key, key, shard)
-    seconds = time.monotonic() - started
-    audit = audit_shard_file(written.path)  # read back: what the file holds, not what was meant
+    notes: list[str] = []
+    read_back: dict[str, object] = {"extra": {}}
+
+    def after_stored(path: Path) -> None:  # the stored file, or its scratch copy under a URL
+        read_back["seconds"] = time.monotonic() - started
+        audit = read_back["audit"] = audit_shard_file(path)  # what the file holds, not what was meant
+        if spec.hub.upload_shards and spec.destination and not audit.problems:
+            read_back["extra"] = _preupload(context, spec, path, key, plan.num_shards, notes)
+
+    written = storage.store_shard(context.asset_key, key, shard, on_stored=after_stored)
+    seconds, audit = read_back["seconds"], read_back["audit"]
     checks = [
         (
             CHECKS.shard_files_are_nifti,
@@ -201,10 +209,7 @@ def _build_and_store(
             {"rows": audit.num_rows},
         ),
     ]
-    notes: list[str] = []
-    extra = _qc_mosaic(shard)
-    if spec.hub.upload_shards and spec.destination and not audit.problems:
-        extra |= _preupload(context, spec, written.path, key, plan.num_shards, notes)
+    extra = _qc_mosaic(shard) | read_back["extra"]
     return _BuiltShard(shard, written, seconds, extra, checks, notes)
 
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..dataset.audit import audit_shard_file, row_count_problems, shard_coverage
 from ..dataset.shards import ShardPlan
@@ -41,7 +40,7 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
 
     def current_plan(context: dg.AssetCheckExecutionContext) -> tuple[pa.Table, ShardPlan]:
         """The stored index and the shard plan it gives."""
-        table = pq.read_table(stored(context).asset_path(index_key))
+        table = stored(context).read_table(index_key)
         return table, spec.shard_plan(table)
 
     @dg.asset_check(
@@ -54,7 +53,8 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
         "no zero-byte, missing or foreign (HTML, text) file.",
     )
     def shard_files_are_nifti(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        audit = audit_shard_file(stored(context).partition_path(key, context.partition_key))
+        with stored(context).local_shard(key, context.partition_key) as path:
+            audit = audit_shard_file(path)
         return _result(audit.problems, cells_checked=audit.cells, rows=audit.num_rows)
 
     @dg.asset_check(
@@ -67,9 +67,8 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
     )
     def shard_row_count_matches_plan(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         _, plan = current_plan(context)
-        audit = audit_shard_file(
-            stored(context).partition_path(key, context.partition_key), check_cells=False
-        )
+        with stored(context).local_shard(key, context.partition_key) as path:
+            audit = audit_shard_file(path, check_cells=False)
         problems = audit.problems or row_count_problems(
             audit, context.partition_key, plan.range_of(context.partition_key)
         )
@@ -84,10 +83,10 @@ def build_shard_checks(spec: DatasetSpec, shards: dg.AssetsDefinition) -> list[d
     )
     def shards_hold_every_row_once(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         table, plan = current_plan(context)
-        audits = {
-            k: audit_shard_file(stored(context).partition_path(key, k), check_cells=False)
-            for k in plan.keys()
-        }
+        audits = {}
+        for k in plan.keys():  # under a URL, one shard copied to scratch at a time
+            with stored(context).local_shard(key, k) as path:
+                audits[k] = audit_shard_file(path, check_cells=False)
         coverage = shard_coverage(audits, table.num_rows, dict(zip(plan.keys(), plan.ranges, strict=True)))
         # shards not built yet only warn: they are normal while a backfill runs, and hub_upload
         # refuses them itself, naming them

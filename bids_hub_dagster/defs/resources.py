@@ -10,6 +10,7 @@ from ..publish.destinations import Destination, DestinationError
 from ..publish.hub import Backoff
 from ..publish.publication import parse_destination
 from ..spec import DatasetSpec
+from ..storage import is_remote
 from .io_managers import default_storage_dir
 
 HUB_RESOURCE_KEY = "hf_hub"  # the resource key; the pool hub_upload runs in is names.HUB_POOL
@@ -50,7 +51,8 @@ def tool_folders() -> tuple[Path, ...]:
     """The folders of the tool itself, which no destination may be or lie inside: the shard
     storage, and the folders where the Dagster instance keeps its runs, event logs and logs.
     (Other folders under ``$DAGSTER_HOME``, like the UI demo's, may hold a publication.)"""
-    folders = [Path(default_storage_dir())]
+    storage = default_storage_dir()
+    folders = [] if is_remote(storage) else [Path(storage)]  # a URL holds no local destination
     if os.environ.get("DAGSTER_HOME"):
         home = Path(os.environ["DAGSTER_HOME"])
         folders += [home / "storage", home / "history", home / "schedules", home / "logs"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,53 @@ def parse_destination(
     if "://" in value:
         raise DestinationError(f"{value}: destinations are a local folder or hf://datasets/ORG/NAME.")
     return LocalFolder(value, sources=sources, tool_folders=tool_folders, for_reading=for_reading)
+
+
+@contextlib.contextmanager
+def local_shard_files(
+    files: Mapping[str, Path],
+    preview_files: Mapping[str, Path] | None = None,
+    keys: Iterable[str] | None = None,
+) -> Iterator[tuple[dict[str, Path], dict[str, Path] | None]]:
+    """Local paths of the shards (and previews) to publish, for as long as the block runs.
+
+    ``files`` as the IO manager hands them over: stored files (a local storage folder) are
+    given as they are, nothing copied. When ``files`` carries a remote ``store`` (its
+    values are keys in that store, see ``defs.io_managers.StoredFiles``), the files of
+    ``keys`` (default: all) are copied to scratch (``BIDS_HUB_SCRATCH``), each verified
+    against its recorded sha256 as it is copied, and removed when the block ends, also
+    on failure or Ctrl-C. Files not stored are left out: :func:`publish_shards` names them.
+    A local destination hard-links the copies when the scratch folder is on its file
+    system, so removing them afterwards amounts to moving them in.
+
+    Raises:
+        storage.StoreError: a stored file has no digest record, or its bytes differ from it.
+    """
+    wanted = list(files) if keys is None else [k for k in keys if k in files]
+    store = getattr(files, "store", None)
+    if store is None or not store.remote:
+        yield (
+            {k: Path(files[k]) for k in wanted},
+            {k: Path(preview_files[k]) for k in wanted if k in preview_files}
+            if preview_files is not None
+            else None,
+        )
+        return
+    names = [Path(files[k]).as_posix() for k in wanted]
+    if preview_files is not None:
+        names += [Path(preview_files[k]).as_posix() for k in wanted if k in preview_files]
+    with store.fetched(names, missing_ok=True) as copies:
+        shards = {k: copies[n] for k in wanted if (n := Path(files[k]).as_posix()) in copies}
+        previews = (
+            {
+                k: copies[n]
+                for k in wanted
+                if k in preview_files and (n := Path(preview_files[k]).as_posix()) in copies
+            }
+            if preview_files is not None
+            else None
+        )
+        yield shards, previews
 
 
 class ShardsNotReadyError(UserError):
