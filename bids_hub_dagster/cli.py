@@ -178,7 +178,10 @@ def _range_failures(spec: DatasetSpec, keys: list[str], result) -> dict[str, str
             if value is not None:
                 per_shard |= {str(k): str(v) for k, v in value.value.items()}
     message = _failure_message(result)
-    return {k: per_shard.get(k, message) for k in keys if k not in built}
+    failed = {k: per_shard.get(k, message) for k in keys if k not in built}
+    # a run that failed with every shard built (a failed check, a failure after the last shard):
+    # none of its shards counts as built for this publish
+    return failed or {k: per_shard.get(k, message) for k in keys}
 
 
 #: how long the CLI follows one run it submitted to a run launcher (queueing included); its run

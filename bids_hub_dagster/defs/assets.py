@@ -546,20 +546,26 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
                 context.log.info(f"{key}: {line}")
             for warning in built.shard.warnings:
                 context.log.warning(f"{key}: {warning}")
-            yield dg.AssetMaterialization(
-                asset_key=context.asset_key,
-                partition=key,
-                metadata=built.metadata(),
-                tags=_version_tags(context, versions[key]),
-            )
-            for name, problems, extra in built.checks:
-                check_problems += [f"{key}: {p}" for p in problems]
+            found_once = list(dict.fromkeys(p for _, found, _ in built.checks for p in found))
+            problems = [f"{key}: {p}" for p in found_once]
+            if not problems:  # a stored file that fails its checks is not recorded as built
+                yield dg.AssetMaterialization(
+                    asset_key=context.asset_key,
+                    partition=key,
+                    metadata=built.metadata(),
+                    tags=_version_tags(context, versions[key]),
+                )
+            else:
+                failures[key] = UserError(f"the stored shard fails its checks: {'; '.join(found_once)}")
+                context.log.error(f"{key}: the stored shard fails its checks")
+            check_problems += problems
+            for name, found, extra in built.checks:
                 context.log_event(
                     AssetCheckEvaluation(
                         asset_key=context.asset_key,
                         check_name=name,
-                        passed=not problems,
-                        metadata=check_metadata(problems, **extra),
+                        passed=not found,
+                        metadata=check_metadata(found, **extra),
                         severity=dg.AssetCheckSeverity.ERROR,
                         partition=key,
                         blocking=False,
