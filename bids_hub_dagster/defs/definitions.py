@@ -72,6 +72,9 @@ def build_definitions(specs: Sequence[DatasetSpec], storage_dir: str | None = No
         schedules += dataset_schedules
     sensors.append(build_dead_run_sensor())
     return dg.Definitions(
+        # one process per run: a shard run builds its shards in threads (pipeline.shard_range), and a
+        # run worker inside a Celery worker (a daemonic process) cannot start step processes
+        executor=dg.in_process_executor,
         assets=assets,
         asset_checks=checks,
         jobs=jobs,

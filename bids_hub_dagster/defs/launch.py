@@ -101,7 +101,9 @@ def _workspace(instance: dg.DagsterInstance, module: str, location_name: str, wo
         workspace = context.create_request_context()
         if workspace.has_code_location_error(location_name):
             error = workspace.get_code_location_error(location_name)
-            raise LaunchError(f"the code location {module} does not load:\n{error.to_string() if error else ''}")
+            raise LaunchError(
+                f"the code location {module} does not load:\n{error.to_string() if error else ''}"
+            )
         yield workspace
 
 
@@ -130,7 +132,8 @@ def submit_job(
     """Create a run of ``job_name`` of the code location ``module`` and submit it to the run coordinator.
 
     Unless ``run_config`` has an ``execution`` key, the in-process executor is selected in it (see
-    :func:`in_process_run_config`). The run is queued (QueuedRunCoordinator) or launched at once, as the instance says; the submitted run.
+    :func:`in_process_run_config`). The run is queued (QueuedRunCoordinator) or launched at once, as the
+    instance says; the submitted run.
     """
     from dagster._core.definitions.selector import JobSubsetSelector
     from dagster._utils.tags import normalize_tags
@@ -183,8 +186,10 @@ def submit_job(
             return instance.submit_run(run.run_id, workspace)
         except BaseException:  # Ctrl-C or a failure while submitting: leave no run that never ends
             current = instance.get_run_by_id(run.run_id)
-            if current is not None and current.status in (dg.DagsterRunStatus.NOT_STARTED,
-                                                          dg.DagsterRunStatus.QUEUED):
+            if current is not None and current.status in (
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.QUEUED,
+            ):
                 instance.report_run_canceled(current, message="bids-hub-dagster stopped while submitting it.")
             raise
 
@@ -261,8 +266,11 @@ def stop_run(instance: dg.DagsterInstance, run_id: str, timeout: float = 30.0) -
     # to say so): record it canceled and free its pool slots, as the local runs are
     run = instance.get_run_by_id(run_id)
     if run is not None and run.status not in FINISHED:
-        instance.report_run_canceled(run, message=f"bids-hub-dagster was interrupted; the run did not end "
-                                     f"within {timeout:g} s of being told to stop.")
+        instance.report_run_canceled(
+            run,
+            message=f"bids-hub-dagster was interrupted; the run did not end "
+            f"within {timeout:g} s of being told to stop.",
+        )
     if instance.event_log_storage.supports_global_concurrency_limits:
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
     return instance.get_run_by_id(run_id)

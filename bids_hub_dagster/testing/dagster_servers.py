@@ -178,6 +178,19 @@ def _daemon_main(backfill_interval: float | None) -> str:
 
 
 @contextmanager
+def _environ(env: Mapping[str, str]) -> Iterator[None]:
+    """Within: ``os.environ`` is ``env`` (restored on exit)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextmanager
 def dagster_servers(
     workdir: Path,
     env: Mapping[str, str] | None = None,
@@ -190,7 +203,8 @@ def dagster_servers(
     """Start webserver and daemon with ``DAGSTER_HOME=workdir/dagster_home``; stop both on exit.
 
     ``env`` is added to this process's environment (e.g. ``BIDS_HUB_SPECS``, ``BIDS_HUB_STORAGE``,
-    ``HF_ENDPOINT``). Logs go to ``workdir/webserver.log`` and ``workdir/daemon.log``.
+    ``HF_ENDPOINT``, and the variables ``instance_yaml`` reads, e.g. deploy/cluster/dagster.yaml's).
+    Logs go to ``workdir/webserver.log`` and ``workdir/daemon.log``.
     ``backfill_interval``: seconds between the backfill daemon's ticks (see :func:`_daemon_main`).
     """
     home = workdir / "dagster_home"
@@ -201,9 +215,9 @@ def dagster_servers(
     # ("table alembic_version already exists").
     from dagster import DagsterInstance
 
-    with DagsterInstance.from_config(str(home)) as instance:
-        instance.get_runs(limit=1)
     full_env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    with _environ(full_env), DagsterInstance.from_config(str(home)) as instance:  # `{env: …}` in the yaml
+        instance.get_runs(limit=1)
     port = free_port()
     commands = {
         "webserver": [sys.executable, "-m", "dagster_webserver", "-w", str(workspace)]
