@@ -902,6 +902,29 @@ def _redeliver_sigint() -> None:
             os.kill(os.getpid(), signal.SIGINT)
 
 
+def console() -> None:
+    """The ``bids-hub-dagster`` command: :func:`cli`, then the process ends at once.
+
+    Once the command is done (its files closed and renamed, its instance closed), the
+    interpreter's own teardown of the ~2,400 modules Dagster and ``datasets`` import takes
+    about a second a user waits for; standard streams and logs are flushed, then the process
+    exits with the command's code.
+    """
+    try:
+        cli()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):  # sys.exit("message"): printed, exit status 1
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
 def cli() -> None:
     """Console entry point: user errors print a message and exit 2, without a traceback.
 
