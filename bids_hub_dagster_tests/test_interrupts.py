@@ -55,6 +55,14 @@ def instance() -> dg.DagsterInstance:
 
 
 def start(*args: str, new_session: bool = False) -> subprocess.Popen:
+    """The CLI in a subprocess, on an instance whose storage exists already: the CLI and the test's
+    instance() would otherwise race to create its SQLite tables."""
+    with instance():
+        pass
+    return _start(*args, new_session=new_session)
+
+
+def _start(*args: str, new_session: bool = False) -> subprocess.Popen:
     return subprocess.Popen(
         [str(CLI), *args],
         stdout=subprocess.PIPE,
