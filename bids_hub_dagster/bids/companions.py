@@ -44,7 +44,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .entities import parse_filename
+from .entities import NameKey, name_key, parse_filename
 from .errors import BidsError, shown
 from .layout import BidsFile, read_json_object
 from .participants import _FLOAT, _INT, _INT64, NULLS, ColumnType, _convert, _infer_type
@@ -335,17 +335,19 @@ class CompanionFinder:
     are all in the data file's name with the same values.
     """
 
-    def __init__(self, root: Path, relpaths: Iterable[str]) -> None:
+    def __init__(self, root: Path, relpaths: Iterable[str], keys: Mapping[str, NameKey] | None = None) -> None:
+        """``keys``: :func:`.entities.name_keys` of (some of) the relpaths, when the caller has them."""
         self.root = root
         self._by_dir: dict[tuple[str, str | None, str], list[tuple[str, frozenset[tuple[str, str]]]]] = (
             defaultdict(list)
         )
+        self._kinds: set[tuple[str | None, str]] = set()  # (suffix, extension) of any candidate
         for rel in relpaths:
             folder, _, filename = rel.rpartition("/")
-            name = parse_filename(filename)
-            self._by_dir[(folder, name.suffix, name.extension.lower())].append(
-                (rel, frozenset(name.all_entities().items()))
-            )
+            known = keys.get(rel) if keys is not None else None
+            suffix, extension, entities = known if known is not None else name_key(filename)
+            self._by_dir[(folder, suffix, extension.lower())].append((rel, entities))
+            self._kinds.add((suffix, extension.lower()))
 
     def sources(self, file: BidsFile, suffix: str, extension: str) -> list[str]:
         """Every applicable candidate, least specific first (shallowest folder, then fewest entities)."""
@@ -355,6 +357,8 @@ class CompanionFinder:
     def _ranked(
         self, relpath: str, scope: str, entities: Mapping[str, str], suffix: str, extension: str
     ) -> list[tuple[tuple[int, int], str]]:
+        if (suffix, extension.lower()) not in self._kinds:  # no such file anywhere: nothing to look for
+            return []
         parts = relpath.split("/")[:-1]
         scope_depth = len(scope.split("/")) if scope else 0
         ents = entities.items()

@@ -9,6 +9,7 @@ one dataset.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import Any
@@ -137,6 +138,33 @@ def parse_filename(filename: str) -> BidsName:
             continue
         (entities if key in known else unknown)[key] = value
     return BidsName(entities=entities, suffix=suffix, extension=extension, unknown=unknown)
+
+
+NameKey = tuple[str | None, str, frozenset[tuple[str, str]]]
+
+
+def name_key(filename: str) -> NameKey:
+    """A filename's suffix, extension and entities (known and unknown, as a frozenset).
+
+    What sidecar and companion matching compare (:func:`name_keys` files a tree's names once
+    for both).
+    """
+    stem, extension = split_extension(filename)
+    parts = stem.split("_")
+    suffix: str | None = parts.pop()
+    if "-" in suffix:  # no suffix: the last part is an entity (parse_filename's rule)
+        parts.append(suffix)
+        suffix = None
+    pairs: dict[str, str] = {}
+    for part in parts:  # what parse_filename's entities and unknown hold, merged as all_entities()
+        key, _, value = part.partition("-")
+        pairs[key] = value
+    return suffix, extension, frozenset(pairs.items())
+
+
+def name_keys(relpaths: Iterable[str]) -> dict[str, NameKey]:
+    """relpath -> :func:`name_key` of its filename."""
+    return {rel: name_key(rel.rpartition("/")[2]) for rel in relpaths}
 
 
 _NUM = re.compile(r"(\d+)")

@@ -342,7 +342,7 @@ def scan(root: Path, scopes: Iterable[str] = ("",), *, follow_external_symlinks:
             if not validator.is_valid(local + "/"):  # a BIDS pseudo-file folder (.ome.zarr/, .ds/) is fine
                 result.skipped.append((relpath + "/", validator.problem(local + "/") or ""))
             continue
-        verdict = validator.check(local)
+        verdict = validator.check_in(local.rpartition("/")[0], entry.name)
         if verdict.label_problem:
             raise BidsError(
                 f"{shown(relpath)}: {verdict.label_problem}. Rename the file (or list it in .bidsignore)."

@@ -25,6 +25,7 @@ from its folder there.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -199,6 +200,35 @@ def shape(path: str) -> str:
     return head + name
 
 
+@functools.lru_cache(maxsize=4096)
+def _folder_shape(folder: str) -> tuple[str, str, str] | None:
+    """What :func:`shape` makes of the files directly in ``folder`` (a scope-relative folder, no
+    trailing ``/``): its shaped folder part with the ``/`` (``sub-S/ses-T/anat/``), the name prefix it
+    replaces (``sub-01_ses-1_``) and the replacement (``sub-S_ses-T_``); None when it keeps paths."""
+    if not folder.startswith("sub-"):
+        return None
+    slash = folder.find("/")
+    sub = folder[4:] if slash < 0 else folder[4:slash]
+    if slash < 0:
+        return "sub-S/", f"sub-{sub}_", "sub-S_"
+    rest = folder[slash + 1 :]  # what shape() finds after the sub-* folder, up to the file's "/"
+    if rest.startswith("ses-"):
+        end = rest.find("/")
+        ses = rest[4:] if end < 0 else rest[4:end]
+        below = "" if end < 0 else rest[end + 1 :] + "/"
+        return "sub-S/ses-T/" + below, f"sub-{sub}_ses-{ses}_", "sub-S_ses-T_"
+    return "sub-S/" + rest + "/", f"sub-{sub}_", "sub-S_"
+
+
+def shape_in(folder: str, name: str) -> str:
+    """``shape(folder + "/" + name)`` for a file ``name`` (no ``/``) in ``folder`` ("" at the top), with
+    the folder's part worked out once for all its files."""
+    parts = _folder_shape(folder) if folder else None
+    if parts is not None and name.startswith(parts[1]):  # the usual name
+        return parts[0] + parts[2] + name[len(parts[1]) :]
+    return shape(f"{folder}/{name}" if folder else name)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What :meth:`NameValidator.check` says of a file name."""
@@ -221,7 +251,13 @@ class NameValidator:
 
     def check(self, path: str) -> Verdict:
         """The label problem and the validity of ``path``, memoized per shape."""
-        key = shape(path)
+        return self._check_key(shape(path))
+
+    def check_in(self, folder: str, name: str) -> Verdict:
+        """:meth:`check` of the file ``name`` in ``folder`` (``folder/name``; "" at the top)."""
+        return self._check_key(shape_in(folder, name))
+
+    def _check_key(self, key: str) -> Verdict:
         verdict = self._memo.get(key)
         if verdict is None:
             if len(self._memo) >= MEMO_LIMIT:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -10,6 +11,7 @@ import logging
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from ..bids.errors import shown
 from ..bids.index import RowKey
 from ..dataset.tables import IndexInfo, dataset_from_index
 from .card import PREVIEW_CONFIG, full_config_name
-from .digests import sha256_file
+from .digests import SourceDigest, sha256_file, source_key, trusted_source_digest
 
 DIGEST_CHARS = 12  # of a sha256 shown in a problem: enough to tell two files apart
 
@@ -40,6 +42,8 @@ class VerifyReport:
     bytes_checked: int = 0
     problems: list[str] = field(default_factory=list)
     unit: str = "files"  # what files_checked counts: the NIfTI files, or the published files
+    sources_hashed: int = 0  # source files read and hashed to compare with
+    digests_reused: int = 0  # source files compared by the digest the shard build recorded (not read)
 
     @property
     def ok(self) -> bool:
@@ -156,6 +160,95 @@ def _check_schemas(
     return located
 
 
+HASH_THREADS = 2  # cells and sources hashed beside the thread that reads the next row (hashlib frees the GIL)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Digests:
+    """The sha256 of cells and of source files, computed on a few threads while the next row is read.
+
+    A source file's digest is the shard build's record while the file keeps the stamp it had
+    when the build hashed it (then the file is not read); any other source file is hashed here.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        recorded: Mapping[str, SourceDigest] | None,
+        report: VerifyReport,
+        pool: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self.root = root
+        self.recorded = recorded or {}
+        self.report = report
+        self.pool = pool
+        self._sources: dict[str, concurrent.futures.Future[str] | str] = {}
+        # id(bytes) -> (the bytes, kept so that the id is not reused while listed; their hash)
+        self._cells: dict[int, tuple[bytes, concurrent.futures.Future[str]]] = {}
+
+    def start(self, rel: str, data: bytes) -> None:
+        """Begin hashing a cell's bytes and finding its source's digest (before :meth:`cell`/:meth:`source`)."""
+        if self.pool is not None:
+            self._cells[id(data)] = (data, self.pool.submit(_sha256, data))
+        if rel in self._sources:
+            return
+        path = self.root / rel
+        digest = trusted_source_digest(path, self.recorded.get(source_key(path))) if self.recorded else None
+        if digest is not None:
+            self.report.digests_reused += 1
+            self._sources[rel] = digest
+        elif self.pool is not None:  # no record, or the file changed since the build hashed it
+            self._sources[rel] = self.pool.submit(sha256_file, path)
+
+    def cell(self, data: bytes) -> str:
+        started = self._cells.pop(id(data), None)
+        return started[1].result() if started is not None and started[0] is data else _sha256(data)
+
+    def drop(self, cells: list[bytes]) -> None:
+        """Forget the hashes of ``cells`` that were started and not asked for (a row not compared)."""
+        for data in cells:
+            started = self._cells.pop(id(data), None)
+            if started is not None:
+                started[1].cancel()
+
+    def source(self, rel: str) -> str:
+        """The source file's digest. Raises OSError when it cannot be read."""
+        known = self._sources.pop(rel, None)
+        if isinstance(known, str):
+            return known
+        self.report.sources_hashed += 1
+        return known.result() if known is not None else sha256_file(self.root / rel)
+
+    def cancel(self) -> None:
+        for future in [*(f for _, f in self._cells.values()), *self._sources.values()]:
+            if isinstance(future, concurrent.futures.Future):
+                future.cancel()
+        self._cells.clear()
+        self._sources.clear()
+
+
+def _row_cells(
+    row: dict, expected: dict[RowKey, dict[str, list[Any]]], info: IndexInfo
+) -> Iterator[tuple[str, bytes]]:
+    """(source relpath, embedded bytes) of each NIfTI cell of ``row`` that :func:`_check_row` will compare."""
+    want_row = expected.get((row.get("subject_id"), row.get("session_id")))
+    if want_row is None:
+        return
+    for name, many in info.columns.items():
+        cell = row.get(name)
+        got = (cell or []) if many else ([] if cell is None else [cell])
+        want = want_row[name]
+        if not isinstance(got, list) or len(got) != len(want):
+            continue
+        for value, rel in zip(got, want, strict=True):
+            data = value.get("bytes") if isinstance(value, dict) else None
+            if isinstance(data, bytes):
+                yield rel, data
+
+
 def _check_row(
     row: dict,
     at: tuple[str, set[str]],
@@ -163,12 +256,15 @@ def _check_row(
     info: IndexInfo,
     seen: set[RowKey],
     report: VerifyReport,
+    digests: _Digests | None = None,
 ) -> None:
     """Compare one published row with its source files and phenotype; record what differs in ``report``.
 
     ``at`` is the row's place (the data file and the row in it), and the columns its file
-    has wrong, already reported: their cells are not compared.
+    has wrong, already reported: their cells are not compared. ``digests`` gives the cells' and
+    the source files' sha256 (default: hashed here, each source file read).
     """
+    digests = digests or _Digests(info.root, None, report)
     where, bad_columns = at
     report.rows_found += 1
     key = (row.get("subject_id"), row.get("session_id"))
@@ -200,11 +296,11 @@ def _check_row(
                     f"{label} {column}: path {value.get('path')!r}, expected {Path(rel).name!r} ({where})"
                 )
             try:
-                source = sha256_file(info.root / rel)
+                source = digests.source(rel)
             except OSError as exc:
                 report.problems.append(f"{label} {column}: cannot read the source {shown(rel)}: {exc}")
                 continue
-            found = hashlib.sha256(data).hexdigest()
+            found = digests.cell(data)
             if found != source:
                 report.problems.append(
                     f"{label} {column}: bytes differ from {shown(rel)} (sha256 expected "
@@ -366,6 +462,7 @@ def verify_published(
     revision: str | None = None,
     token: str | None = None,
     config_name: str | None = None,
+    source_digests: Mapping[str, SourceDigest] | None = None,
 ) -> VerifyReport:
     """Load ``load_id`` (a folder or a Hub repo id; streaming, fresh cache) and check it against the index.
 
@@ -380,6 +477,11 @@ def verify_published(
     config the card names for it (``default``, or ``full`` when the preview is the
     default). A ``preview`` config, when the card has one, must load and hold each row of
     the index once (:func:`verify_preview_config`).
+
+    ``source_digests`` (:func:`.digests.load_source_digests` of the stored shards) are the
+    source files' sha256 as the shard build hashed them from the bytes it embedded: a source
+    file whose stamp is still the one recorded is compared by that digest, without being read
+    again (each published byte is then read once, and no source byte); any other is hashed.
     """
     from .hub.http import bound_http_waits
 
@@ -419,15 +521,37 @@ def verify_published(
             return report
         located = _check_schemas(files, card, info.features(), token, report)
         schema_ok = not report.problems
+        pool = concurrent.futures.ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="verify-sha256")
+        digests = _Digests(info.root, source_digests, report, pool)
+        pending: tuple[dict, tuple[str, set[str]], list[bytes]] | None = None  # the row being hashed
+
+        def finish() -> None:
+            nonlocal pending
+            if pending is not None:
+                row, at, cells = pending
+                pending = None
+                _check_row(row, at, expected, info, seen, report, digests)
+                digests.drop(cells)
+
         try:
             with _quiet_parquet_reader():
-                for i, row in enumerate(ds):
-                    _check_row(row, located.where(i), expected, info, seen, report)
+                for i, row in enumerate(ds):  # each row is hashed while the next one is read
+                    cells = []
+                    for rel, data in _row_cells(row, expected, info):
+                        digests.start(rel, data)
+                        cells.append(data)
+                    finish()
+                    pending = (row, located.where(i), cells)
+            finish()
         except _READ_ERRORS as exc:
+            finish()  # the rows read before the failure are reported as they are
             report.problems.append(
                 f"reading {shown_id} failed after {report.rows_found} rows: "
                 + (one_line(exc) if schema_ok else f"{one_line(exc, 120)} (the columns differ: see above)")
             )
+        finally:
+            digests.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
         if PREVIEW_CONFIG in configs:
             report.problems += verify_preview_config(
                 load_id,
