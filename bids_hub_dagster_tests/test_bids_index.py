@@ -508,7 +508,9 @@ def test_inference_names_prefixes_and_many(tmp_path):
     assert cells["dwi"] == {"sub-01": ["sub-01_dwi.nii"], "sub-02": []}
     assert index.files_per_column() == {"t1w": 3, "dwi": 1, "bold": 2}
     # the same files in a derivative dataset: masks are columns, named by datatype where a suffix repeats
-    (root / "dataset_description.json").write_text('{"Name": "d", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}')
+    (root / "dataset_description.json").write_text(
+        '{"Name": "d", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}'
+    )
     derived = build_index(root)
     assert [c.name for c in derived.columns] == ["t1w", "anat_mask", "dwi", "bold", "func_mask"]
     assert derived.files_per_column() == {"anat_mask": 2, "t1w": 3, "dwi": 1, "bold": 2, "func_mask": 1}
@@ -1132,7 +1134,11 @@ def test_ambiguity_reports_the_first_row_in_row_order(tmp_path):
 def test_a_file_without_ses_in_its_name_in_a_session_folder_is_not_bids(tmp_path):
     root = make_bids(
         tmp_path / "ds",
-        ["sub-01/ses-1/anat/sub-01_T1w.nii", "sub-01/ses-2/anat/sub-01_T1w.nii", "sub-02/anat/sub-02_T1w.nii"],
+        [
+            "sub-01/ses-1/anat/sub-01_T1w.nii",
+            "sub-01/ses-2/anat/sub-01_T1w.nii",
+            "sub-02/anat/sub-02_T1w.nii",
+        ],
     )
     index = build_index(root)
     # BIDS names carry the session of their folder: without it, the files are skipped and named

@@ -263,7 +263,10 @@ def test_publishing_again_rebuilds_only_the_shards_whose_files_changed(demo_spec
     with dg.DagsterInstance.get() as instance:
         shard_runs = [r for r in instance.get_runs() if r.job_name == "demo_shards"]
     # one run of the four shards, none for the unchanged ones, one of the changed shard
-    assert [run.tags.get("dagster/partition") for run in reversed(shard_runs)] == [None, "shard-00002"]  # sub-02 ses-1: the third row
+    assert [run.tags.get("dagster/partition") for run in reversed(shard_runs)] == [
+        None,
+        "shard-00002",
+    ]  # sub-02 ses-1: the third row
 
 
 def test_the_nifti2_warning_reaches_the_cli_user(tmp_path, nibabel_data):

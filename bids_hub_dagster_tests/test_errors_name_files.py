@@ -64,7 +64,9 @@ FORGED = "error: forged"
 
 def test_a_file_name_with_a_newline_cannot_forge_output_lines(tmp_path, monkeypatch, capsys):
     root = build_demo_bids(tmp_path / "bids")
-    stray = root / "sub-01/ses-1/anat" / f"notes\n{FORGED}.nii"  # not a BIDS name: skipped, named in a warning
+    stray = (
+        root / "sub-01/ses-1/anat" / f"notes\n{FORGED}.nii"
+    )  # not a BIDS name: skipped, named in a warning
     stray.write_bytes(b"")
     (root / "dataset_description.json").write_text(json.dumps({**DESCRIPTION, "Name": f"demo\n{FORGED}"}))
 

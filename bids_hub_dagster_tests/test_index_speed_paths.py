@@ -175,7 +175,9 @@ def test_sidecars_found_per_folder_are_those_found_per_file(tmp_path):
             if cand <= ents
         )
         assert resolver.sources(f) == [rel for _, _, rel in expected]
-    bold = next(f for f in scanned.files if f.relpath.endswith("ses-2/func/sub-02_ses-2_task-rest_run-10_bold.nii.gz"))
+    bold = next(
+        f for f in scanned.files if f.relpath.endswith("ses-2/func/sub-02_ses-2_task-rest_run-10_bold.nii.gz")
+    )
     assert resolver.resolve(bold) == {
         "RepetitionTime": 2.0,
         "TaskName": "rest",

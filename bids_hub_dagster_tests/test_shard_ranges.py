@@ -170,3 +170,33 @@ def test_shards_built_in_threads_are_the_bytes_built_one_at_a_time(
             p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))
         }
     assert len(published[1]) == 4 and published[4] == published[1]
+
+
+def test_the_verification_after_a_local_publish_reads_no_source_file_again(
+    demo_spec: DatasetSpec, tmp_path: Path
+) -> None:
+    """Each source's sha256 is recorded from the bytes the build embedded: the read-back after the
+    publish compares with it; a source changed since is read and hashed again."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(demo_spec.with_overrides(num_shards=2).to_yaml())
+    sources = sorted(p for p in demo_spec.bids_root.rglob("*.nii*"))
+    past = time.time() - 60  # files older than the build: their digests can be trusted
+    for path in sources:
+        os.utime(path, (past, past))
+    time.sleep(0.01)
+
+    def published() -> dict:
+        result = CliRunner().invoke(
+            main, ["publish", "--spec", str(spec_file), "--no-progress"], catch_exceptions=False
+        )
+        assert result.exit_code == 0, result.output
+        with dg.DagsterInstance.get() as instance:
+            event = instance.get_latest_materialization_event(dg.AssetKey(["demo", "hub_upload"]))
+            return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+    first = published()
+    assert (first["sources_by_recorded_digest"], first["sources_hashed"]) == (len(sources), 0)
+    assert first["verification"].startswith("OK: 4/4 rows")
+    os.utime(sources[0], None)  # touched: its recorded digest is no longer trusted
+    again = published()
+    assert (again["sources_by_recorded_digest"], again["sources_hashed"]) == (len(sources) - 1, 1)

@@ -390,7 +390,9 @@ def test_auto_codec_compresses_nii_columns_only(tmp_path: Path, nibabel_data: Pa
     (root / "dataset_description.json").write_text(json.dumps({"Name": "codec", "BIDSVersion": "1.10.0"}))
     for sub in ("01", "02"):
         _save_unique(nibabel_data / "anatomical.nii", root / f"sub-{sub}/anat/sub-{sub}_T1w.nii", sub)
-        _save_unique(nibabel_data / "example4d.nii.gz", root / f"sub-{sub}/func/sub-{sub}_task-x_bold.nii.gz", sub)
+        _save_unique(
+            nibabel_data / "example4d.nii.gz", root / f"sub-{sub}/func/sub-{sub}_task-x_bold.nii.gz", sub
+        )
     table = index_to_table(build_index(root))
     ds = dataset_from_index(table)
     plan = plan_for_index(table, max_shard_size=10**9, num_shards=None)

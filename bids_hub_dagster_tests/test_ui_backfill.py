@@ -251,7 +251,10 @@ def run_partitions(backfill: dict) -> list[tuple[str, str]]:
     runs = []
     for run in backfill["runs"]:
         tags = {t["key"]: t["value"] for t in run["tags"]}
-        start, end = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+        start, end = (
+            tags.get("dagster/asset_partition_range_start"),
+            tags.get("dagster/asset_partition_range_end"),
+        )
         if start is not None and start != end:
             partition = f"{start}…{end}"
         elif start is not None:

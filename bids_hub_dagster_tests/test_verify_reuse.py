@@ -112,7 +112,9 @@ def build_with_digests(root: Path, store: Path, monkeypatch):
 
         monkeypatch.setitem(embed_module.STRATEGIES, "pandas", embed)
         shard = build_shard(ds, table, plan, key)
-        written = write_row_groups(store / f"{key}.parquet", shard.schema, shard.groups, **shard.write_options)
+        written = write_row_groups(
+            store / f"{key}.parquet", shard.schema, shard.groups, **shard.write_options
+        )
         monkeypatch.setitem(embed_module.STRATEGIES, "pandas", plain)
         record_digest(written.path)
         digests.write(written.path)

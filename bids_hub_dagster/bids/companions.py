@@ -335,7 +335,9 @@ class CompanionFinder:
     are all in the data file's name with the same values.
     """
 
-    def __init__(self, root: Path, relpaths: Iterable[str], keys: Mapping[str, NameKey] | None = None) -> None:
+    def __init__(
+        self, root: Path, relpaths: Iterable[str], keys: Mapping[str, NameKey] | None = None
+    ) -> None:
         """``keys``: :func:`.entities.name_keys` of (some of) the relpaths, when the caller has them."""
         self.root = root
         self._by_dir: dict[tuple[str, str | None, str], list[tuple[str, frozenset[tuple[str, str]]]]] = (

@@ -181,9 +181,7 @@ def _candidates(rule: ColumnRule, buckets: _Buckets) -> list[BidsFile]:
     picked = [
         bucket
         for (scope, datatype, suffix), bucket in buckets.items()
-        if scope == rule.scope
-        and rule.datatype in (None, datatype)
-        and rule.suffix in (None, suffix)
+        if scope == rule.scope and rule.datatype in (None, datatype) and rule.suffix in (None, suffix)
     ]
     if len(picked) == 1:
         return [f for _, f in picked[0]]
@@ -360,7 +358,9 @@ def build_index(
     }
     warnings.extend(resolver.warnings)
     families = companions or Companions()
-    found = _read_companions(root, rows, rules, families, CompanionFinder(root, [*jsons, *others], json_keys), warnings)
+    found = _read_companions(
+        root, rows, rules, families, CompanionFinder(root, [*jsons, *others], json_keys), warnings
+    )
     field_types = _lift_types(rules, rows, sidecars, fields or {})
     scans_types = _scans(root, rows, scans_columns, found, warnings)
     sessions = _sessions(root, rows, row, families, participants, rename or {}, warnings)

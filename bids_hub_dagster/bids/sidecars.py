@@ -79,7 +79,9 @@ class SidecarResolver:
         self._sources[file.relpath] = out = [rel for rel, cand in chain if cand <= ents]
         return out
 
-    def _chain(self, folder: str, scope: str, suffix: str | None) -> list[tuple[str, frozenset[tuple[str, str]]]]:
+    def _chain(
+        self, folder: str, scope: str, suffix: str | None
+    ) -> list[tuple[str, frozenset[tuple[str, str]]]]:
         """The sidecars of ``suffix`` in ``folder`` and its ancestors up to the top of ``scope``, least
         specific first (shallowest folder, then fewest entities, then name): found once per folder."""
         key = (folder, scope, suffix)

@@ -23,7 +23,7 @@ from datasets import Dataset, Features
 
 from ..bids.errors import shown
 from ..errors import UserError
-from .embed import STRATEGIES
+from .embed import STRATEGIES, FileHook
 from .nifti import ARROW_BINARY_LIMIT, NiftiFileError, inspect_nifti
 from .parquet import write_options
 from .preview_config import ThumbnailCollector, nifti_paths, preview_features, preview_table
@@ -273,6 +273,17 @@ def shard_schema(
     return schema.with_metadata(meta)
 
 
+def _both(first: FileHook, then: FileHook | None) -> FileHook:
+    """A file hook that calls ``first``, then ``then`` (whose answer, a consumer of the
+    decompressed bytes or None, is the hook's)."""
+
+    def hook(path: str, data: memoryview):
+        first(path, data)
+        return then(path, data) if then is not None else None
+
+    return hook
+
+
 def build_shard(
     dataset: Dataset,
     index_table: pa.Table,
@@ -282,6 +293,7 @@ def build_shard(
     shard_strategy: str = "pandas",
     compression: str = "auto",
     prefetch: bool = True,
+    on_file: FileHook | None = None,
 ) -> EmbeddedShard:
     """Prepare shard ``key``: check its files, then stream its embedded row groups lazily.
 
@@ -291,6 +303,9 @@ def build_shard(
         shard_strategy: ``pandas`` (the workaround, default) or ``arrow`` (see ``dataset.embed``).
         compression: the codec of the NIfTI bytes columns, or ``auto`` (chosen per file type).
         prefetch: embed the next row group while the current one is written.
+        on_file: also called with each file's path and bytes as they are embedded (e.g.
+            ``publish.digests.SourceDigests``, which records each source's sha256 for the
+            verification); it returns nothing.
 
     Raises:
         ShardFilesError: when any file of the shard is missing, empty, not NIfTI, a
@@ -335,6 +350,7 @@ def build_shard(
     )
     shard = dataset.select(range(start, stop))
     collector = ThumbnailCollector() if info.preview else None
+    hook = collector if on_file is None else _both(on_file, collector)
     previews: list[pa.Table] = []
     preview_schema = (
         shard_schema(preview_features(info), key, start, stop, plan.num_shards, fingerprint)
@@ -345,7 +361,7 @@ def build_shard(
     def embed_group(bounds: tuple[int, int]) -> pa.Table:
         part = shard.select(range(*bounds))
         try:
-            table = embed(part, features, collector).cast(schema)
+            table = embed(part, features, hook).cast(schema)
         except NiftiFileError as exc:  # a damaged gzip stream, found as its bytes were embedded
             raise ShardFilesError(key, [exc]) from None
         if collector is not None:  # the group's thumbnails, from the bytes just embedded

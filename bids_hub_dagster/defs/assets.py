@@ -12,8 +12,9 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -38,10 +39,12 @@ from ..pipeline.versions import (
     structure_version,
 )
 from ..publish.destinations import DestinationError, Link, LocalFolder, Markdown
+from ..publish.digests import SourceDigests
 from ..publish.hub import HubTransientError, is_hub_url
 from ..publish.privacy_report import REPORT_NAME, write_privacy_report
 from ..publish.publication import local_shard_files, publish_shards
 from ..spec import DatasetSpec, format_size
+from ..storage import Store, scratch_folder
 from .io_managers import preview_file
 from .names import CHECKS, names
 from .outcomes import FAILED_SHARDS, USER_ERROR, check_metadata, user_failure
@@ -175,6 +178,9 @@ def _build_and_store(
 
     Runs in a build thread: it logs nothing itself (``notes`` are logged by the run's thread).
     """
+    # each source's sha256, from the bytes being embedded: the verification after publishing
+    # compares with it instead of reading every source file again (while the file is unchanged)
+    sources = SourceDigests()
     shard = build_shard(
         dataset,
         index,
@@ -183,6 +189,7 @@ def _build_and_store(
         row_group_size=spec.row_group_size,
         shard_strategy=spec.shard_strategy,
         compression=spec.compression,
+        on_file=sources,
     )
     shard = dataclasses.replace(shard, groups=until_stopped(shard.groups, stop))
     started = time.monotonic()
@@ -192,6 +199,8 @@ def _build_and_store(
     def after_stored(path: Path) -> None:  # the stored file, or its scratch copy under a URL
         read_back["seconds"] = time.monotonic() - started
         audit = read_back["audit"] = audit_shard_file(path)  # what the file holds, not what was meant
+        if not storage.remote:  # beside the stored shard (a scratch copy under a URL is removed)
+            sources.write(path)
         if spec.hub.upload_shards and spec.destination and not audit.problems:
             read_back["extra"] = _preupload(context, spec, path, key, plan.num_shards, notes)
 
@@ -296,17 +305,31 @@ def _range_failure(failures: dict[str, BaseException], num_keys: int) -> dg.Fail
     metadata: dict[str, object] = {FAILED_SHARDS: dg.MetadataValue.json(messages)}
     if user:
         metadata[USER_ERROR] = "ShardFilesError"
+    description = (
+        lines[0]
+        if num_keys == 1
+        else f"{len(failures)} of {num_keys} shard(s) of the run failed; the others are recorded:\n"
+        + "\n".join(lines)
+    )
     return dg.Failure(
-        f"{len(failures)} of {num_keys} shard(s) of the run failed; the others are recorded:\n"
-        + "\n".join(lines),
+        description,
         allow_retries=not user,
         metadata=metadata,
     )
 
 
-def _published_pictures(previews: list[Path]) -> dict[str, bytes]:
-    """From the built previews: the card's picture (the first thumbnails) and one row per subject."""
-    existing = [p for p in previews if p.is_file()]  # a missing one: publish_shards names it
+def _published_pictures(previews: list[Path], store: Store | None = None) -> dict[str, bytes]:
+    """From the built previews: the card's picture (the first thumbnails) and one row per subject.
+
+    With a remote ``store``, ``previews`` are its keys, read through it (their thumbnail columns),
+    not copied: the preview files' sha256 is checked when each is copied for its commit, before the
+    card and its picture (the last commit).
+    """
+    if store is not None and store.remote:
+        keys = [p.as_posix() for p in previews if store.exists(p.as_posix())]
+        existing: Any = _ReadThrough(store, keys)
+    else:
+        existing = [p for p in previews if p.is_file()]  # a missing one: publish_shards names it
     out: dict[str, bytes] = {}
     card = mosaic(first_thumbnails(read_previews(existing), CARD_THUMBNAILS), max_bytes=CARD_PICTURE_BYTES)
     if card is not None:
@@ -315,6 +338,18 @@ def _published_pictures(previews: list[Path]) -> dict[str, bytes]:
     if subjects is not None:
         out["subjects"] = subjects
     return out
+
+
+class _ReadThrough:
+    """The stored files of ``keys``, each opened through ``store`` while it is read (iterable again)."""
+
+    def __init__(self, store: Store, keys: list[str]) -> None:
+        self.store, self.keys = store, keys
+
+    def __iter__(self) -> Iterator[Any]:
+        for key in self.keys:
+            with self.store.open(key) as file:
+                yield file
 
 
 def _keep_privacy_report(
@@ -577,8 +612,8 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             severity=dg.AssetCheckSeverity.ERROR,
             metadata=check_metadata(check_problems, shards=len(todo) - len(failures), partitions=len(keys)),
         )
-        if failures:
-            raise _range_failure(failures, len(keys))
+        if failures:  # the first failure's exception is kept as the cause (its class, its traceback)
+            raise _range_failure(failures, len(keys)) from next(iter(failures.values()))
 
     @dg.asset(
         key=n.hub_upload,
@@ -612,18 +647,26 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             else None
         )
         store = getattr(hub_shards, "store", None)  # a remote store: its files are copied to scratch
+        try:
+            destination = hf_hub.destination(spec, progress=context.log.info)
+        except UserError as exc:  # an unusable destination: retrying cannot fix it
+            raise user_failure(exc) from None
+        # the Hub copies a remote store's files to scratch one commit batch at a time; a folder takes them all
+        batched = store is not None and store.remote and destination.publishes_from_store
         with contextlib.ExitStack() as copies:  # the copies go when the block ends, also on failure
             try:
-                files, preview_files = copies.enter_context(
-                    local_shard_files(hub_shards, previews, plan.keys())
+                files, preview_files = (
+                    (hub_shards, previews)
+                    if batched
+                    else copies.enter_context(local_shard_files(hub_shards, previews, plan.keys()))
                 )
             except UserError as exc:  # a stored file changed or was never recorded: a retry cannot fix it
                 raise user_failure(exc) from None
             pictures = _published_pictures(
-                [preview_files[k] for k in plan.keys() if k in preview_files] if preview_files else []
+                [preview_files[k] for k in plan.keys() if k in preview_files] if preview_files else [],
+                store if batched else None,
             )
             try:
-                destination = hf_hub.destination(spec, progress=context.log.info)
                 result = publish_shards(
                     spec.name,
                     bids_index,
@@ -637,9 +680,11 @@ def build_dataset_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             except UserError as exc:  # an unusable destination, shards not ready: retrying cannot fix these
                 raise user_failure(exc) from None
             report = destination.verify_after_publish(result, bids_index)  # its own default: quick or full
-            kept = _keep_privacy_report(
-                spec, destination, bids_index, files if store is not None else hub_shards
-            )
+            report_files = files if store is not None else hub_shards
+            if batched:  # no copies: the report is written in scratch, then stored beside the shards
+                scratch = copies.enter_context(scratch_folder())
+                report_files = {k: scratch / p for k, p in files.items()}
+            kept = _keep_privacy_report(spec, destination, bids_index, report_files)
             if kept is not None and store is not None and not isinstance(destination, LocalFolder):
                 # beside the shards in the store, not in the scratch folder that goes now
                 folder = Path(next(iter(hub_shards.values()))).parent.parent.as_posix()

@@ -52,7 +52,9 @@ def build_definitions(specs: Sequence[DatasetSpec], storage_dir: str | None = No
                 partitions_def=shards.partitions_def,
                 # cpu, memory and scratch for the K8sRunLauncher (other launchers ignore the tag)
                 tags=k8s_run_tags(
-                    run_resources(spec.max_shard_size, spec.row_group_size, spec.shards_per_run, MAX_AUTO_THREADS)
+                    run_resources(
+                        spec.max_shard_size, spec.row_group_size, spec.shards_per_run, MAX_AUTO_THREADS
+                    )
                 ),
                 description="Build shard partitions (one, or a range: shards_per_run), embed their NIfTI "
                 "bytes, read each back and check it on its own partition.",

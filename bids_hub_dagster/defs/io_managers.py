@@ -33,7 +33,7 @@ from ..dataset.parquet import WrittenFile, write_row_groups, write_table
 from ..dataset.shards import EmbeddedShard, read_shard_record
 from ..errors import UserError
 from ..pipeline.refresh import StoredShard, stored_shard_file
-from ..publish.digests import record_digest, sidecar_path
+from ..publish.digests import record_digest, sidecar_path, sources_path
 from ..storage import Store, is_remote, open_store, scratch_folder
 from .outcomes import user_failure
 
@@ -217,6 +217,7 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
                 record = read_shard_record(pq.read_schema(path))
                 if record and (record.get("start"), record.get("stop")) == wanted:
                     continue
+            sources_path(path).unlink(missing_ok=True)
             for stale in (path, preview_file(path)):
                 sidecar_path(stale).unlink(missing_ok=True)
                 stale.unlink(missing_ok=True)

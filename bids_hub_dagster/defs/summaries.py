@@ -156,5 +156,8 @@ class PublishSummary(_Summary):
             "bytes_written": self.bytes_written,
             "verified_files": report.files_checked,
             "verified_bytes": report.bytes_checked,
+            # sources compared by the sha256 recorded as the shards were built, and those read again
+            "sources_by_recorded_digest": report.digests_reused,
+            "sources_hashed": report.sources_hashed,
             "verification": report.summary(),
         }

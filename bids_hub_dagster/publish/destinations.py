@@ -30,7 +30,7 @@ from huggingface_hub import DatasetCard
 from ..dataset.parquet import atomic_path
 from ..errors import UserError
 from .card import is_tool_card
-from .digests import check_recorded, file_digest, sha256_file
+from .digests import check_recorded, file_digest, link_recorded, load_source_digests, sha256_file
 from .manifest import (
     MANIFEST_NAME,
     PREVIEW_PNG,
@@ -43,6 +43,7 @@ from .manifest import (
     git_blob_id,
     is_guarded,
 )
+from .sources import FileSource
 from .verify import VerifyReport, short_digest, verify_preview_config, verify_published
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,9 @@ class PublishResult:
     card: DatasetCard | None = None
     preview_files: list[Path] = field(default_factory=list)  # the stored preview files published, in order
     preview_png: bytes | None = None  # preview.png as published
+    #: how ``shard_files``/``preview_files`` are read (None: local files); a remote store's keys
+    #: are verified by their digest records, never fetched again
+    source: FileSource | None = None
     configs: dict[str, str] = field(default_factory=dict)  # the card's configs: name -> data files pattern
 
 
@@ -121,6 +125,9 @@ class Destination(Protocol):
     url: str  # shown to users: a folder path or a Hub URL
     load_id: str  # what `datasets.load_dataset` takes to read it back
     supports_preupload: bool  # whether `preupload_shard` sends anything ahead of `publish`
+    #: whether `publish` takes a remote store's files as keys (``source=``, a ``sources.StoredSource``)
+    #: and copies them to scratch a commit batch at a time; if not, they are all copied first
+    publishes_from_store: bool
 
     def check(self) -> None:
         """Raise DestinationError now if publishing cannot work."""
@@ -411,8 +418,8 @@ class LocalFolder:
                     else:
                         result.files_written.append(name)
                         result.bytes_written += src.stat().st_size
-                    try:
-                        os.link(src, staging / name)
+                    try:  # the stored shard's recorded digest stays trusted across the link
+                        link_recorded(src, staging / name)
                     except OSError:
                         shutil.copyfile(src, staging / name)
             if preview_png is not None:
@@ -475,6 +482,11 @@ class LocalFolder:
     # -- after publishing --------------------------------------------------------------
 
     supports_preupload = False  # a local publish links the stored shards: nothing to send ahead
+    #: From a remote store, every shard and preview is copied to scratch first and the copies are
+    #: hard-linked in (``publication.local_shard_files``: the staging and the swap need them all at
+    #: once, and a link from scratch on the folder's file system moves nothing), so scratch needs
+    #: room for the whole dataset, as the folder itself does.
+    publishes_from_store = False
 
     def preupload_shard(self, path: Path, index: int, num_shards: int) -> int:
         return 0
@@ -488,7 +500,11 @@ class LocalFolder:
         With a preview, each published preview file and preview.png are also compared with
         what was published (the read-back checks the preview config's rows, not its bytes).
         """
-        report = self.verify(index_table)
+        # the sources' sha256 recorded as the shards were built (each trusted only while its file
+        # is unchanged): the read-back then reads the published bytes, not every source again
+        report = verify_published(
+            self.load_id, index_table, source_digests=load_source_digests(result.shard_files)
+        )
         if result.preview_files or result.preview_png is not None:
             previews = VerifyReport(rows_expected=0, unit="published files")
             self._compare_previews(

@@ -149,7 +149,9 @@ def link_recorded(src: Path, dest: Path) -> bool:
     if not record or record.get("stamp") != before:
         return False
     after = _stamp(src)
-    if {k: v for k, v in after.items() if k != "ctime_ns"} != {k: v for k, v in before.items() if k != "ctime_ns"}:
+    if {k: v for k, v in after.items() if k != "ctime_ns"} != {
+        k: v for k, v in before.items() if k != "ctime_ns"
+    }:
         return False
     _write(src, record | {"stamp": after})
     return True

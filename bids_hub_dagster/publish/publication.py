@@ -19,6 +19,7 @@ from .card import CardFacts, config_names, render_card
 from .destinations import Destination, DestinationError, LocalFolder, PublishResult
 from .digests import check_recorded
 from .hub import Backoff, HubOptions, HubRepo, is_hub_url
+from .sources import StoredFacts, StoredSource, inspect_all
 
 
 def parse_destination(
@@ -71,7 +72,9 @@ def local_shard_files(
     against its recorded sha256 as it is copied, and removed when the block ends, also
     on failure or Ctrl-C. Files not stored are left out: :func:`publish_shards` names them.
     A local destination hard-links the copies when the scratch folder is on its file
-    system, so removing them afterwards amounts to moving them in.
+    system, so removing them afterwards amounts to moving them in. This is for destinations
+    that take local files (a folder); a destination that ``publishes_from_store`` (the Hub)
+    is given the keys instead, and copies one commit batch at a time.
 
     Raises:
         storage.StoreError: a stored file has no digest record, or its bytes differ from it.
@@ -157,6 +160,12 @@ def ordered_shard_files(
         if not record or (record["start"], record["stop"], record["fingerprint"]) != (start, stop, expected):
             stale.append(key)
         ordered.append(Path(path))
+    _refuse_unready(missing, stale, changed, what)
+    return ordered
+
+
+def _refuse_unready(missing: list[str], stale: list[str], changed: list[str], what: str) -> None:
+    """Raise :class:`ShardsNotReadyError` naming every missing, stale and changed file, if any."""
     problems = []
     if missing:
         problems.append(f"{len(missing)} {what}(s) not built yet: {', '.join(missing)}")
@@ -176,6 +185,41 @@ def ordered_shard_files(
                 else f". Build the {what}s of those partitions again, then publish again."
             )
         )
+
+
+def stored_shard_files(
+    plan: ShardPlan,
+    files: Mapping[str, Path],
+    index_table: pa.Table,
+    facts: Mapping[str, StoredFacts | str | None],
+    what: str = "shard",
+) -> list[Path]:
+    """:func:`ordered_shard_files` for the files of a remote store, from what :func:`.sources.inspect_all`
+    found of each key (``facts``: its digest record and parquet footer), without copying any.
+
+    The files are given as their keys (relative paths), in plan order. A key without an object
+    or without its digest record (an upload never completed) is not built yet; one whose object
+    changed since it was stored, or whose footer cannot be read, is changed.
+
+    Raises:
+        ShardsNotReadyError: as :func:`ordered_shard_files` does.
+    """
+    missing, stale, changed, ordered = [], [], [], []
+    for key, (start, stop) in zip(plan.keys(), plan.ranges, strict=True):
+        path = files.get(key)
+        found = facts.get(Path(path).as_posix()) if path is not None else None
+        if found is None:
+            missing.append(key)
+            continue
+        if isinstance(found, str):
+            changed.append(f"{key} ({found})")
+            continue
+        record = read_shard_record(found.schema)
+        expected = shard_rows(index_table, start, stop).fingerprint()
+        if not record or (record["start"], record["stop"], record["fingerprint"]) != (start, stop, expected):
+            stale.append(key)
+        ordered.append(Path(path))
+    _refuse_unready(missing, stale, changed, what)
     return ordered
 
 
@@ -241,9 +285,13 @@ def preview_features_of(preview_files: Sequence[Path]) -> Features:
     Raises:
         ShardsNotReadyError: when a preview file carries no features, or two carry different ones.
     """
+    return _features_of((path, pq.read_schema(path)) for path in preview_files)
+
+
+def _features_of(schemas: Iterable[tuple[Path | str, pa.Schema]]) -> Features:
+    """:func:`preview_features_of` from each preview file's name and arrow schema."""
     found: Features | None = None
-    for path in preview_files:
-        schema = pq.read_schema(path)
+    for path, schema in schemas:
         if b"huggingface" not in (schema.metadata or {}):
             raise ShardsNotReadyError(
                 f"{path} carries no Hugging Face features in its parquet schema; write the preview with "
@@ -281,7 +329,26 @@ def publish_shards(
     card, which shows it; with ``preview_default``, ``load_dataset(repo)`` and the Hub's viewer
     open the preview (the full data is then the config ``full``). Without them the publication
     has no preview, and one an earlier publication made is removed.
+
+    ``files`` (and ``preview_files``) may be the keys of a remote store (``defs.io_managers.
+    StoredFiles``: a ``store`` attribute) when the destination publishes from a store
+    (``publishes_from_store``, the Hub): nothing is copied to check them or render the card
+    (their digest records and parquet footers say all it needs), and the destination copies
+    them to scratch one commit batch at a time. Other destinations take local files
+    (:func:`local_shard_files`).
     """
+    store = getattr(files, "store", None)
+    if store is not None and store.remote:
+        return _publish_stored(
+            name,
+            index_table,
+            plan,
+            files,
+            destination,
+            preview_files=preview_files,
+            preview_png=preview_png,
+            preview_default=preview_default,
+        )
     ordered = ordered_shard_files(plan, files, index_table)
     previews = ordered_shard_files(plan, preview_files, index_table, "preview") if preview_files else []
     stats = [shard_file_stats(p) for p in ordered]
@@ -306,3 +373,60 @@ def publish_shards(
     result.preview_files, result.preview_png = previews, preview_png
     result.configs = config_names(facts)
     return result
+
+
+def _publish_stored(
+    name: str,
+    index_table: pa.Table,
+    plan: ShardPlan,
+    files: Mapping[str, Path],
+    destination: Destination,
+    *,
+    preview_files: Mapping[str, Path] | None,
+    preview_png: bytes | None,
+    preview_default: bool,
+) -> PublishResult:
+    """:func:`publish_shards` from the keys of a remote store (``files.store``), copying none to plan."""
+    store = files.store  # type: ignore[attr-defined]
+    if not getattr(destination, "publishes_from_store", False):
+        raise ValueError(
+            f"{destination.url} takes local files: copy the stored files with local_shard_files() first."
+        )
+    keys = [Path(files[k]).as_posix() for k in plan.keys() if k in files]
+    if preview_files:
+        keys += [Path(preview_files[k]).as_posix() for k in plan.keys() if k in preview_files]
+    found = inspect_all(store, keys)  # digest records and footers: a few KB a file
+    ordered = stored_shard_files(plan, files, index_table, found)
+    previews = stored_shard_files(plan, preview_files, index_table, found, "preview") if preview_files else []
+    facts = {p.as_posix(): found[p.as_posix()] for p in [*ordered, *previews]}
+    stats = [_stored_stats(facts[p.as_posix()]) for p in ordered]
+    nifti2 = recorded_nifti2(read_shard_record(facts[p.as_posix()].schema) for p in ordered)
+    card_input = card_facts(
+        name,
+        index_table,
+        stats,
+        destination.load_id,
+        nifti2_files=nifti2,
+        preview_stats=[_stored_stats(facts[p.as_posix()]) for p in previews],
+        preview_features=(
+            _features_of((store.url(p.as_posix()), facts[p.as_posix()].schema) for p in previews)
+            if previews
+            else None
+        ),
+        preview_default=preview_default,
+        has_preview_png=preview_png is not None,
+    )
+    card = render_card(card_input)
+    source = StoredSource(store, facts)  # type: ignore[arg-type]
+    result = destination.publish(  # type: ignore[call-arg]
+        ordered, card, preview_files=previews, preview_png=preview_png, source=source
+    )
+    result.shard_files, result.card, result.source = ordered, card, source
+    result.preview_files, result.preview_png = previews, preview_png
+    result.configs = config_names(card_input)
+    return result
+
+
+def _stored_stats(facts: StoredFacts | str | None) -> ShardFileStats:
+    assert isinstance(facts, StoredFacts)
+    return ShardFileStats(num_rows=facts.num_rows, download_size=facts.size, dataset_size=facts.dataset_size)

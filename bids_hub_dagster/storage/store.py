@@ -24,6 +24,9 @@ was changed behind the tool's back. Nothing is keyed on inodes or mtimes.
 Reading a remote file back (:meth:`Store.fetch`) copies it to scratch, hashing it as it
 copies, and refuses a copy whose sha256 differs from the recorded one;
 :meth:`Store.fetched` removes its copies afterwards, also after a failure or Ctrl-C.
+A Hub publication copies nothing to plan: it reads each file's digest record and parquet
+footer (:meth:`Store.footer`, a few KB) and fetches one commit batch at a time
+(:mod:`..publish.sources`); a local-folder destination copies them all (it links them in).
 
 Credentials and the endpoint come from the standard environment of the file system's
 client: for S3, botocore's chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
@@ -45,12 +48,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import pyarrow.parquet as pq
+
 from ..dataset.parquet import atomic_path
 from ..errors import UserError
 from ..publish.digests import _stamp, _write, check_recorded, sha256_file, sidecar_path
 
 #: bytes read and hashed at a time when copying a stored file
 CHUNK = 8 * 2**20
+#: bytes fetched at a time when reading a parquet footer of a remote file
+FOOTER_BLOCK = 2**16
 #: the suffix of a remote object's digest sidecar
 DIGEST_SUFFIX = ".sha256"
 SCRATCH_ENV = "BIDS_HUB_SCRATCH"
@@ -168,6 +175,16 @@ class Store:
     def open(self, key: str) -> IO[bytes]:
         """The stored file, opened for reading (a parquet footer is read without the rest)."""
         raise NotImplementedError
+
+    def footer(self, key: str) -> pq.FileMetaData:
+        """The parquet footer of a stored file (row counts, sizes, the schema and its metadata),
+        read without the rest of the file: a few KB from a remote store, no copy.
+
+        Raises:
+            OSError, pyarrow.ArrowException: the file is missing or not a readable parquet file.
+        """
+        with self.open(key) as file:
+            return pq.ParquetFile(file).metadata
 
     def delete(self, key: str) -> None:
         """Remove ``key`` and its digest record, if there."""
@@ -430,6 +447,11 @@ class FsspecStore(Store):
 
     def open(self, key: str) -> IO[bytes]:
         return self.fs.open(self._full(key), "rb")
+
+    def footer(self, key: str) -> pq.FileMetaData:
+        # small blocks: a footer read fetches its own bytes, not the default 50 MiB readahead
+        with self.fs.open(self._full(key), "rb", block_size=FOOTER_BLOCK) as file:
+            return pq.ParquetFile(file).metadata
 
     def delete(self, key: str) -> None:
         for name in (self._full(key) + DIGEST_SUFFIX, self._full(key)):

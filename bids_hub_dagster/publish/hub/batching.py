@@ -21,6 +21,7 @@ from pathlib import Path
 from ..destinations import published_names
 from ..digests import file_digest
 from ..manifest import MANIFEST_NAME, PREVIEW_PNG, README, Manifest, git_blob_id
+from ..sources import LOCAL_FILES, FileSource
 
 NOTHING_OWNED = Manifest.of(())
 
@@ -121,16 +122,18 @@ def plan_commits(
     *,
     preview_files: Sequence[Path] = (),
     preview_png: bytes | None = None,
+    source: FileSource = LOCAL_FILES,
 ) -> tuple[list[Batch], list[str]]:
     """The commits still needed to make ``remote`` equal to ``shard_files`` (+ ``preview_files``,
     ``preview_png``) + card + manifest, and the names skipped.
 
-    Only files that ``owned`` lists (the previous publication's manifest) are deleted.
+    Only files that ``owned`` lists (the previous publication's manifest) are deleted. The
+    files' sizes and sha256 are ``source``'s (a remote store's digest records: nothing read).
     """
     adds, skipped = [], []
     for name, path in local_files(shard_files, preview_files).items():
         there = remote.get(name)
-        if there is not None and there.size == path.stat().st_size and there.sha256 == file_digest(path):
+        if there is not None and there.size == source.size(path) and there.sha256 == source.sha256(path):
             skipped.append(name)
         else:
             adds.append(name)
@@ -166,7 +169,8 @@ def plan_commits(
 
 
 def still_needed(batch: Batch, local: Mapping[str, Path], remote: Mapping[str, RemoteFile]) -> Batch:
-    """What of ``batch`` the remote does not hold yet (``local``: shard name -> its file)."""
+    """What of ``batch`` the remote does not hold yet (``local``: shard name -> its local file, for
+    the names ``batch`` adds at least)."""
     adds = [n for n in batch.adds if (f := remote.get(n)) is None or f.sha256 != file_digest(local[n])]
     deletes = [p for p in batch.deletes if p in remote]
     card, manifest = batch.card, batch.manifest

@@ -21,6 +21,12 @@ batch, it counts as done, otherwise it is re-planned on the new head (this is al
 409/412 from a concurrent writer are handled). 401, 403 and 404 are permanent: they
 raise :class:`HubAccessError` saying what to do.
 
+From a remote store (``s3://…``) the files are keys: steps 3 and the verification use the
+sha256 and size of each file's digest record and its parquet footer (``publish(source=…)``,
+:mod:`..sources`), and step 4 copies each batch's files to scratch just before its upload and
+removes them once it is committed (huggingface_hub uploads from paths or bytes, not file
+objects), so scratch holds one batch at most, never the dataset.
+
 The package splits the job: :mod:`.options` (the spec's ``hub:`` options, ``hf://``
 URLs), :mod:`.retry` (which faults are retried, backoff, messages), :mod:`.batching`
 (which files a publish still needs, in which commits) and this module, the repo itself.
@@ -40,7 +46,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi, constants
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
@@ -67,6 +72,7 @@ from ..manifest import (
     describe,
     is_guarded,
 )
+from ..sources import LOCAL_FILES, FileSource
 from ..verify import DIGEST_CHARS, VerifyReport, short_digest, verify_preview_config, verify_published
 from .batching import (
     NOTHING_OWNED,
@@ -339,6 +345,7 @@ class HubRepo:
         *,
         preview_files: Sequence[Path] = (),
         preview_png: bytes | None = None,
+        source: FileSource = LOCAL_FILES,
     ) -> tuple[list[Batch], list[str]]:
         """The commits still needed and the names skipped (see :func:`.batching.plan_commits`)."""
         return plan_commits(
@@ -349,7 +356,11 @@ class HubRepo:
             owned,
             preview_files=preview_files,
             preview_png=preview_png,
+            source=source,
         )
+
+    #: publishes the files of a remote store a commit batch at a time (``publish(source=…)``)
+    publishes_from_store = True
 
     def publish(
         self,
@@ -358,21 +369,36 @@ class HubRepo:
         *,
         preview_files: Sequence[Path] = (),
         preview_png: bytes | None = None,
+        source: FileSource = LOCAL_FILES,
     ) -> PublishResult:
+        """Publish in commit batches (see the module docstring).
+
+        ``source`` says how the files are read (:mod:`..sources`): local paths as they are,
+        or the keys of a remote store, whose sizes and sha256 (the digest records) plan the
+        commits and whose files are copied to scratch one commit batch at a time, for that
+        batch's upload and commit only (its retries included), then removed: scratch never
+        holds more than one batch, also when a commit fails or Ctrl-C stops it.
+        """
         check_publishable(self.url, shard_files, preview_files)
         shard_files = [Path(p) for p in shard_files]
         preview_files = [Path(p) for p in preview_files]
         n = len(shard_files)
         local = local_files(shard_files, preview_files)
         content = str(card).encode("utf-8")
-        result = PublishResult(url=self.url)
+        result = PublishResult(url=self.url, source=source)
         self.ensure_repo()
         parent = self.head()
         remote = self.remote_files(parent)
         owned = self.owned(remote, parent)
         self._refuse_foreign(remote, owned)
         batches, result.files_skipped = self.plan(
-            shard_files, content, remote, owned, preview_files=preview_files, preview_png=preview_png
+            shard_files,
+            content,
+            remote,
+            owned,
+            preview_files=preview_files,
+            preview_png=preview_png,
+            source=source,
         )
         self.published_head = parent
         if not batches:
@@ -390,10 +416,12 @@ class HubRepo:
             )
             for name in batch.adds:
                 path = local[name]
-                if file_digest(path) not in present and not was_uploaded(path, self.repo_url):
-                    result.bytes_written += path.stat().st_size
+                if source.sha256(path) not in present and not source.was_uploaded(path, self.repo_url):
+                    result.bytes_written += source.size(path)
             result.bytes_written += sum(len(data) for data in batch.blobs.values())
-            done = self._commit_batch(batch, local, title, parent, pr_revision)
+            with source.local([local[name] for name in batch.adds]) as copies:  # this batch's files only
+                here = {name: copies[local[name]] for name in batch.adds}
+                done = self._commit_batch(batch, here, title, parent, pr_revision)
             parent = done.oid
             if done.url is not None:
                 result.commit_urls.append(done.url)
@@ -404,7 +432,7 @@ class HubRepo:
                 batch.adds + list(batch.blobs) + ([README] if batch.card is not None else [])
             )
             result.files_removed += batch.deletes
-            present |= {file_digest(local[name]) for name in batch.adds}
+            present |= {source.sha256(local[name]) for name in batch.adds}
             self._progress(
                 f"{self.url}: commit {k}/{len(batches)} done ({len(batch.adds)} file(s)"
                 + (f", {len(batch.deletes)} removed" if batch.deletes else "")
@@ -519,7 +547,12 @@ class HubRepo:
                 remote = self.remote_files(self.published_head or self.head(self.load_revision))
                 previews = VerifyReport(rows_expected=0, unit="published files")
                 self._compare_previews(
-                    remote, len(result.shard_files), result.preview_files, result.preview_png, previews
+                    remote,
+                    len(result.shard_files),
+                    result.preview_files,
+                    result.preview_png,
+                    previews,
+                    result.source or LOCAL_FILES,
                 )
                 report.problems += previews.problems
             return report
@@ -529,17 +562,31 @@ class HubRepo:
             index_table,
             preview_files=result.preview_files,
             preview_png=result.preview_png,
+            source=result.source or LOCAL_FILES,
         )
 
-    def _compare_file(self, name: str, path: Path, there: RemoteFile | None, report: VerifyReport) -> bool:
-        """Whether the remote ``name`` is a copy of the local ``path`` (sha256, the LFS oid, and size)."""
+    def _compare_file(
+        self,
+        name: str,
+        path: Path,
+        there: RemoteFile | None,
+        report: VerifyReport,
+        source: FileSource = LOCAL_FILES,
+    ) -> bool:
+        """Whether the remote ``name`` is a copy of ``path`` (sha256, the LFS oid, and size).
+
+        ``source`` gives the sha256 and size of ``path``: a local file's recorded digest, or the
+        digest record of a remote store's file (nothing fetched).
+        """
         if there is None:
-            report.problems.append(f"{name} is missing from {self.url} (expected a copy of {shown(path)})")
+            report.problems.append(
+                f"{name} is missing from {self.url} (expected a copy of {source.shown(path)})"
+            )
             return False
-        if (there.sha256, there.size) != (digest := file_digest(path), size := path.stat().st_size):
+        if (there.sha256, there.size) != (digest := source.sha256(path), size := source.size(path)):
             found = "not an LFS file" if there.sha256 is None else f"found {short_digest(there.sha256)}"
             report.problems.append(
-                f"{name} differs from {shown(path)}: sha256 expected {short_digest(digest)}, {found}; "
+                f"{name} differs from {source.shown(path)}: sha256 expected {short_digest(digest)}, {found}; "
                 f"size expected {size}, found {there.size}"
             )
             return False
@@ -554,11 +601,12 @@ class HubRepo:
         preview_files: Sequence[Path],
         preview_png: bytes | None,
         report: VerifyReport,
+        source: FileSource = LOCAL_FILES,
     ) -> None:
         """The remote preview files and preview.png against what was published; none left over."""
         names = published_names(num_shards, len(preview_files), preview_png is not None)
         for name, path in zip(names["preview"], preview_files, strict=True):
-            self._compare_file(name, Path(path), remote.get(name), report)
+            self._compare_file(name, Path(path), remote.get(name), report, source)
         wanted = set(names["preview"])
         extra = sorted(p for p in remote if p.startswith("preview/") and p not in wanted)
         report.problems += [f"{shown(p)} is not a preview file of this publication" for p in extra]
@@ -586,6 +634,7 @@ class HubRepo:
         *,
         preview_files: Sequence[Path] = (),
         preview_png: bytes | None = None,
+        source: FileSource = LOCAL_FILES,
     ) -> VerifyReport:
         """Compare each published file with its local source by sha256 (LFS oid) and size, without downloading.
 
@@ -593,6 +642,8 @@ class HubRepo:
         cannot make it pass or fail. The shard and preview files were checked against their
         sources when they were built; a full read-back is :meth:`verify`. With previews, the
         preview config must load (the card and the preview files' footers are read).
+        From a remote store (``source``), the sha256, sizes and row counts are its digest
+        records and footers: nothing is fetched again.
         """
         shard_files = [Path(p) for p in shard_files]
         n = len(shard_files)
@@ -601,12 +652,12 @@ class HubRepo:
         remote = self.remote_files(head)
         for i, path in enumerate(shard_files):
             name = data_file_name(i, n)
-            if self._compare_file(name, path, remote.get(name), report):
-                report.rows_found += pq.ParquetFile(path).metadata.num_rows
+            if self._compare_file(name, path, remote.get(name), report, source):
+                report.rows_found += source.num_rows(path)
         published = {data_file_name(i, n) for i in range(n)}  # once, not per remote file
         extra = sorted(p for p in remote if p.startswith("data/") and p not in published)
         report.problems += [f"{shown(p)} is not a shard of this publication" for p in extra]
-        self._compare_previews(remote, n, preview_files, preview_png, report)
+        self._compare_previews(remote, n, preview_files, preview_png, report, source)
         readme = remote.get("README.md")
         blob = git_blob_id(str(card).encode("utf-8"))
         if readme is None or readme.blob_id != blob:
