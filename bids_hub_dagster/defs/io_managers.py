@@ -45,8 +45,9 @@ def preview_file(shard: Path) -> Path:
 
 class StoredFiles(dict):
     """What ``load_input`` hands over for shard partitions of a remote store: partition key →
-    the file's key in ``store`` (as a relative path). ``publish.publication.local_shard_files``
-    copies them to scratch; no byte is read before that."""
+    the file's key in ``store`` (as a relative path). No byte is read here: a Hub publication
+    copies them to scratch one commit batch at a time (``publish.sources.StoredSource``), a
+    local folder all at once (``publish.publication.local_shard_files``)."""
 
     def __init__(self, files: dict[str, Path], store: Store) -> None:
         super().__init__(files)
