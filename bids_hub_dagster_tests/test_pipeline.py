@@ -109,10 +109,11 @@ def test_rerun_with_smaller_plan_removes_stale_partitions_and_files(demo_spec, t
         assert materialize_all(bigger, storage, instance) == ["shard-00000"]
         assert instance.get_dynamic_partitions(names(bigger).shard_partitions) == ["shard-00000"]
         # the stored files of dropped partitions are removed with them
-        # (with the sidecar that records the shard's sha256)
+        # (with the sidecars that record the shard's sha256 and its sources' sha256)
         assert sorted(p.name for p in (storage / "demo" / "hub_shards").iterdir()) == [
             "shard-00000.parquet",
             "shard-00000.parquet.sha256.json",
+            "shard-00000.parquet.sources.json",
         ]
     dest = Path(demo_spec.destination)
     assert [p.name for p in (dest / "data").iterdir()] == ["train-00000-of-00001.parquet"]

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from bids_hub_dagster.cli import main, shard_ranges
 from bids_hub_dagster.defs.io_managers import default_storage_dir
+from bids_hub_dagster.publish.digests import CHANGE_MARGIN_NS
 from bids_hub_dagster.pipeline.shard_range import (
     ShardBuildStopped,
     available_cpus,
@@ -180,10 +181,10 @@ def test_the_verification_after_a_local_publish_reads_no_source_file_again(
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(demo_spec.with_overrides(num_shards=2).to_yaml())
     sources = sorted(p for p in demo_spec.bids_root.rglob("*.nii*"))
-    past = time.time() - 60  # files older than the build: their digests can be trusted
-    for path in sources:
-        os.utime(path, (past, past))
-    time.sleep(0.01)
+    # a digest is recorded only for a file whose ctime and mtime are older than the build by the
+    # margin (its bytes cannot be changing while read): the tree was just written
+    newest = max(max(p.stat().st_ctime, p.stat().st_mtime) for p in sources)
+    time.sleep(max(0.0, newest + CHANGE_MARGIN_NS / 1e9 + 0.2 - time.time()))
 
     def published() -> dict:
         result = CliRunner().invoke(
