@@ -156,6 +156,21 @@ def sha256s(folder: Path) -> dict[str, str]:
     return digests
 
 
+def assert_same_as_a_local_publish(cluster, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The cluster's publication is byte for byte what a local publish of the same spec gives (a local
+    instance and storage, in this process)."""
+    from bids_hub_dagster_tests.conftest import run_cli
+
+    local = tmp_path / "local"
+    monkeypatch.setenv("BIDS_HUB_STORAGE", str(tmp_path / "local-storage"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "local-home"))
+    code, out = run_cli(
+        monkeypatch, capsys, "publish", "--spec", str(cluster.spec_path), "--to", str(local), "--no-progress"
+    )
+    assert code == 0, out
+    assert sha256s(cluster.destination) == sha256s(local)
+
+
 def assert_dataset(destination: Path, spec_path: Path) -> None:
     """The published data files load as parquet with one row per session, NIfTI bytes as in the tree."""
     files = sorted(str(p) for p in destination.glob("data/train-*.parquet"))
@@ -425,17 +440,8 @@ def test_backfill_over_graphql_runs_on_both_workers(
     # the compute logs of the workers' runs reached the S3 server
     assert s3_keys(cluster.s3, f"{LOG_PREFIX}/storage/"), "no compute log was uploaded"
 
-    # byte for byte what a local publish of the same tree gives
     assert_dataset(cluster.destination, cluster.spec_path)
-    local = tmp_path / "local"
-    from bids_hub_dagster_tests.conftest import run_cli
-
-    monkeypatch.setenv("BIDS_HUB_STORAGE", str(tmp_path / "local-storage"))
-    code, out = run_cli(
-        monkeypatch, capsys, "publish", "--spec", str(cluster.spec_path), "--to", str(local), "--no-progress"
-    )
-    assert code == 0, out
-    assert sha256s(cluster.destination) == sha256s(local)
+    assert_same_as_a_local_publish(cluster, tmp_path, monkeypatch, capsys)
     print(f"celery backfill (prepare, {NUM_SHARDS} shards, upload): {took:.1f} s; workers {workers}")
 
 
@@ -535,12 +541,5 @@ def test_cli_publish_submits_through_the_celery_launcher(
     assert {cluster.worker_of(r.tags[TASK_ID_TAG]) for r in shard_runs} == {"worker1", "worker2"}
     assert cluster.env["BIDS_HUB_STORAGE"].startswith("s3://") and s3_keys(cluster.s3, "storage/")
 
-    local = tmp_path / "local"
-    monkeypatch.setenv("BIDS_HUB_STORAGE", str(tmp_path / "local-storage"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "local-home"))
-    code, out = run_cli(
-        monkeypatch, capsys, "publish", "--spec", str(cluster.spec_path), "--to", str(local), "--no-progress"
-    )
-    assert code == 0, out
-    assert sha256s(cluster.destination) == sha256s(local)
+    assert_same_as_a_local_publish(cluster, tmp_path, monkeypatch, capsys)
     print(f"CLI publish through Celery (prepare, {NUM_SHARDS} shard runs, upload): {took:.1f} s")
