@@ -19,7 +19,6 @@ from click.testing import CliRunner
 
 from bids_hub_dagster.cli import main, shard_ranges
 from bids_hub_dagster.defs.io_managers import default_storage_dir
-from bids_hub_dagster.publish.digests import CHANGE_MARGIN_NS
 from bids_hub_dagster.pipeline.shard_range import (
     ShardBuildStopped,
     available_cpus,
@@ -27,6 +26,7 @@ from bids_hub_dagster.pipeline.shard_range import (
     default_threads,
     until_stopped,
 )
+from bids_hub_dagster.publish.digests import CHANGE_MARGIN_NS
 from bids_hub_dagster.spec import DatasetSpec, SpecError, load_spec
 from bids_hub_dagster_tests.test_integrity import T1W_GZ, corrupt_file
 
