@@ -84,7 +84,10 @@ def test_a_cifti_files_xml_extension_is_read_as_nibabel_reads_it(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content", [b"", b"\x1f\x8bnot gzip at all", gzip.compress(b"\x00" * 10), b"\x00\x01\x02\x03" * 100]
+    "content",
+    # mtime=0: the same bytes, so the same test id, in every pytest-xdist worker
+    [b"", b"\x1f\x8bnot gzip at all", gzip.compress(b"\x00" * 10, mtime=0), b"\x00\x01\x02\x03" * 100],
+    ids=["empty", "gzip-magic-only", "gzip-of-zeros", "binary"],
 )
 def test_what_is_no_nifti_header_gives_none_as_before(tmp_path, content):
     path = tmp_path / "broken.nii.gz"
