@@ -233,7 +233,7 @@ class _Jobs:
     def run(
         self, job_name: str, run_config: dict, *, partition_key=None, tags=None, run_id=None, pool_wait=None
     ):
-        from .defs import launch, runs
+        from .defs import runs
 
         if not self.remote:
             return runs.execute_job(
@@ -246,18 +246,12 @@ class _Jobs:
                 pool_wait=pool_wait,
                 on_abandon=self.on_abandon,
             )
-        run = launch.launch_job(
-            self.instance,
-            job_name,
-            timeout=run_wait_timeout(),
-            run_config=_remote_config(run_config),
-            tags=tags,
-            partition_key=partition_key,
-        )
-        return _RemoteResult(self.instance, run)
+        partition = {"dagster/partition": partition_key} if partition_key is not None else {}
+        return self.run_all(job_name, [(run_config, (tags or {}) | partition)])[0]
 
     def run_all(self, job_name: str, batches: list[tuple[dict, dict]]) -> list:
-        """Remote only: submit every (run config, tags) at once, so the workers share them; follow each."""
+        """Remote only: submit every (run config, tags) at once, so the workers share them; follow each
+        (all within one :func:`run_wait_timeout`); on Ctrl-C or a timeout, stop every one of them."""
         from .defs import launch
 
         submitted = []
@@ -351,6 +345,7 @@ def _run_shards(
     read the same file.
     """
     from .defs import names, runs
+    from .pipeline.shard_range import default_threads
 
     failures: dict[str, str] = {}
     job_name = names(spec).jobs.shards
@@ -371,7 +366,7 @@ def _run_shards(
         return {k: failures[k] for k in todo if k in failures}
     size = max(spec.shards_per_run, CLI_SHARDS_PER_RUN)
     for keys in shard_ranges(partitions, todo, size):
-        threads = min(workers, len(keys))
+        threads = default_threads(len(keys), workers)  # as the run resolves it (0: one per core)
         bar.set_description(
             f"{spec.name}: {keys[0]}" + (f"…{keys[-1]} ({threads} at a time)" if len(keys) > 1 else "")
         )
@@ -407,13 +402,6 @@ def _check_spec_matches_code_location(spec: DatasetSpec) -> None:
             f"--spec pointing at that spec file and no overrides (--to, --num-shards, ...), with the same "
             "BIDS_HUB_SPECS as the workers."
         )
-
-
-def default_workers(num_shards: int) -> int:
-    """Shards built at a time: one per core, at most 4 (the work is I/O- and zlib-bound)."""
-    from .pipeline.shard_range import default_threads
-
-    return default_threads(num_shards)
 
 
 def _shards_to_build(spec: DatasetSpec, keys: list[str], instance, rebuild: bool = False) -> list[str]:
@@ -583,7 +571,8 @@ def run_publish(
 
     Each step is a real run on the persistent instance; ``log_level`` sets what the
     runs print to the console (everything is stored in the instance's event log).
-    Shard runs go ``workers`` at a time (default: :func:`default_workers`). The upload
+    Each shard run builds ``workers`` shards at a time, in threads (default: one per available
+    core, at most 4; on a remote launcher, the run's own machine decides). The upload
     waits at most ``slot_timeout`` seconds for the ``hub_commits`` pool slot (default
     ``$BIDS_HUB_SLOT_TIMEOUT``, else 600). Ctrl-C (or SIGTERM) stops every run, which
     ends canceled, and returns 130 (143).
@@ -643,9 +632,7 @@ def run_publish(
             )
         bar.total = len(todo) + 2
         bar.update(1)
-        failures = _run_shards(
-            spec, runner, keys, todo, workers or (0 if remote else default_workers(len(todo))), log_level, bar
-        )
+        failures = _run_shards(spec, runner, keys, todo, workers or 0, log_level, bar)
         if failures:
             bar.close()
             click.echo(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -148,3 +149,32 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         code = exc.code
     captured = capsys.readouterr()
     return code, captured.out + captured.err
+
+
+# --- object storage: moto's S3 server (test_storage*.py) ---
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 (a spare port, see ``testing.services``), for the tests of a module."""
+    from bids_hub_dagster.testing.services import moto_s3_server
+
+    with moto_s3_server() as s3:
+        yield s3.endpoint_url
+
+
+@pytest.fixture
+def bucket(s3_endpoint, monkeypatch, tmp_path) -> str:
+    """A fresh bucket; the environment points every S3 client (and subprocess) at the test server."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("BIDS_HUB_SCRATCH", str(tmp_path / "scratch"))
+    name = f"bids-hub-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

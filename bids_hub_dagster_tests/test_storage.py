@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import boto3
@@ -26,7 +25,6 @@ import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 from fsspec.callbacks import Callback
-from moto.server import ThreadedMotoServer
 
 from bids_hub_dagster.cli import main
 from bids_hub_dagster.dataset.parquet import write_table
@@ -41,31 +39,6 @@ from bids_hub_dagster_tests.test_io_manager import DATASET, INDEX, SHARDS, load
 from bids_hub_dagster_tests.test_io_manager import store as store_output
 
 CHUNK = 5 * 2**20  # S3's smallest multipart part
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A moto S3 server on 127.0.0.1 (a spare port), for the tests of this module."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3_endpoint, monkeypatch, tmp_path) -> str:
-    """A fresh bucket; the environment points every S3 client (and subprocess) at the test server."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("BIDS_HUB_SCRATCH", str(tmp_path / "scratch"))
-    name = f"bids-hub-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3").create_bucket(Bucket=name)
-    return name
 
 
 def _random_file(path: Path, size: int) -> str:

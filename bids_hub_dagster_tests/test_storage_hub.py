@@ -6,7 +6,6 @@ every LFS upload and commit, and at each one the test looks at the scratch folde
 must never be more than one commit batch (``files_per_commit``).
 """
 
-# ruff: noqa: F811  (the fixtures imported from test_storage are parameters of the tests)
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +32,6 @@ from bids_hub_dagster.publish.privacy_report import REPORT_NAME
 from bids_hub_dagster.publish.sources import StoredFacts, StoredSource, inspect_all
 from bids_hub_dagster.storage import StoreError, open_store, scratch_root
 from bids_hub_dagster_tests.hub_server import READ_TOKEN, HubServer, use_hub_server
-from bids_hub_dagster_tests.test_storage import bucket, s3_endpoint  # noqa: F401  (fixtures)
 
 FILES_PER_COMMIT = 2
 COMMIT = r"^/api/datasets/lab/[^/]+/commit/main$"

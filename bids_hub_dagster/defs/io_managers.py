@@ -63,6 +63,27 @@ def default_storage_dir() -> str:
     return str(Path.home() / ".bids_hub_dagster" / "storage")
 
 
+def _write_shard(path: Path, shard: EmbeddedShard) -> tuple[WrittenFile, str, str | None]:
+    """Write ``shard`` at ``path`` and its preview rows beside it (:func:`preview_file`), each atomically
+    with its sha256 recorded (what a later reuse compares with); the file, its digest, the preview's.
+
+    Raises dg.Failure (no retry) for a damaged file found as its bytes were embedded.
+    """
+    try:
+        written = write_row_groups(path, shard.schema, shard.groups, **shard.write_options)
+    except UserError as exc:
+        raise user_failure(exc) from exc
+    digest = record_digest(written.path)
+    if shard.preview_schema is None:
+        return written, digest, None
+    # its rows were made as the groups were embedded
+    table = (
+        pa.concat_tables(shard.preview_tables) if shard.preview_tables else shard.preview_schema.empty_table()
+    )
+    preview = write_table(preview_file(written.path), table.cast(shard.preview_schema))
+    return written, digest, record_digest(preview.path)
+
+
 class BidsHubParquetIOManager(dg.ConfigurableIOManager):
     """Persists index tables, datasets and shards as parquet files under ``base_dir``."""
 
@@ -251,9 +272,9 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         shard: EmbeddedShard,
         on_stored: Callable[[Path], None] | None = None,
     ) -> WrittenFile:
-        """Write a shard inside the asset body (to pre-upload it before the step ends).
+        """Write a shard (and its preview rows) from the asset body, where each shard of a range is stored
+        as it is built; ``handle_output`` stores a shard output the same way.
 
-        The asset then outputs the returned WrittenFile, which ``handle_output`` accepts as stored.
         ``on_stored`` is called with a local path of the stored shard once it is stored (the
         file itself; under a URL its scratch copy, removed after the call): the pre-upload's hook.
         """
@@ -275,22 +296,7 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         store, name = self.store, self._key(key, partition)
         preview_name = preview_file(Path(name)).as_posix()
         with scratch_folder() as scratch:
-            try:
-                written = write_row_groups(
-                    scratch.joinpath(*name.split("/")), shard.schema, shard.groups, **shard.write_options
-                )
-            except UserError as exc:  # a damaged file found as its bytes were embedded: no retry
-                raise user_failure(exc) from exc
-            digest = record_digest(written.path)
-            preview_digest = None
-            if shard.preview_schema is not None:
-                table = (
-                    pa.concat_tables(shard.preview_tables)
-                    if shard.preview_tables
-                    else shard.preview_schema.empty_table()
-                )
-                preview_written = write_table(preview_file(written.path), table.cast(shard.preview_schema))
-                preview_digest = record_digest(preview_written.path)
+            written, digest, preview_digest = _write_shard(scratch.joinpath(*name.split("/")), shard)
             store.put(written.path, name, digest)  # the shard first: alone, it counts as missing
             if preview_digest is not None:
                 store.put(preview_file(written.path), preview_name, preview_digest)
@@ -308,22 +314,11 @@ class BidsHubParquetIOManager(dg.ConfigurableIOManager):
         return WrittenFile(Path(name), written.num_rows, written.num_row_groups, written.size)
 
     def _store_local_shard(self, key: dg.AssetKey, partition: str, shard: EmbeddedShard) -> WrittenFile:
-        try:
-            written = write_row_groups(
-                self._path(key, partition), shard.schema, shard.groups, **shard.write_options
-            )
-        except UserError as exc:  # a damaged file found as its bytes were embedded: no retry
-            raise user_failure(exc) from exc
-        record_digest(written.path)  # what the cache compares with before it reuses the file
+        written, _, preview_digest = _write_shard(self._path(key, partition), shard)
         preview = preview_file(written.path)
-        if shard.preview_schema is not None:  # its rows were made as the groups were embedded
-            table = (
-                pa.concat_tables(shard.preview_tables)
-                if shard.preview_tables
-                else shard.preview_schema.empty_table()
-            )
-            record_digest(write_table(preview, table.cast(shard.preview_schema)).path)
-        elif preview.exists():  # built before without a preview: that file belongs to no shard now
+        if (
+            preview_digest is None and preview.exists()
+        ):  # built before without a preview: that file belongs to no shard now
             sidecar_path(preview).unlink(missing_ok=True)
             preview.unlink()
         return written
